@@ -1,0 +1,35 @@
+# The two set-up commands (see README):  make demo   |   make test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# The demo uses every visible GPU, or 2 CPU processes when there is none.
+NPROC   ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU build these machines hold offline, never an unpinned CUDA download.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $$(grep -vE '^(#|deepspeed|$$)' requirements-lock.txt)
+	# deepspeed ships only a source archive whose build imports torch: build it against the torch above.
+	$(BIN)/pip install --quiet --no-build-isolation $$(grep -E '^deepspeed==' requirements-lock.txt)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/accelerate launch --config_file accelerate_configs/multi_gpu_ddp.yaml --num_processes $(NPROC) \
+		07_distributed_training.py --output_dir runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
