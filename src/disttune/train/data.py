@@ -1,0 +1,105 @@
+"""Training data: the built-in synthetic instruction set, local files, and hub datasets.
+
+Supported formats (the ones TRL's ``SFTTrainer`` understands):
+- conversational ``messages`` (list of ``{"role", "content"}``): loss on assistant turns only;
+- ``prompt`` / ``completion``: loss on the completion only;
+- plain ``text``: loss on every token.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from disttune.errors import UserError
+
+BUILTIN_NAME = "builtin"
+FILE_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMATS = ("messages", "prompt_completion", "text")
+
+
+def _arithmetic(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    op = rng.choice("+-*")
+    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"What is {a} {op} {b}?", str(answer)
+
+
+def _reverse(rng: random.Random) -> tuple[str, str]:
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+    return f"Reverse the word: {word}", word[::-1]
+
+
+def _upper(rng: random.Random) -> tuple[str, str]:
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+    return f"Uppercase: {word}", word.upper()
+
+
+def _count(rng: random.Random) -> tuple[str, str]:
+    letter = rng.choice("abc")
+    word = "".join(rng.choice("abcd") for _ in range(rng.randint(4, 12)))
+    return f"How many times does '{letter}' occur in {word}?", str(word.count(letter))
+
+
+def _sort_digits(rng: random.Random) -> tuple[str, str]:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 8)))
+    return f"Sort the digits: {digits}", "".join(sorted(digits))
+
+
+TASKS = (_arithmetic, _reverse, _upper, _count, _sort_digits)
+
+
+def builtin_examples(num_examples: int = 4000, seed: int = 1234) -> list[dict]:
+    """Synthetic instructions with verifiable answers, as conversational ``messages`` records.
+
+    Deterministic for a given ``seed`` so every rank (and every run) sees the same data.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(num_examples):
+        question, answer = rng.choice(TASKS)(rng)
+        examples.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return examples
+
+
+def detect_format(column_names: list[str], where: str) -> str:
+    """The dataset format from its columns; a clear error naming the columns found otherwise."""
+    columns = set(column_names)
+    if "messages" in columns:
+        return "messages"
+    if {"prompt", "completion"} <= columns:
+        return "prompt_completion"
+    if "text" in columns:
+        return "text"
+    raise UserError(
+        f"{where}: no supported columns found (columns: {', '.join(sorted(columns)) or 'none'}).\n"
+        "  fix: provide one of: 'messages' (a list of {role, content}), 'prompt' + 'completion', or 'text'."
+    )
+
+
+def load_train_dataset(name: str, split: str = "train", config: str | None = None, seed: int = 1234):
+    """Load ``name`` (``builtin``, a local .jsonl/.json/.parquet/.csv file, or a ``datasets`` hub name).
+
+    Returns ``(dataset, format)``. Only the supported columns are kept.
+    """
+    from datasets import Dataset, load_dataset
+
+    if name == BUILTIN_NAME:
+        dataset = Dataset.from_list(builtin_examples(seed=seed))
+    else:
+        path = Path(name)
+        if path.suffix.lower() in FILE_LOADERS:
+            if not path.is_file():
+                raise UserError(f"--dataset_name {name}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
+            try:
+                dataset = load_dataset(FILE_LOADERS[path.suffix.lower()], data_files=str(path), split="train")
+            except Exception as exc:  # a malformed file: say which and why, no traceback
+                raise UserError(f"--dataset_name {name}: cannot read the file: {exc}") from exc
+        elif path.exists():
+            dataset = load_dataset(str(path), config, split=split)
+        else:
+            dataset = load_dataset(name, config, split=split)
+    fmt = detect_format(dataset.column_names, f"dataset {name}")
+    keep = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+    return dataset, fmt

@@ -1,0 +1,265 @@
+"""Supervised fine-tuning under any accelerate strategy: ``setup() -> main() -> fit()``.
+
+The script never branches on the strategy: the accelerate config picks DDP, ZeRO or FSDP, and TRL's
+``SFTTrainer`` does the rest. What is ours: argument reconciliation, the plan printed before the first
+step, metrics files, and the checks that the saved model is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from disttune.errors import UserError
+
+
+def _explicit_names(argv: list[str]) -> set[str]:
+    """Argument names the user set, on the command line or in the ``--config`` recipe."""
+    import yaml
+
+    names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    if "--config" in argv:
+        index = argv.index("--config") + 1
+        if index >= len(argv):
+            raise UserError("--config needs a file: --config recipe.yaml")
+        path = Path(argv[index])
+        if not path.is_file():
+            raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
+        try:
+            recipe = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config {path}: not valid YAML: {exc}") from exc
+        if not isinstance(recipe, dict):
+            raise UserError(f"--config {path}: must be a mapping of argument names to values.")
+        names |= set(recipe)
+    return names
+
+
+def parse_arguments(argv: list[str], defaults: dict | None = None):
+    """Parse ``argv`` into ``(DisttuneArguments, SFTConfig, ModelConfig, explicit_names)``."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
+
+    explicit = _explicit_names(argv)
+    parser = TrlParser((DisttuneArguments, SFTConfig, ModelConfig), prog="07_distributed_training.py")
+    parser.set_defaults(**{**SCRIPT_DEFAULTS, **(defaults or {})})
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    except ValueError as exc:  # unknown keys in a recipe, invalid combinations
+        raise UserError(str(exc)) from exc
+    return script_args, training_args, model_args, explicit
+
+
+def load_model_and_tokenizer(model_args):
+    """The built-in ``tiny`` preset, or ``from_pretrained`` on a local folder or hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from disttune.train.tiny import TINY_NAME, build_tiny_model_config, build_tiny_tokenizer
+
+    name = model_args.model_name_or_path
+    if name == TINY_NAME:
+        tokenizer = build_tiny_tokenizer()
+        model = AutoModelForCausalLM.from_config(build_tiny_model_config(tokenizer), dtype=torch.float32)
+        return model, tokenizer
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+            attn_implementation=model_args.attn_implementation,
+            dtype=getattr(torch, dtype),
+        )
+    except OSError as exc:
+        raise UserError(
+            f"--model_name_or_path {name}: cannot load it ({str(exc).splitlines()[0]}).\n"
+            "  fix: give a local folder with config.json and weights, a hub id reachable from here, or 'tiny'."
+        ) from exc
+    return model, tokenizer
+
+
+def messages_to_prompt_completion(dataset):
+    """Split each conversation before its last assistant turn, for chat templates without generation marks.
+
+    TRL computes an assistant-only loss only with ``{% generation %}`` marks in the template; splitting
+    keeps a completion-only loss (on the last assistant turn) with any template.
+    """
+
+    def split(example):
+        messages = example["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return {"prompt": messages[:last], "completion": messages[last:]}
+
+    return dataset.map(split, remove_columns=["messages"])
+
+
+def setup(argv: list[str]):
+    """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
+    import torch
+
+    from disttune.train.reconcile import cpu_mixed_precision_fallback, reconcile_batch_settings
+    from disttune.train.strategy import cpu_distributed_defaults, promote_fsdp_on_cpu, world_size_from_env
+
+    cuda = torch.cuda.is_available()
+    defaults, notes = cpu_distributed_defaults(cuda)
+    warning = cpu_mixed_precision_fallback(cuda)
+    if warning:
+        notes.append(warning)
+    script_args, training_args, model_args, explicit = parse_arguments(argv, defaults)
+    promote_fsdp_on_cpu(cuda)
+    if training_args.include_num_input_tokens_seen == "all":
+        training_args.include_num_input_tokens_seen = "non_padding"
+    notes += reconcile_batch_settings(training_args, explicit)
+    if script_args.lr_scaling != "none":
+        from disttune.plan import global_batch_size, scale_learning_rate
+
+        if not script_args.base_global_batch_size:
+            raise UserError("--lr_scaling needs --base_global_batch_size (the global batch the learning rate was tuned for).")
+        world = world_size_from_env()
+        batch = global_batch_size(
+            training_args.per_device_train_batch_size, world, training_args.gradient_accumulation_steps
+        )
+        lr = scale_learning_rate(
+            training_args.learning_rate, batch, script_args.base_global_batch_size, script_args.lr_scaling
+        )
+        notes.append(
+            f"learning_rate {training_args.learning_rate:g} -> {lr:g} ({script_args.lr_scaling} scaling, "
+            f"global batch {batch} vs base {script_args.base_global_batch_size})"
+        )
+        training_args.learning_rate = lr
+    return script_args, training_args, model_args, notes
+
+
+def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
+    """The plan printed before the first step."""
+    strategy = info["distributed_type"] + (f" ZeRO-{info['zero_stage']}" if info["zero_stage"] is not None else "")
+    global_batch = (
+        training_args.per_device_train_batch_size * info["world_size"] * training_args.gradient_accumulation_steps
+    )
+    rows = [
+        ("strategy", f"{strategy} on {info['device']} ({info['mixed_precision']} precision)"),
+        ("world size", info["world_size"]),
+        ("micro batch per device", training_args.per_device_train_batch_size),
+        ("gradient accumulation", training_args.gradient_accumulation_steps),
+        ("global batch", f"{global_batch} = {training_args.per_device_train_batch_size} x {info['world_size']} x "
+         f"{training_args.gradient_accumulation_steps}"),
+        ("tokens per step", f"<= {tokens_per_step} (global batch x max_length {training_args.max_length})"),
+        ("learning rate", f"{training_args.learning_rate:g}"),
+        ("max steps", training_args.max_steps if training_args.max_steps > 0 else f"{training_args.num_train_epochs} epochs"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "disttune plan\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def build_trainer(script_args, training_args, model_args):
+    """Model, tokenizer, data and TRL's ``SFTTrainer``, plus our metrics callback."""
+    from transformers import set_seed
+    from trl import SFTTrainer, get_peft_config
+
+    from disttune.train.data import load_train_dataset
+    from disttune.train.metrics import MetricsCallback
+
+    set_seed(training_args.seed)  # the same initial weights under every strategy
+    model, tokenizer = load_model_and_tokenizer(model_args)
+    dataset, fmt = load_train_dataset(
+        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, seed=training_args.seed
+    )
+    if fmt == "messages":
+        if "{% generation %}" in (tokenizer.chat_template or ""):
+            training_args.assistant_only_loss = True
+        else:
+            dataset = messages_to_prompt_completion(dataset)
+    metrics = MetricsCallback(training_args.output_dir)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[metrics],
+    )
+    return trainer, metrics, fmt
+
+
+def fit(trainer, metrics, training_args, script_args, notes: list[str], fmt: str) -> dict:
+    """Train, then write ``run_summary.json`` and the final model; returns the summary."""
+    import torch.distributed as dist
+
+    from disttune.train.metrics import write_json
+    from disttune.train.strategy import describe, full_param_count, local_param_numel, peak_memory_bytes
+
+    accelerator = trainer.accelerator
+    info = describe(accelerator)
+    tokens_per_step = (
+        training_args.per_device_train_batch_size * info["world_size"] * training_args.gradient_accumulation_steps
+        * (training_args.max_length or 0)
+    )
+    if accelerator.is_main_process:
+        for note in notes:
+            print(f"disttune: {note}", flush=True)
+        print(f"disttune: data format '{fmt}' from {script_args.dataset_name}", flush=True)
+        print(format_plan(info, training_args, tokens_per_step), flush=True)
+
+    resume = training_args.resume_from_checkpoint
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    local = [local_param_numel(model)]
+    peak, peak_kind = peak_memory_bytes(accelerator.device)
+    peaks = [peak]
+    if dist.is_available() and dist.is_initialized():
+        local = [None] * dist.get_world_size()
+        peaks = [None] * dist.get_world_size()
+        dist.all_gather_object(local, local_param_numel(model))
+        dist.all_gather_object(peaks, peak)
+
+    final_dir = Path(training_args.output_dir) / "final"
+    trainer.save_model(str(final_dir))
+    summary = {
+        **info,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "global_batch_size": training_args.per_device_train_batch_size * info["world_size"]
+        * training_args.gradient_accumulation_steps,
+        "learning_rate": training_args.learning_rate,
+        "max_grad_norm": training_args.max_grad_norm,
+        "max_length": training_args.max_length,
+        "num_params": full_param_count(model),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "local_param_numel": local,
+        "peak_memory_bytes": peaks,
+        "peak_memory_kind": peak_kind,
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
+        "tokens_per_second": metrics.tokens_per_second,
+        "final_loss": metrics.losses[-1] if metrics.losses else None,
+        "data_format": fmt,
+        "final_dir": str(final_dir),
+        "notes": notes,
+    }
+    if accelerator.is_main_process:
+        write_json(Path(training_args.output_dir) / "run_summary.json", summary)
+        print(f"disttune: done: final loss {summary['final_loss']}, model saved in {final_dir}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        script_args, training_args, model_args, notes = setup(argv)
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
+        fit(trainer, metrics, training_args, script_args, notes, fmt)
+    except UserError as exc:
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            print(f"07_distributed_training.py: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0

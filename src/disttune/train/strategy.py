@@ -1,0 +1,104 @@
+"""Strategy-specific facts and fixes, kept in one place so the training code never branches on them.
+
+Everything here reads what accelerate/DeepSpeed/FSDP really set up (never the config file's claims).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+
+def describe(accelerator) -> dict:
+    """Strategy, ZeRO stage, world size and precision as the running accelerator sees them."""
+    state = accelerator.state
+    zero_stage = None
+    if state.deepspeed_plugin is not None:
+        zero_stage = int(state.deepspeed_plugin.zero_stage)
+    fsdp_version = None
+    if getattr(state, "fsdp_plugin", None) is not None:
+        fsdp_version = int(getattr(state.fsdp_plugin, "fsdp_version", 1))
+    return {
+        "distributed_type": str(state.distributed_type).split(".")[-1],
+        "zero_stage": zero_stage,
+        "fsdp_version": fsdp_version,
+        "world_size": int(state.num_processes),
+        "mixed_precision": str(state.mixed_precision),
+        "device": str(accelerator.device),
+        "backend": getattr(state, "backend", None),
+    }
+
+
+def local_param_numel(model) -> int:
+    """Parameter elements this rank really holds: its shard under ZeRO-3 or FSDP, else everything."""
+    total = 0
+    for param in model.parameters():
+        if hasattr(param, "ds_tensor"):  # DeepSpeed ZeRO-3 partitioned parameter
+            total += int(param.ds_tensor.numel())
+        elif hasattr(param, "to_local"):  # FSDP2 DTensor
+            total += int(param.to_local().numel())
+        else:
+            total += int(param.numel())
+    return total
+
+
+def full_param_count(model) -> int:
+    """All parameter elements of the model, wherever they live."""
+    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
+
+
+def peak_memory_bytes(device) -> tuple[int, str]:
+    """This process's peak memory: CUDA allocator peak on GPU, the process's peak RSS on CPU."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
+
+
+def world_size_from_env() -> int:
+    """The world size the launcher announced (1 when run as a plain script)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _flag(environ, name: str) -> bool:
+    return environ.get(name, "false").lower() == "true"
+
+
+def cpu_distributed_defaults(cuda_available: bool, environ=os.environ) -> tuple[dict, list[str]]:
+    """Make every accelerate strategy really distributed on a machine without GPUs.
+
+    Left alone, accelerate on CPU (a) runs a MULTI_GPU config as N unsynchronised copies (its backend
+    is only chosen for GPUs), (b) starts DeepSpeed with world size 1 in its own bookkeeping, so DeepSpeed
+    refuses the batch size (``16 != 16 * 1 * 2``), and (c) treats an FSDP config as plain DDP. Here:
+    DDP goes through accelerate's MULTI_CPU path (gloo); DeepSpeed and FSDP get the gloo backend, and
+    FSDP is promoted after the process group exists (see ``promote_fsdp_on_cpu``).
+
+    Must run before ``TrainingArguments`` is built. Returns parser defaults and notes for the log.
+    """
+    launched = environ.get("LOCAL_RANK") is not None and int(environ.get("WORLD_SIZE", "1")) > 1
+    if cuda_available or not launched:
+        return {}, []
+    if _flag(environ, "ACCELERATE_USE_DEEPSPEED"):
+        return {"ddp_backend": "gloo"}, ["no GPU: DeepSpeed runs on the CPU over gloo"]
+    if _flag(environ, "ACCELERATE_USE_FSDP"):
+        return {"ddp_backend": "gloo"}, ["no GPU: FSDP shards on the CPU over gloo"]
+    environ["ACCELERATE_USE_CPU"] = "true"
+    return {}, ["no GPU: data parallel on the CPU over gloo (MULTI_CPU)"]
+
+
+def promote_fsdp_on_cpu(cuda_available: bool, environ=os.environ) -> None:
+    """Let accelerate pick FSDP on CPU: it only does so for GPU-like distributed types.
+
+    Called after ``TrainingArguments`` created the process group and before the trainer builds its
+    ``Accelerator``; marks the (already initialised, gloo) state as multi-device so that the FSDP
+    plugin is applied. FSDP2's ``fully_shard`` itself works on CPU tensors over gloo.
+    """
+    if cuda_available or not _flag(environ, "ACCELERATE_USE_FSDP"):
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState()
+    if state.num_processes > 1 and state.distributed_type == DistributedType.NO:
+        state.distributed_type = DistributedType.MULTI_GPU
