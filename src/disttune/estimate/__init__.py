@@ -1,0 +1,34 @@
+"""Memory per GPU for each distributed strategy, before you launch (no torch, no deepspeed imported).
+
+``models``: architectures and exact parameter counts; ``memory``: the per-term byte formulas;
+``strategies``: one estimate per strategy; ``recommend``: the fastest one that fits.
+"""
+
+from __future__ import annotations
+
+from disttune.estimate.memory import (
+    STRATEGIES,
+    TERM_SOURCES,
+    activation_bytes,
+    buffer_breakdown,
+    logits_bytes,
+    model_state_breakdown,
+    summarize,
+)
+from disttune.estimate.models import (
+    PRESETS,
+    ModelSpec,
+    count_params,
+    lora_params,
+    resolve_model,
+    spec_from_config,
+)
+from disttune.estimate.recommend import SPEED_ORDER, Recommendation, recommend, rule_of_thumb
+from disttune.estimate.strategies import HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
+
+__all__ = [
+    "HEADROOM", "PRESETS", "SPEED_ORDER", "STRATEGIES", "TERM_SOURCES", "Inputs", "ModelInfo", "ModelSpec",
+    "Recommendation", "StrategyEstimate", "activation_bytes", "buffer_breakdown", "count_params", "estimate",
+    "logits_bytes", "lora_params", "model_state_breakdown", "recommend", "resolve_model", "rule_of_thumb",
+    "spec_from_config", "summarize",
+]

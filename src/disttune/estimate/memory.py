@@ -1,0 +1,212 @@
+"""Bytes per GPU rank, term by term: model states, implementation buffers, activations.
+
+Model states follow the ZeRO paper (Rajbhandari et al. 2020, K=12 for mixed-precision Adam) where the
+real stacks agree with it, and the real stacks where they do not. P = parameters, T = trainable ones
+(P without LoRA), F = P - T frozen, N = processes, w = 2 bytes under fp16/bf16 and 4 under ``no``:
+
+    ddp    16P           (torch DDP: accelerate keeps fp32 weights and autocasts; 4P+4P grads+8P Adam)
+    zero1  4P + 12P/N    (DeepSpeed: 2P bf16 params + 2P bf16 grads + 4P/N fp32 master + 8P/N Adam)
+    zero2  2P + 14P/N    (grads partitioned: 2P/N)
+    zero3  16P/N         (everything partitioned)
+    fsdp2  16P/N         (fp32 sharded params 4P/N + grads 4P/N + Adam 8P/N)
+
+Term names are ``<category>.<what>``; category is params / grads / optim; a ``cpu.`` prefix marks host
+memory under offload. ``TERM_SOURCES`` says which file allocates each term.
+"""
+
+from __future__ import annotations
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_all", "fsdp2")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw_8bit")
+
+# DeepSpeed 0.19.8 runtime/zero/config.py defaults, in elements. accelerate's deepspeed_config (no config
+# file) sets none of them, so these hold for the shipped configs.
+DEEPSPEED_DEFAULTS = {
+    "reduce_bucket_size": 500_000_000,
+    "sub_group_size": 1_000_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+    "stage3_max_live_parameters": 1_000_000_000,
+    "stage3_param_persistence_threshold": 100_000,
+}
+
+S12 = "deepspeed/runtime/zero/stage_1_and_2.py"
+S3 = "deepspeed/runtime/zero/stage3.py"
+TERM_SOURCES = {
+    "params.fp32": "torch: trainable weights stay fp32 (accelerate autocasts; FSDP2 upcasts them in fsdp_utils)",
+    "params.frozen": "torch: frozen (LoRA base) weights in the loaded dtype, 16-bit under mixed precision",
+    "grads.fp32": "torch: param.grad, same dtype as the fp32 weight",
+    "optim.exp_avg": "torch.optim.AdamW / DeepSpeed optimizer: first moment, fp32",
+    "optim.exp_avg_sq": "torch.optim.AdamW / DeepSpeed optimizer: second moment, fp32",
+    "params.bit16_flat": f"{S12}: bit16_groups_flat, the module's weights flattened (params become views)",
+    "grads.full": f"{S12}: param.grad in the model dtype, full size until step (ZeRO-1)",
+    "grads.partition": f"{S12}: grads_in_partition / {S3}: grad_partitions_flat_buffer, model dtype",
+    "optim.fp32_master_partition": f"{S12}: single_partition_of_fp32_groups (a clone, even in fp32) / "
+                                   f"{S3}: fp32_partitioned_groups_flat (shares the params in fp32)",
+    "params.partition": f"{S3} + partition_parameters.py: ds_tensor partitions in lp_param_buffer",
+    "params.persistent": "deepspeed/runtime/zero/parameter_offload.py: params <= "
+                         "stage3_param_persistence_threshold stay gathered (full) on every rank",
+    "cpu.params.bit16_buffer": f"{S12}: param_buffer_of_bit16_for_cpu_offload_groups (offload)",
+    "cpu.grads.fp32_partition": f"{S12}: single_partition_of_fp32_groups[i].grad, pinned (offload)",
+    "cpu.grads.partition": f"{S3}: grad_partitions_flat_buffer on self.device=cpu (offload_optimizer)",
+    "cpu.grads.fp32_subgroup": f"{S3}: initialize_optimizer_states subgroup_gradient_buffer (offload)",
+    "cpu.optim.fp32_master_partition": f"{S3}/{S12}: fp32 master partition on the CPU (a copy)",
+    "cpu.optim.exp_avg": "deepspeed/ops/adam/cpu_adam.py DeepSpeedCPUAdam: first moment, fp32",
+    "cpu.optim.exp_avg_sq": "deepspeed/ops/adam/cpu_adam.py DeepSpeedCPUAdam: second moment, fp32",
+    "cpu.params.partition": f"{S3}: ds_tensor partitions on the CPU (offload_param)",
+    # buffers
+    "ddp_reducer_buckets": "torch DDP Reducer: flat bucket copy of every grad (gradient_as_bucket_view=False, "
+                           "accelerate's default)",
+    "ipg_bucket": f"{S12} setup_buckets / {S3} _setup_for_real_optimizer: reduce_bucket_size elements",
+    "fp32_grad_partition_at_step": f"{S12} step: flat_grad_partition.to(fp32), transient",
+    "fp32_grad_subgroup": f"{S3} initialize_optimizer_states: gradient_buffer, min(sub_group_size, T/N) fp32",
+    "gathered_params": f"{S3}/partitioned_param_coordinator.py: the module being computed (largest weight) + "
+                       "stage3_prefetch_bucket_size, capped by stage3_max_live_parameters",
+    "offload_grad_staging": f"{S12}: temp_grad_buffer_for_gpu_offload (largest param)",
+    "unsharded_params": "torch FSDP2: root unit (embeddings, lm_head) + current and prefetched layer, all-gathered",
+    "unsharded_grads": "torch FSDP2: one layer's unsharded grads before reduce-scatter",
+}
+
+
+def _per_rank(n: int, world: int) -> int:
+    return -(-n // world)
+
+
+def _optimizer_terms(trainable: int, optimizer: str, prefix: str = "") -> dict[str, int]:
+    """Adam moments: 2 x 4 bytes (fp32); bitsandbytes 8-bit: 1 byte each + an fp32 absmax per 256-block."""
+    if optimizer == "adamw_8bit":
+        per_state = trainable + 4 * _per_rank(trainable, 256)
+    else:
+        per_state = 4 * trainable
+    return {f"{prefix}optim.exp_avg": per_state, f"{prefix}optim.exp_avg_sq": per_state}
+
+
+def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
+                          optimizer: str = "adamw", trainable_params: int | None = None,
+                          persistent_params: int = 0) -> dict[str, int]:
+    """Per-rank bytes of parameters, gradients and optimizer states, one named term each.
+
+    ``num_params`` counts all weights; ``trainable_params`` the ones with requires_grad (default all);
+    ``persistent_params`` the ZeRO-3 weights small enough to stay gathered (0 when unknown). Offload
+    variants always use DeepSpeedCPUAdam (fp32 moments) whatever ``optimizer`` says. See the module
+    docstring for the formulas and ``TERM_SOURCES`` for where each term is allocated.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    if mixed_precision not in MIXED_PRECISION or optimizer not in OPTIMIZERS:
+        raise ValueError(f"bad mixed_precision {mixed_precision!r} or optimizer {optimizer!r}")
+    P, n = int(num_params), int(num_processes)
+    T = P if trainable_params is None else int(trainable_params)
+    F = P - T
+    w = 2 if mixed_precision in ("fp16", "bf16") else 4
+    Tn, Pn = _per_rank(T, n), _per_rank(P, n)
+
+    if strategy in ("ddp", "fsdp2"):
+        shard = (lambda x: _per_rank(x, n)) if strategy == "fsdp2" else (lambda x: x)
+        terms = {"params.fp32": 4 * shard(T), "params.frozen": w * shard(F), "grads.fp32": 4 * shard(T)}
+        terms.update(_optimizer_terms(shard(T), optimizer))
+    elif strategy in ("zero1", "zero2"):
+        terms = {"params.bit16_flat": w * P,
+                 "grads.full" if strategy == "zero1" else "grads.partition": w * (T if strategy == "zero1" else Tn),
+                 "optim.fp32_master_partition": 4 * Tn}
+        terms.update(_optimizer_terms(Tn, optimizer))
+    elif strategy == "zero3":
+        terms = {"params.partition": w * Pn, "params.persistent": w * persistent_params,
+                 "grads.partition": w * Tn,
+                 # stage3 reuses the partition as the master copy when it already is fp32
+                 "optim.fp32_master_partition": 4 * Tn if w != 4 else 0}
+        terms.update(_optimizer_terms(Tn, optimizer))
+    elif strategy == "zero2_offload":
+        terms = {"params.bit16_flat": w * P, "cpu.params.bit16_buffer": w * Tn, "cpu.grads.fp32_partition": 4 * Tn,
+                 "cpu.optim.fp32_master_partition": 4 * Tn}
+        terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    else:  # zero3_offload, zero3_offload_all
+        params_key = "params.partition" if strategy == "zero3_offload" else "cpu.params.partition"
+        terms = {params_key: w * Pn, "params.persistent": w * persistent_params, "cpu.grads.partition": w * Tn,
+                 "cpu.grads.fp32_subgroup": 4 * Tn, "cpu.optim.fp32_master_partition": 4 * Tn}
+        terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    return terms
+
+
+def summarize(terms: dict[str, int]) -> dict[str, int]:
+    """GPU ``params``/``grads``/``optimizer`` sums and the ``cpu`` sum of a term dict."""
+    out = {"params": 0, "grads": 0, "optimizer": 0, "cpu": 0}
+    for key, value in terms.items():
+        if key.startswith("cpu."):
+            out["cpu"] += value
+        else:
+            out[{"params": "params", "grads": "grads", "optim": "optimizer"}[key.split(".")[0]]] += value
+    return out
+
+
+def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
+                     trainable_params: int | None = None, largest_tensor: int | None = None,
+                     layer_params: int | None = None, root_params: int | None = None,
+                     deepspeed: dict[str, int] | None = None) -> dict[str, int]:
+    """Per-rank GPU bytes the implementations hold beyond the paper's model states.
+
+    ddp_reducer_buckets = 4T; ZeRO-1/2: ipg_bucket = reduce_bucket_size x w, fp32_grad_partition_at_step
+    = 4T/N; ZeRO-3: ipg_bucket, fp32_grad_subgroup = 4 min(sub_group_size, T/N), gathered_params =
+    w min(max_live, largest + prefetch_bucket); FSDP2: unsharded_params = w (root + 2 layers),
+    unsharded_grads = w x layer. Shape-dependent terms are left out when the shapes are unknown (None).
+    ZeRO-1/2's allgather after the step writes in place into bit16_groups_flat (runtime/utils.py
+    all_gather_dp_groups), so allgather_bucket_size costs no memory.
+    """
+    ds = {**DEEPSPEED_DEFAULTS, **(deepspeed or {})}
+    P, n = int(num_params), int(num_processes)
+    T = P if trainable_params is None else int(trainable_params)
+    w = 2 if mixed_precision in ("fp16", "bf16") else 4
+    Tn = _per_rank(T, n)
+    out: dict[str, int] = {}
+    if strategy == "ddp":
+        out["ddp_reducer_buckets"] = 4 * T if n > 1 else 0
+    elif strategy == "fsdp2":
+        if layer_params is not None and root_params is not None:
+            out["unsharded_params"] = w * (root_params + 2 * layer_params)
+            out["unsharded_grads"] = w * layer_params
+    else:
+        out["ipg_bucket"] = w * ds["reduce_bucket_size"]
+        if strategy in ("zero1", "zero2"):
+            out["fp32_grad_partition_at_step"] = 4 * Tn
+        elif strategy == "zero2_offload" and largest_tensor is not None:
+            out["offload_grad_staging"] = w * largest_tensor
+        if strategy == "zero3":
+            out["fp32_grad_subgroup"] = 4 * min(ds["sub_group_size"], Tn)
+        if strategy.startswith("zero3"):
+            fetched = ds["stage3_prefetch_bucket_size"] + (largest_tensor or 0)
+            out["gathered_params"] = w * min(ds["stage3_max_live_parameters"], fetched, P)
+    return out
+
+
+def activation_bytes(per_device_batch: int, max_length: int, hidden_size: int, num_hidden_layers: int,
+                     intermediate_size: int, q_dim: int, kv_dim: int, mixed_precision: str,
+                     gradient_checkpointing: bool = False, num_attention_heads: int | None = None,
+                     attention: str = "sdpa") -> int:
+    """Saved activations of the decoder stack (logits excluded), per rank.
+
+    Per layer and token, in elements of the compute dtype (w bytes), what autograd keeps for a Llama-style
+    layer with SDPA/flash attention (no s^2 term; Korthikanti et al. 2022 count 34sbh for GPT with its
+    4h MLP and dropout, 5as^2b more without flash):
+        two RMSNorms: input h + fp32 upcast 2h (HF norms compute in fp32), normed output h  -> 2 x 4h
+        attention: q, k, v (q + 2kv) and the attention output q                              -> 2q + 2kv
+        SwiGLU MLP: gate, up, silu(gate), gate*up (i each)                                    -> 4i
+    total = w s b (8h + 2q + 2kv + 4i) L. Eager attention adds a s^2 b (4 + w) per layer (fp32
+    softmax and its cast). With full gradient checkpointing only each layer's input (w s b h) is kept,
+    plus one layer recomputed during backward.
+    """
+    w = 2 if mixed_precision in ("fp16", "bf16") else 4
+    s, b, h = max_length, per_device_batch, hidden_size
+    per_layer = w * s * b * (8 * h + 2 * q_dim + 2 * kv_dim + 4 * intermediate_size)
+    if attention == "eager":
+        per_layer += (num_attention_heads or 0) * s * s * b * (4 + w)
+    if gradient_checkpointing:
+        return num_hidden_layers * w * s * b * h + per_layer
+    return num_hidden_layers * per_layer
+
+
+def logits_bytes(per_device_batch: int, max_length: int, vocab_size: int, mixed_precision: str) -> int:
+    """b s V x (w for lm_head's output + 4 for ForCausalLMLoss's ``logits.float()`` when w=2 + 4 for the
+    fp32 log-softmax cross_entropy saves for backward)."""
+    w = 2 if mixed_precision in ("fp16", "bf16") else 4
+    upcast = 4 if w != 4 else 0
+    return per_device_batch * max_length * vocab_size * (w + upcast + 4)

@@ -1,0 +1,92 @@
+"""Pick the fastest strategy that fits, or say what to change; compare with the seed's rule of thumb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from disttune.estimate.strategies import GIB, HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
+
+# Fastest first: less communication and no PCIe traffic win (FSDP2 and ZeRO-3 are about even).
+SPEED_ORDER = ("ddp", "zero1", "zero2", "fsdp2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_all")
+RULE_OF_THUMB = {"zero2": 0.30, "zero3": 0.50}  # the seed's "~30%" and "~50%" saving vs DDP
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The chosen strategy (None if nothing fits), why in one sentence, and what to change otherwise."""
+
+    strategy: str | None
+    reason: str
+    suggestions: tuple[str, ...] = ()
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
+              inputs: Inputs | None = None) -> Recommendation:
+    """Fastest (``SPEED_ORDER``) strategy that fits with headroom; otherwise changes that would make one fit.
+
+    With ``model`` and ``inputs`` the suggestions are checked by re-estimating: gradient checkpointing,
+    per-device batch 1, LoRA r=16, and the smallest power-of-two process count (up to 1024) that fits.
+    """
+    by_name = {r.name: r for r in results}
+    ranked = [by_name[s] for s in SPEED_ORDER if s in by_name]
+    budget = (1 - HEADROOM) * inputs.gpu_memory_gb * GIB if inputs else None
+    for r in ranked:
+        if r.fits:
+            slower = [s.name for s in ranked if s.name != r.name and s.fits]
+            why = (f"{r.name} is the fastest strategy that fits: {_gib(r.total_bytes)} per GPU"
+                   + (f" of the {_gib(int(budget))} usable ({int(HEADROOM * 100)}% headroom kept)" if budget else "")
+                   + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
+                   + (f" Also fits: {', '.join(slower)}." if slower else ""))
+            return Recommendation(r.name, why)
+    smallest = min(ranked, key=lambda r: r.total_bytes) if ranked else None
+    reason = "Nothing fits" + (f": the smallest is {smallest.name} at {_gib(smallest.total_bytes)}" if smallest else "")
+    reason += f" per GPU against {_gib(int(budget))} usable." if budget else "."
+    return Recommendation(None, reason, tuple(_suggestions(model, inputs, [r.name for r in ranked]))
+                          if model and inputs else ())
+
+
+def _first_fit(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> StrategyEstimate | None:
+    results = {r.name: r for r in estimate(model, inputs, tuple(strategies))}
+    return next((results[s] for s in SPEED_ORDER if s in results and results[s].fits), None)
+
+
+def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> list[str]:
+    out = []
+    tries = []
+    if not inputs.gradient_checkpointing:
+        tries.append(("turn on --gradient_checkpointing", replace(inputs, gradient_checkpointing=True)))
+    if inputs.per_device_train_batch_size > 1:
+        tries.append(("use --per_device_train_batch_size 1 (raise --gradient_accumulation_steps to keep the "
+                      "global batch)", replace(inputs, per_device_train_batch_size=1)))
+    if inputs.lora_r is None and model.spec is not None:
+        tries.append(("train LoRA adapters (--lora_r 16)", replace(inputs, lora_r=16)))
+    for text, changed in tries:
+        hit = _first_fit(model, changed, strategies)
+        if hit:
+            out.append(f"{text}: {hit.name} then needs {_gib(hit.total_bytes)} per GPU.")
+    per_node = inputs.num_processes // inputs.num_machines
+    procs = inputs.num_processes
+    while procs < 1024:
+        procs *= 2
+        more = replace(inputs, num_processes=procs, num_machines=max(1, procs // per_node))
+        hit = _first_fit(model, more, strategies)
+        if hit:
+            out.append(f"use {procs} GPUs: {hit.name} then needs {_gib(hit.total_bytes)} per GPU.")
+            break
+    if not out:
+        out.append("combine the above (LoRA, gradient checkpointing, batch 1) or use GPUs with more memory.")
+    return out
+
+
+def rule_of_thumb(results: list[StrategyEstimate]) -> dict[str, dict[str, float]] | None:
+    """The seed's saving vs DDP ("~30%" ZeRO-2, "~50%" ZeRO-3) beside the exact saving of total per-GPU bytes."""
+    by_name = {r.name: r for r in results}
+    if "ddp" not in by_name:
+        return None
+    base = by_name["ddp"].total_bytes
+    return {s: {"rule_of_thumb": RULE_OF_THUMB[s], "exact": 1 - by_name[s].total_bytes / base}
+            for s in RULE_OF_THUMB if s in by_name}
