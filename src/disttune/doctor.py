@@ -71,11 +71,13 @@ def _procs_per_machine(config: Mapping[str, Any]) -> int | None:
     return max(1, procs // machines)  # num_processes counts every machine
 
 
-def check_gpus(gpus: list[dict[str, Any]], config: Mapping[str, Any] | None = None) -> Check:
+def check_gpus(
+    gpus: list[dict[str, Any]], config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Check:
     """Visible GPUs against the processes the config starts on this machine."""
     config = config or {}
     per_machine = _procs_per_machine(config)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
     seen = f"{len(gpus)} GPU(s) visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
     if config.get("use_cpu") is True:
         return Check("GPUs", "pass", f"{seen}; the config asks for CPU (use_cpu: true).")
@@ -356,7 +358,7 @@ def run_checks(
     installed = facts["packages"].get("deepspeed") != "not installed"
     checks += [
         check_shm(shm_path, len(gpus)),
-        check_gpus(gpus, config),
+        check_gpus(gpus, config, environ),
         check_precision(gpus, config),
         check_port(int(port), machine_rank=rank),
         check_collective_timeout(environ),

@@ -191,3 +191,14 @@ def test_run_checks_never_touches_the_network_without_probe_host(monkeypatch, tm
     assert called == []
     assert {c.status for c in checks} <= set(doctor.STATUSES)
     assert [c.name for c in checks][:4] == ["shared memory", "GPUs", "mixed precision", "rendezvous port"]
+
+
+def test_probe_deepspeed_runs_in_a_child_and_answers():
+    pytest.importorskip("deepspeed")
+    probe = doctor.probe_deepspeed()
+    assert "error" in probe or isinstance(probe.get("cpu_adam"), bool)
+
+
+def test_cuda_visible_devices_is_shown():
+    c = doctor.check_gpus([A100], {}, environ={"CUDA_VISIBLE_DEVICES": "3"})
+    assert "CUDA_VISIBLE_DEVICES=3" in c.detail
