@@ -1,0 +1,114 @@
+"""Parameter counting: published totals, transformers on tiny configs, peft for LoRA, config.json reading."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from disttune.errors import UserError
+from disttune.estimate.models import PRESETS, count_params, lora_params, resolve_model, spec_from_config
+
+PUBLISHED = {  # safetensors totals on the Hugging Face Hub
+    "meta-llama/Llama-3.2-1B": 1_235_814_400,
+    "meta-llama/Llama-3.2-3B": 3_212_749_824,
+    "meta-llama/Llama-3.1-8B": 8_030_261_248,
+    "meta-llama/Llama-3.1-70B": 70_553_706_496,
+    "mistralai/Mistral-7B-v0.3": 7_248_023_552,
+    "Qwen/Qwen2.5-0.5B": 494_032_768,
+    "Qwen/Qwen2.5-7B": 7_615_616_512,
+}
+MODEL_CARD_BILLIONS = {"Qwen/Qwen2.5-1.5B": 1.54, "Qwen/Qwen2.5-3B": 3.09, "Qwen/Qwen2.5-14B": 14.7,
+                       "Qwen/Qwen2.5-72B": 72.7, "Qwen/Qwen3-0.6B": 0.6, "Qwen/Qwen3-8B": 8.2}
+
+
+@pytest.mark.parametrize("name,total", PUBLISHED.items())
+def test_published_totals_exact(name, total):
+    assert count_params(PRESETS[name]).total == total
+
+
+@pytest.mark.parametrize("name,billions", MODEL_CARD_BILLIONS.items())
+def test_model_card_totals(name, billions):
+    assert count_params(PRESETS[name]).total / 1e9 == pytest.approx(billions, abs=0.1)  # cards round or truncate
+
+
+TINY = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2)
+TINY_CONFIGS = [
+    ("llama", dict(tie_word_embeddings=True)),
+    ("llama", dict(tie_word_embeddings=False)),
+    ("llama", dict(attention_bias=True, mlp_bias=True, head_dim=16)),
+    ("qwen2", dict(tie_word_embeddings=False)),
+    ("qwen2", dict(tie_word_embeddings=True)),
+    ("mistral", dict(head_dim=12)),
+    ("qwen3", dict(head_dim=16, tie_word_embeddings=True)),
+]
+
+
+@pytest.mark.parametrize("model_type,extra", TINY_CONFIGS)
+def test_config_count_matches_transformers(tmp_path, model_type, extra):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(model_type, **TINY, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    expected = sum(p.numel() for p in model.parameters())
+    (tmp_path / "config.json").write_text(config.to_json_string())
+    spec = resolve_model(str(tmp_path))  # the folder form
+    counts = count_params(spec)
+    assert counts.total == expected
+    assert counts.largest_tensor == max(p.numel() for p in model.parameters())
+    assert counts.small_tensors == sum(p.numel() for p in model.parameters() if p.numel() <= 100_000)
+
+
+def test_lora_count_matches_peft():
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    config = transformers.AutoConfig.for_model("qwen2", **TINY)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert lora_params(spec_from_config(config.to_dict()), 4) == trainable
+
+
+def test_presets_by_short_name_and_instruct_suffix():
+    assert resolve_model("qwen2.5-7b") is PRESETS["Qwen/Qwen2.5-7B"]
+    assert resolve_model("Qwen/Qwen2.5-7B-Instruct") is PRESETS["Qwen/Qwen2.5-7B"]
+
+
+def test_unknown_name_lists_presets():
+    with pytest.raises(UserError, match="Known models: .*Llama-3.1-8B"):
+        resolve_model("gpt-5")
+
+
+def test_missing_file_and_bad_configs(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        resolve_model(str(tmp_path / "nope" / "config.json"))
+    with pytest.raises(UserError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="cannot read it as JSON"):
+        resolve_model(str(bad))
+    bad.write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(UserError, match="not supported"):
+        resolve_model(str(bad))
+    bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(UserError, match="missing key"):
+        resolve_model(str(bad))
+
+
+def test_cli_modules_import_no_heavy_libraries():
+    # only our two command modules (the dispatcher imports every command, which is not ours to police)
+    code = ("import argparse, sys, disttune.plan, disttune.estimate, disttune.cli.plan, disttune.cli.estimate\n"
+            "parser = argparse.ArgumentParser(); sub = parser.add_subparsers()\n"
+            "disttune.cli.plan.register(sub); disttune.cli.estimate.register(sub)\n"
+            "for argv in (['estimate', '--model', 'meta-llama/Llama-3.1-8B', '--json'],\n"
+            "             ['plan', '--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '4']):\n"
+            "    args = parser.parse_args(argv); assert args.run(args) == 0\n"
+            "heavy = [m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stderr
