@@ -1,0 +1,116 @@
+"""Safe loading of accelerate YAML and DeepSpeed JSON files, and the shipped configs by name."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from disttune.errors import UserError
+
+SHIPPED_DIR = "accelerate_configs"
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found. Check the path (it is read relative to {Path.cwd()}).") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a {what}. Pass the file inside it.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc}). Check its permissions and encoding.") from None
+
+
+def load_accelerate_config(path) -> dict:
+    """The accelerate YAML at ``path``, safe-loaded as a dict.
+
+    Raises ``UserError`` (file, line, fix) when the file is missing, is not valid YAML, or is not a mapping.
+    """
+    path = Path(path)
+    text = _read_text(path, "accelerate config")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(
+            f"{where}: not valid YAML ({problem}). Fix the indentation or quoting on that line "
+            "(keys are `name: value`, nested keys indented by two spaces)."
+        ) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise UserError(
+            f"{path}: the file is {kind}. An accelerate config is a mapping of keys such as "
+            "`distributed_type: MULTI_GPU`; start from `disttune config new` or a shipped config."
+        )
+    return data
+
+
+def load_deepspeed_json(path) -> dict:
+    """The DeepSpeed JSON at ``path`` as a dict; ``UserError`` (file, line, fix) if it cannot be used."""
+    path = Path(path)
+    text = _read_text(path, "DeepSpeed config")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}). JSON needs double quotes, "
+            "no trailing commas and no comments."
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a DeepSpeed config is a JSON object ({{...}}), not a {type(data).__name__}.")
+    return data
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a ``deepspeed_config_file`` value points.
+
+    Attributes:
+        path: the file found, or ``None``.
+        how: ``"absolute"``, ``"cwd"`` (as accelerate opens it) or ``"yaml_dir"`` (next to the YAML).
+        tried: every path looked at, in order.
+    """
+
+    path: Path | None
+    how: str
+    tried: tuple[Path, ...]
+
+
+def resolve_deepspeed_config_file(value: str, yaml_path, cwd=None) -> Resolved:
+    """Find ``deepspeed_config.deepspeed_config_file``.
+
+    accelerate hands the string to the training processes unchanged (ACCELERATE_DEEPSPEED_CONFIG_FILE), and
+    ``HfDeepSpeedConfig`` opens it relative to the directory you launch from; so a relative path is tried
+    there first, then relative to the YAML's own folder (how configs shipped side by side are laid out).
+    """
+    raw = Path(os.path.expanduser(str(value)))
+    if raw.is_absolute():
+        return Resolved(raw if raw.is_file() else None, "absolute", (raw,))
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    candidates = [(cwd / raw, "cwd"), (Path(yaml_path).parent / raw, "yaml_dir")]
+    for candidate, how in candidates:
+        if candidate.is_file():
+            return Resolved(candidate, how, tuple(c for c, _ in candidates))
+    return Resolved(None, "missing", tuple(c for c, _ in candidates))
+
+
+def shipped_config_names() -> list[str]:
+    """Names (without ``.yaml``) of the accelerate configs shipped inside the package."""
+    folder = resources.files("disttune") / SHIPPED_DIR
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def shipped_config_path(name: str) -> Path:
+    """Path of the shipped config ``name`` (``"deepspeed_zero3"`` or ``"deepspeed_zero3.yaml"``)."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    names = shipped_config_names()
+    if stem not in names:
+        raise UserError(f"no shipped config named {name!r}. Shipped configs: {', '.join(names)}.")
+    return Path(str(resources.files("disttune") / SHIPPED_DIR / f"{stem}.yaml"))

@@ -1,0 +1,283 @@
+"""Cross-field rules of an accelerate YAML: each rule reads the whole config and returns findings.
+
+Every rule states the accelerate 1.15 behaviour it guards against; severities follow the consequence:
+``error`` when ``accelerate launch`` or the training processes fail (or do something other than what
+the file says), ``warning`` when a setting is legal but silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from disttune.config.findings import Finding, error, warning
+from disttune.config.schema import (
+    CONFIG_FILE_CONFLICTS,
+    DISTRIBUTED_TYPES,
+    FALSE_STRINGS,
+    MIXED_PRECISIONS,
+    SAGEMAKER_DISTRIBUTED_TYPES,
+    TRUE_STRINGS,
+)
+
+GPU_TYPES = ("MULTI_GPU", "DEEPSPEED", "FSDP", "MEGATRON_LM")
+
+
+def truth(value: object) -> bool | None:
+    """accelerate's reading of a boolean-ish value (``str_to_bool`` on ``str(value).lower()``)."""
+    if value is None:
+        return None
+    text = str(value).lower()
+    return True if text in TRUE_STRINGS else False if text in FALSE_STRINGS else None
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as an int when it is one (or a whole number / digit string), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+@dataclass
+class Yaml:
+    """An accelerate config with the derived values the rules share."""
+
+    data: dict
+    file: str
+    num_processes: int | None = None  # --num_processes given to `disttune check`
+    ds: dict = field(init=False)
+    fsdp: dict = field(init=False)
+
+    def __post_init__(self):
+        ds = self.data.get("deepspeed_config")
+        self.ds = ds if isinstance(ds, dict) else {}
+        fsdp = self.data.get("fsdp_config")
+        fsdp = fsdp if isinstance(fsdp, dict) else {}
+        self.fsdp = {(k if str(k).startswith("fsdp_") else f"fsdp_{k}"): v for k, v in fsdp.items()}
+
+    @property
+    def dtype(self) -> object:
+        return self.data.get("distributed_type")
+
+    @property
+    def world(self) -> int | None:
+        """Total processes: --num_processes if given, else the YAML's num_processes (NO: always 1)."""
+        if self.num_processes is not None:
+            return self.num_processes
+        return as_int(self.data.get("num_processes"))
+
+    @property
+    def machines(self) -> int:
+        return as_int(self.data.get("num_machines")) or 1
+
+    @property
+    def sagemaker(self) -> bool:
+        return self.data.get("compute_environment") == "AMAZON_SAGEMAKER"
+
+
+def rule_distributed_type(y: Yaml) -> list[Finding]:
+    """distributed_type is required, and YAML reads an unquoted NO as false."""
+    value = y.dtype
+    if "distributed_type" not in y.data:
+        return [error(y.file, "distributed_type", None, "missing: accelerate requires distributed_type",
+                      "add distributed_type: MULTI_GPU (or DEEPSPEED, FSDP, 'NO', ...)")]  # fmt: skip
+    if isinstance(value, bool):
+        return [error(y.file, "distributed_type", value,
+                      "YAML reads an unquoted NO as the boolean false, which accelerate rejects",
+                      "quote it: distributed_type: 'NO'")]  # fmt: skip
+    allowed = SAGEMAKER_DISTRIBUTED_TYPES if y.sagemaker else DISTRIBUTED_TYPES
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value).upper(), allowed, n=1)
+        return [error(y.file, "distributed_type", value, "not a distributed type accelerate knows (names are upper case)",
+                      f"use one of: {', '.join(allowed)}" + (f" (did you mean {close[0]}?)" if close else ""))]  # fmt: skip
+    return []
+
+
+def rule_mixed_precision(y: Yaml) -> list[Finding]:
+    """mixed_precision is no|fp16|bf16|fp8; YAML reads an unquoted no as false and accelerate then crashes."""
+    value = y.data.get("mixed_precision")
+    if isinstance(value, bool):
+        return [error(y.file, "mixed_precision", value,
+                      "YAML reads an unquoted no as the boolean false; accelerate launch then fails "
+                      "('bool' object has no attribute 'lower')",
+                      "quote it: mixed_precision: 'no'")]  # fmt: skip
+    if value is not None and str(value).lower() not in MIXED_PRECISIONS:
+        return [error(y.file, "mixed_precision", value, "not a mixed precision accelerate knows",
+                      "use one of: 'no', fp16, bf16, fp8")]  # fmt: skip
+    return []
+
+
+def rule_processes(y: Yaml) -> list[Finding]:
+    """num_processes / num_machines / machine_rank / main process address must add up."""
+    out: list[Finding] = []
+    d, world, machines = y.data, y.world, y.machines
+    if y.sagemaker:
+        return out
+    if "num_processes" not in d and y.num_processes is None and y.dtype not in ("NO", None, False):
+        out.append(error(y.file, "num_processes", None,
+                         "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
+                         "add num_processes: <total processes over all machines> (or pass --num_processes)"))  # fmt: skip
+    if y.dtype == "NO" and world is not None and world > 1:
+        out.append(warning(y.file, "num_processes", world,
+                           f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
+                           "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
+                           "or set num_processes: 1"))  # fmt: skip
+    if machines < 1:
+        out.append(error(y.file, "num_machines", d.get("num_machines"), "must be at least 1", "set num_machines: 1"))
+    elif world is not None and world % machines != 0:
+        out.append(error(y.file, "num_processes", world,
+                         f"{world} processes cannot be split evenly over {machines} machines "
+                         f"(accelerate starts num_processes // num_machines = {world // machines} per machine)",
+                         f"make num_processes a multiple of num_machines, e.g. {machines * max(1, world // machines)}"))  # fmt: skip
+    rank = as_int(d.get("machine_rank"))
+    if rank is not None and not 0 <= rank < machines:
+        out.append(error(y.file, "machine_rank", rank,
+                         f"machine_rank must be in 0..{machines - 1} for num_machines {machines}",
+                         "set machine_rank: 0 on the main machine and 1, 2, ... on the others"))  # fmt: skip
+    out += _main_process(y)
+    return out
+
+
+def _main_process(y: Yaml) -> list[Finding]:
+    out: list[Finding] = []
+    d, machines = y.data, y.machines
+    port = d.get("main_process_port")
+    if port is not None:
+        ok = isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535
+        if not ok:
+            out.append(error(y.file, "main_process_port", port, "not a TCP port number",
+                             "use a whole number in 1-65535, unquoted, e.g. main_process_port: 29500"))  # fmt: skip
+        elif port == 0 and machines > 1:
+            out.append(error(y.file, "main_process_port", port,
+                             "port 0 picks a random free port on each machine, so the machines cannot meet",
+                             "use the same fixed port on every machine, e.g. 29500"))  # fmt: skip
+    if machines > 1 and not d.get("main_process_ip"):
+        out.append(error(y.file, "main_process_ip", d.get("main_process_ip"),
+                         f"num_machines is {machines} but there is no main_process_ip: the machines cannot find rank 0",
+                         "set main_process_ip to the address of the machine with machine_rank 0"))  # fmt: skip
+    return out
+
+
+def rule_gpu_ids(y: Yaml) -> list[Finding]:
+    """gpu_ids is a string; its count must match the processes per machine."""
+    value = y.data.get("gpu_ids")
+    if value is None or y.sagemaker:
+        return []
+    if not isinstance(value, str):
+        return [error(y.file, "gpu_ids", value,
+                      f"gpu_ids must be a string; YAML reads {value!r} as a {type(value).__name__} and "
+                      "accelerate launch fails calling .split on it",
+                      f"quote it: gpu_ids: '{value}' (or gpu_ids: all)")]  # fmt: skip
+    if value.strip().lower() == "all" or y.dtype not in GPU_TYPES or y.data.get("use_cpu") is True:
+        return []
+    ids = [s for s in value.split(",") if s.strip()]
+    out: list[Finding] = []
+    world = y.world
+    if y.dtype == "MULTI_GPU" and y.machines <= 1 and len(ids) < 2:
+        out.append(error(y.file, "gpu_ids", value,
+                         "MULTI_GPU with fewer than two GPU ids: accelerate launch refuses it",
+                         "list at least two ids (gpu_ids: '0,1') or use gpu_ids: all"))  # fmt: skip
+    elif world is not None and world % y.machines == 0:
+        per = world // y.machines
+        if per > len(ids):
+            out.append(error(y.file, "gpu_ids", value,
+                             f"{per} processes per machine but only {len(ids)} GPU ids: the extra processes "
+                             "find no GPU of their own",
+                             f"list {per} GPU ids, or lower num_processes to {len(ids) * y.machines}"))  # fmt: skip
+        elif per < len(ids):
+            out.append(warning(y.file, "gpu_ids", value,
+                               f"{len(ids)} GPU ids but only {per} processes per machine: "
+                               f"{len(ids) - per} of the listed GPUs stay idle",
+                               f"set num_processes to {len(ids) * y.machines}, or list {per} ids"))  # fmt: skip
+    launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
+    if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
+        out.append(warning(y.file, "gpu_ids", value,
+                           f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
+                           "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
+                           "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
+                           "or use deepspeed_multinode_launcher: standard"))  # fmt: skip
+    return out
+
+
+def rule_ignored_sections(y: Yaml) -> list[Finding]:
+    """deepspeed_config / fsdp_config only apply to their own distributed_type."""
+    out: list[Finding] = []
+    both = " (DeepSpeed and FSDP are both configured)" if y.ds and y.fsdp else ""
+    if y.ds and y.dtype != "DEEPSPEED":
+        out.append(warning(y.file, "deepspeed_config", None,
+                           f"distributed_type is {y.dtype!r}, so deepspeed_config is ignored{both}",
+                           "set distributed_type: DEEPSPEED to use it, or remove deepspeed_config"))  # fmt: skip
+    if y.fsdp and y.dtype != "FSDP":
+        out.append(warning(y.file, "fsdp_config", None,
+                           f"distributed_type is {y.dtype!r}, so fsdp_config is ignored{both}",
+                           "set distributed_type: FSDP to use it, or remove fsdp_config"))  # fmt: skip
+    return out
+
+
+def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
+    """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses."""
+    if y.dtype != "DEEPSPEED":
+        return []
+    out: list[Finding] = []
+    ds, f, p = y.ds, y.file, "deepspeed_config."
+    has_file = bool(ds.get("deepspeed_config_file"))
+    if has_file:
+        for key, json_key in CONFIG_FILE_CONFLICTS.items():
+            if key in ds:
+                out.append(error(f, p + key, ds[key],
+                                 "accelerate refuses this key next to deepspeed_config_file (ValueError: When using "
+                                 "`deepspeed_config_file`, the following accelerate config variables will be ignored)",
+                                 f"remove it here and set `{json_key}` in the DeepSpeed JSON instead"))  # fmt: skip
+        if y.data.get("mixed_precision") is not None:
+            out.append(error(f, "mixed_precision", y.data["mixed_precision"],
+                             "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
+                             "(it is one of the 'variables that will be ignored')",
+                             "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON"))  # fmt: skip
+        stage = json_stage
+    else:
+        stage = as_int(ds.get("zero_stage", 2))  # DeepSpeedPlugin's default stage is 2
+    out += _offload(y, stage, has_file)
+    if stage is not None and stage != 3:
+        for key in ("zero3_init_flag", "zero3_save_16bit_model"):
+            if truth(ds.get(key)) and not (has_file and key in CONFIG_FILE_CONFLICTS):
+                out.append(warning(f, p + key, ds[key],
+                                   f"only applies to ZeRO-3; with ZeRO stage {stage} it is ignored",
+                                   "remove it, or use zero_stage: 3"))  # fmt: skip
+    launcher = ds.get("deepspeed_multinode_launcher") or "pdsh"
+    if y.machines > 1 and launcher != "standard" and not ds.get("deepspeed_hostfile"):
+        out.append(error(f, p + "deepspeed_hostfile", None,
+                         f"num_machines > 1 with the {launcher!r} launcher needs a hostfile; without one accelerate "
+                         "runs `deepspeed --hostfile None` and DeepSpeed trains on the local machine only",
+                         "set deepspeed_hostfile, or use deepspeed_multinode_launcher: standard and run "
+                         "accelerate launch on every machine"))  # fmt: skip
+    return out
+
+
+def _offload(y: Yaml, stage: int | None, has_file: bool) -> list[Finding]:
+    out: list[Finding] = []
+    ds, f, p = y.ds, y.file, "deepspeed_config."
+    if has_file:
+        return out  # the JSON's offload settings are checked with the JSON
+    param = str(ds.get("offload_param_device") or "none").lower()
+    optim = str(ds.get("offload_optimizer_device") or "none").lower()
+    if param != "none" and stage is not None and stage != 3:
+        out.append(error(f, p + "offload_param_device", ds["offload_param_device"],
+                         f"parameter offload needs ZeRO-3; with zero_stage {stage} DeepSpeed keeps the parameters on the GPU",
+                         "use zero_stage: 3, or set offload_param_device: none"))  # fmt: skip
+    if optim != "none" and stage == 0:
+        out.append(error(f, p + "offload_optimizer_device", ds["offload_optimizer_device"],
+                         "optimizer offload needs ZeRO stage 1, 2 or 3; with zero_stage 0 it does nothing",
+                         "use zero_stage: 2 (or 3), or set offload_optimizer_device: none"))  # fmt: skip
+    for what, device in (("param", param), ("optimizer", optim)):
+        key = f"offload_{what}_nvme_path"
+        if device == "nvme" and not ds.get(key):
+            out.append(error(f, p + key, None,
+                             f"offload_{what}_device is nvme but {key} is missing (accelerate passes the path 'none')",
+                             f"set {key} to a folder on a fast local NVMe drive, e.g. /local_nvme"))  # fmt: skip
+    return out

@@ -1,0 +1,103 @@
+"""Cross-field rules of ``fsdp_config`` (accelerate 1.15 ``FullyShardedDataParallelPlugin`` and launcher).
+
+Facts they rest on: the launcher always exports FSDP_SHARDING_STRATEGY (default FULL_SHARD), so under
+FSDP1 ``fsdp_reshard_after_forward`` is never read; under FSDP2 the plugin ignores ``sharding_strategy``,
+``use_orig_params``, ``sync_module_states`` and ``forward_prefetch``, drops ``backward_prefetch``, and needs
+``reshard_after_forward`` to be a boolean; the launcher refuses ``cpu_ram_efficient_loading`` without
+``sync_module_states`` (both default to "true").
+"""
+
+from __future__ import annotations
+
+from disttune.config.findings import Finding, error, warning
+from disttune.config.rules import Yaml, as_int, truth
+from disttune.config.schema import FSDP_SHARDING_STRATEGIES
+
+_V2_IGNORED = {
+    "fsdp_sharding_strategy": "use fsdp_reshard_after_forward: true (FULL_SHARD) or false (SHARD_GRAD_OP)",
+    "fsdp_use_orig_params": "remove it (FSDP2 always uses the original parameters)",
+    "fsdp_sync_module_states": "remove it (FSDP2 does not need it)",
+}
+
+
+def _strategy_name(value: object) -> str | None:
+    """A FSDP1 sharding strategy value as its name (``"1"`` and ``1`` are FULL_SHARD, ...)."""
+    if value is None:
+        return None
+    n = as_int(value)
+    if n is not None and 1 <= n <= len(FSDP_SHARDING_STRATEGIES):
+        return FSDP_SHARDING_STRATEGIES[n - 1]
+    text = str(value).upper()
+    return text if text in FSDP_SHARDING_STRATEGIES else None
+
+
+def rule_fsdp(y: Yaml) -> list[Finding]:
+    """Version-specific keys, enum combinations and the launcher's own refusals."""
+    if y.dtype != "FSDP":
+        return []
+    fs, f, p = y.fsdp, y.file, "fsdp_config."
+    version = as_int(fs.get("fsdp_version", 1))
+    out: list[Finding] = []
+    if version not in (1, 2):
+        return out  # reported by the schema check
+    reshard = fs.get("fsdp_reshard_after_forward")
+    if version == 2:
+        if reshard is not None and truth(reshard) is None:
+            out.append(error(f, p + "fsdp_reshard_after_forward", reshard,
+                             "FSDP2 needs true or false here (accelerate: 'not supported with FSDP2, please set to a bool')",
+                             "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)"))  # fmt: skip
+        for key, fix in _V2_IGNORED.items():
+            if key in fs:
+                out.append(warning(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
+        prefetch = fs.get("fsdp_backward_prefetch")
+        if prefetch is not None and str(prefetch).upper() != "NO_PREFETCH":
+            out.append(warning(f, p + "fsdp_backward_prefetch", prefetch,
+                               "FSDP2 does not support backward prefetch; accelerate sets it to None",
+                               "remove it"))  # fmt: skip
+        if truth(fs.get("fsdp_forward_prefetch")):
+            out.append(warning(f, p + "fsdp_forward_prefetch", fs["fsdp_forward_prefetch"],
+                               "ignored under fsdp_version 2 (not implemented in FSDP2)", "remove it"))  # fmt: skip
+        sdt = fs.get("fsdp_state_dict_type")
+        if sdt is not None and str(sdt).upper() in ("LOCAL_STATE_DICT", "2"):
+            out.append(error(f, p + "fsdp_state_dict_type", sdt, "FSDP2 does not support LOCAL_STATE_DICT",
+                             "use FULL_STATE_DICT (one loadable checkpoint) or SHARDED_STATE_DICT"))  # fmt: skip
+    else:
+        effective = _strategy_name(fs.get("fsdp_sharding_strategy", "FULL_SHARD"))
+        wanted = _strategy_name(reshard)
+        if wanted is None and truth(reshard) is not None:
+            wanted = "FULL_SHARD" if truth(reshard) else "SHARD_GRAD_OP"
+        if reshard is not None and wanted != effective:
+            out.append(warning(f, p + "fsdp_reshard_after_forward", reshard,
+                               f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
+                               f"({effective}), which wins",
+                               f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead"))  # fmt: skip
+    offload_ac = truth(fs.get("fsdp_activation_checkpointing_offload"))
+    if offload_ac and version != 2:
+        out.append(error(f, p + "fsdp_activation_checkpointing_offload", True,
+                         "needs fsdp_version 2 (accelerate raises otherwise)", "set fsdp_version: 2 or remove it"))  # fmt: skip
+    if offload_ac and not truth(fs.get("fsdp_activation_checkpointing")):
+        out.append(error(f, p + "fsdp_activation_checkpointing_offload", True,
+                         "needs fsdp_activation_checkpointing: true (accelerate raises otherwise)",
+                         "set fsdp_activation_checkpointing: true"))  # fmt: skip
+    if truth(fs.get("fsdp_sync_module_states")) is False and truth(fs.get("fsdp_cpu_ram_efficient_loading")) is not False:
+        out.append(error(f, p + "fsdp_sync_module_states", fs["fsdp_sync_module_states"],
+                         "accelerate launch refuses fsdp_cpu_ram_efficient_loading (default true) without "
+                         "fsdp_sync_module_states",
+                         "set fsdp_sync_module_states: true, or fsdp_cpu_ram_efficient_loading: false"))  # fmt: skip
+    out += _wrap_policy(y)
+    return out
+
+
+def _wrap_policy(y: Yaml) -> list[Finding]:
+    fs, f, p = y.fsdp, y.file, "fsdp_config."
+    policy = str(fs.get("fsdp_auto_wrap_policy") or "NO_WRAP").upper()
+    out: list[Finding] = []
+    if fs.get("fsdp_transformer_layer_cls_to_wrap") is not None and policy != "TRANSFORMER_BASED_WRAP":
+        out.append(warning(f, p + "fsdp_transformer_layer_cls_to_wrap", fs["fsdp_transformer_layer_cls_to_wrap"],
+                           f"only used with fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP; ignored with {policy}",
+                           "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, or remove it"))  # fmt: skip
+    if fs.get("fsdp_min_num_params") is not None and policy != "SIZE_BASED_WRAP":
+        out.append(warning(f, p + "fsdp_min_num_params", fs["fsdp_min_num_params"],
+                           f"only used with fsdp_auto_wrap_policy SIZE_BASED_WRAP; ignored with {policy}",
+                           "set fsdp_auto_wrap_policy: SIZE_BASED_WRAP, or remove it"))  # fmt: skip
+    return out

@@ -1,0 +1,294 @@
+"""The typed model of an accelerate config file, written down as data.
+
+Taken from accelerate 1.15 (``commands/config/config_args.py`` ``ClusterConfig`` / ``SageMakerConfig``,
+``commands/launch.py`` arguments, ``utils/launch.py`` and the ``DeepSpeedPlugin`` /
+``FullyShardedDataParallelPlugin`` dataclasses). It is data, not an import of accelerate: accelerate
+imports torch, and ``disttune check`` must answer instantly.
+
+How accelerate treats keys decides the severity of an unknown one: an unknown *top-level* key makes
+``accelerate launch`` refuse the file (``ValueError: ... had unknown keys``); an unknown key inside
+``deepspeed_config`` / ``fsdp_config`` / ... is copied onto the launcher's arguments and then never read,
+so it is silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Value kinds. "bool"/"int"/"float" are strict (accelerate uses the value as is); the "...ish" kinds
+# also accept the strings accelerate or pydantic convert ("true", "4", "1e9").
+KINDS = ("any", "str", "bool", "boolish", "int", "intish", "float", "floatish", "enum", "list", "dict", "section")
+
+TRUE_STRINGS = ("y", "yes", "t", "true", "on", "1")
+FALSE_STRINGS = ("n", "no", "f", "false", "off", "0")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One known key.
+
+    Attributes:
+        kind: one of ``KINDS``.
+        choices: allowed values (for ``enum`` compared after ``fold``; for numbers compared as is).
+        fold: ``"upper"`` / ``"lower"`` when the consumer case-folds the value before comparing.
+        auto: whether the string ``"auto"`` is legal (filled in later by accelerate or HF Trainer).
+        section: the nested section when ``kind == "section"``.
+    """
+
+    kind: str = "any"
+    choices: tuple = ()
+    fold: str = ""
+    auto: bool = False
+    section: Section | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping of known keys.
+
+    Attributes:
+        keys: key name -> ``Key``.
+        unknown: severity of an unknown key (``"error"``, ``"warning"``) or ``"open"`` (not checked).
+        unknown_why: what happens to an unknown key, for the message.
+        prefix: accelerate adds this prefix to keys that lack it (``fsdp_``, ``fp8_``, ``dynamo_``).
+        skip_underscore: keys starting with ``_`` are comments (the DeepSpeed JSON convention).
+    """
+
+    keys: dict[str, Key] = field(default_factory=dict)
+    unknown: str = "error"
+    unknown_why: str = ""
+    prefix: str = ""
+    skip_underscore: bool = False
+
+    def lookup(self, name: str) -> Key | None:
+        """The spec of ``name`` (after accelerate's prefixing), or ``None`` if unknown."""
+        if name in self.keys:
+            return self.keys[name]
+        if self.prefix and not name.startswith(self.prefix):
+            return self.keys.get(self.prefix + name)
+        return None
+
+
+def sec(keys: dict[str, Key], **kwargs) -> Key:
+    """A ``Key`` holding a nested section."""
+    return Key("section", section=Section(keys, **kwargs))
+
+
+def enum(*choices: str, fold: str = "", auto: bool = False) -> Key:
+    """A string key with a fixed set of values."""
+    return Key("enum", tuple(choices), fold=fold, auto=auto)
+
+
+ANY, STR, BOOL, BOOLISH = Key("any"), Key("str"), Key("bool"), Key("boolish")
+INT, INTISH, FLOAT, FLOATISH, LIST, DICT = Key("int"), Key("intish"), Key("float"), Key("floatish"), Key("list"), Key("dict")
+
+# accelerate/utils/dataclasses.py DistributedType, ComputeEnvironment, PrecisionType, SageMakerDistributedType.
+DISTRIBUTED_TYPES = (
+    "NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_XPU",
+    "DEEPSPEED", "FSDP", "XLA", "MEGATRON_LM", "MULTI_HPU", "MULTI_NEURON",
+)  # fmt: skip
+SAGEMAKER_DISTRIBUTED_TYPES = ("NO", "DATA_PARALLEL", "MODEL_PARALLEL")
+COMPUTE_ENVIRONMENTS = ("LOCAL_MACHINE", "AMAZON_SAGEMAKER")
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+# accelerate/utils/constants.py
+DEEPSPEED_MULTINODE_LAUNCHERS = ("pdsh", "standard", "openmpi", "mvapich", "mpich", "nossh", "slurm")
+FSDP_SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2")
+FSDP_AUTO_WRAP_POLICIES = ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP")
+FSDP_BACKWARD_PREFETCH = ("BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH")
+FSDP_STATE_DICT_TYPES = ("FULL_STATE_DICT", "LOCAL_STATE_DICT", "SHARDED_STATE_DICT")
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+
+_IGNORED = "accelerate copies it onto the launcher's arguments and never reads it, so it has no effect"
+
+# deepspeed_config: the `accelerate launch` DeepSpeed arguments (commands/launch.py) that utils/launch.py
+# turns into ACCELERATE_* variables for DeepSpeedPlugin.
+DEEPSPEED_CONFIG = Section(
+    {
+        "deepspeed_config_file": STR,
+        "zero_stage": Key("intish", (0, 1, 2, 3)),
+        "offload_optimizer_device": enum(*OFFLOAD_DEVICES, fold="lower"),
+        "offload_param_device": enum(*OFFLOAD_DEVICES, fold="lower"),
+        "offload_optimizer_nvme_path": STR,
+        "offload_param_nvme_path": STR,
+        "gradient_accumulation_steps": Key("intish", auto=True),
+        "gradient_clipping": Key("floatish", auto=True),
+        "zero3_init_flag": BOOLISH,
+        "zero3_save_16bit_model": BOOLISH,
+        "deepspeed_hostfile": STR,
+        "deepspeed_exclusion_filter": STR,
+        "deepspeed_inclusion_filter": STR,
+        "deepspeed_multinode_launcher": enum(*DEEPSPEED_MULTINODE_LAUNCHERS),
+        "deepspeed_moe_layer_cls_names": STR,
+    },
+    unknown="warning",
+    unknown_why=_IGNORED,
+)
+
+# fsdp_config: keys without the `fsdp_` prefix get it (commands/launch.py, "fsdp_" + key).
+FSDP_CONFIG = Section(
+    {
+        "fsdp_version": Key("intish", (1, 2)),
+        "fsdp_offload_params": BOOLISH,
+        "fsdp_min_num_params": INTISH,
+        "fsdp_sharding_strategy": enum(*FSDP_SHARDING_STRATEGIES, "1", "2", "3", "4", "5", fold="upper"),
+        "fsdp_reshard_after_forward": ANY,  # bool under FSDP2, a sharding strategy under FSDP1 (rules.py)
+        "fsdp_auto_wrap_policy": enum(*FSDP_AUTO_WRAP_POLICIES, fold="upper"),
+        "fsdp_transformer_layer_cls_to_wrap": STR,
+        "fsdp_backward_prefetch": enum(*FSDP_BACKWARD_PREFETCH, "1", "2", fold="upper"),
+        "fsdp_state_dict_type": enum(*FSDP_STATE_DICT_TYPES, "1", "2", "3", fold="upper"),
+        "fsdp_forward_prefetch": BOOLISH,
+        "fsdp_use_orig_params": BOOLISH,
+        "fsdp_cpu_ram_efficient_loading": BOOLISH,
+        "fsdp_sync_module_states": BOOLISH,
+        "fsdp_activation_checkpointing": BOOLISH,
+        "fsdp_activation_checkpointing_offload": BOOLISH,
+        "fsdp_ignored_modules": STR,
+    },
+    unknown="warning",
+    unknown_why=_IGNORED,
+    prefix="fsdp_",
+)
+
+# fp8_config: launch.py `--fp8_*` names, plus the longer names `accelerate config` writes.
+FP8_CONFIG = Section(
+    {
+        "fp8_backend": enum("AO", "TE", "MSAMP", "MS-AMP", fold="upper"),
+        "fp8_use_autocast_during_eval": BOOLISH,
+        "fp8_margin": INTISH,
+        "fp8_interval": INTISH,
+        "fp8_format": enum("HYBRID", "E4M3", "E5M2", fold="upper"),
+        "fp8_amax_history_len": INTISH,
+        "fp8_amax_history_length": INTISH,
+        "fp8_amax_compute_algo": STR,
+        "fp8_amax_compute_algorithm": STR,
+        "fp8_override_linear_precision": ANY,
+        "fp8_opt_level": STR,
+        "fp8_optimization_level": STR,
+        "fp8_enable_fsdp_float8_all_gather": BOOLISH,
+        "fp8_pad_inner_dim": BOOLISH,
+    },
+    unknown="warning",
+    unknown_why=_IGNORED,
+    prefix="fp8_",
+)
+
+DYNAMO_CONFIG = Section(
+    {
+        "dynamo_backend": STR,
+        "dynamo_mode": STR,
+        "dynamo_use_fullgraph": BOOLISH,
+        "dynamo_use_dynamic": BOOLISH,
+        "dynamo_use_regional_compilation": BOOLISH,
+    },
+    unknown="warning",
+    unknown_why=_IGNORED,
+    prefix="dynamo_",
+)
+
+_PC = "parallelism_config_"
+PARALLELISM_CONFIG = Section(
+    {
+        **{_PC + k: INTISH for k in ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size")},
+        **{_PC + k: STR for k in ("cp_backend", "cp_comm_strategy", "sp_backend", "sp_attn_implementation")},
+        _PC + "sp_seq_length": ANY,
+        _PC + "sp_seq_length_is_variable": BOOLISH,
+    },
+    unknown="warning",
+    unknown_why=_IGNORED,
+)
+
+_MEGATRON_KEYS = (
+    "tp_degree", "use_custom_fsdp", "no_load_optim", "eod_mask_loss", "overlap_cpu_optimizer_d2h_h2d",
+    "no_save_optim", "optimizer_cpu_offload", "use_precision_aware_optimizer",
+    "decoder_last_pipeline_num_layers", "pp_degree", "num_micro_batches", "sequence_parallelism",
+    "recompute_activations", "use_distributed_optimizer", "gradient_clipping", "recompute_granularity",
+    "recompute_method", "recompute_num_layers", "attention_backend", "expert_model_parallel_size",
+    "context_parallel_size", "attention_dropout", "hidden_dropout", "attention_softmax_in_fp32",
+    "expert_tensor_parallel_size", "calculate_per_token_loss", "use_rotary_position_embeddings",
+)  # fmt: skip
+MEGATRON_LM_CONFIG = Section(
+    {"megatron_lm_" + k: ANY for k in _MEGATRON_KEYS}, unknown="warning", unknown_why=_IGNORED
+)
+MPIRUN_CONFIG = Section({"mpirun_hostfile": STR}, unknown="warning", unknown_why=_IGNORED)
+
+_BASE = {
+    "compute_environment": enum(*COMPUTE_ENVIRONMENTS),
+    "distributed_type": ANY,  # checked in rules.py (YAML's unquoted NO is False)
+    "mixed_precision": ANY,  # checked in rules.py (YAML's unquoted no is False)
+    "use_cpu": BOOL,
+    "debug": BOOL,
+    "fp16": ANY,  # legacy key, turned into mixed_precision by BaseConfig.process_config
+    "dynamo_backend": STR,  # legacy key, turned into dynamo_config
+    "enable_cpu_affinity": BOOL,
+    "dynamo_config": Key("section", section=DYNAMO_CONFIG),
+}
+
+_TOP_UNKNOWN = "accelerate launch refuses a config with unknown top-level keys (ValueError: had unknown keys)"
+
+# ClusterConfig (compute_environment: LOCAL_MACHINE, the default).
+CLUSTER_CONFIG = Section(
+    {
+        **_BASE,
+        "num_processes": INT,
+        "machine_rank": INT,
+        "num_machines": INT,
+        "gpu_ids": ANY,  # a string ("all" or "0,1"); checked in rules.py
+        "main_process_ip": STR,
+        "main_process_port": ANY,  # checked in rules.py
+        "rdzv_backend": STR,
+        "same_network": BOOL,
+        "main_training_function": STR,
+        "fp8_config": Key("section", section=FP8_CONFIG),
+        "deepspeed_config": Key("section", section=DEEPSPEED_CONFIG),
+        "fsdp_config": Key("section", section=FSDP_CONFIG),
+        "parallelism_config": Key("section", section=PARALLELISM_CONFIG),
+        "megatron_lm_config": Key("section", section=MEGATRON_LM_CONFIG),
+        "mpirun_config": Key("section", section=MPIRUN_CONFIG),
+        "downcast_bf16": ANY,  # TPU only; `accelerate config` writes the string 'no'
+        "tpu_name": STR,
+        "tpu_zone": STR,
+        "tpu_use_cluster": BOOL,
+        "tpu_use_sudo": BOOL,
+        "command_file": STR,
+        "commands": ANY,
+        "tpu_vm": ANY,
+        "tpu_env": ANY,
+    },
+    unknown="error",
+    unknown_why=_TOP_UNKNOWN,
+)
+
+SAGEMAKER_CONFIG = Section(
+    {
+        **_BASE,
+        "ec2_instance_type": STR,
+        "iam_role_name": STR,
+        "image_uri": STR,
+        "profile": STR,
+        "region": STR,
+        "num_machines": INT,
+        "gpu_ids": ANY,
+        "base_job_name": STR,
+        "pytorch_version": STR,
+        "transformers_version": STR,
+        "py_version": STR,
+        "sagemaker_inputs_file": STR,
+        "sagemaker_metrics_file": STR,
+        "additional_args": DICT,
+    },
+    unknown="error",
+    unknown_why=_TOP_UNKNOWN,
+)
+
+# deepspeed_config keys that accelerate refuses next to deepspeed_config_file
+# (DeepSpeedPlugin._deepspeed_config_checks), and where each lives in the DeepSpeed JSON.
+CONFIG_FILE_CONFLICTS = {
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "gradient_clipping": "gradient_clipping",
+    "zero_stage": "zero_optimization.stage",
+    "offload_optimizer_device": "zero_optimization.offload_optimizer.device",
+    "offload_param_device": "zero_optimization.offload_param.device",
+    "offload_param_nvme_path": "zero_optimization.offload_param.nvme_path",
+    "offload_optimizer_nvme_path": "zero_optimization.offload_optimizer.nvme_path",
+    "zero3_save_16bit_model": "zero_optimization.stage3_gather_16bit_weights_on_model_save",
+}

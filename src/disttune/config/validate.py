@@ -1,0 +1,160 @@
+"""Check a loaded mapping against a ``Section`` of the schema: unknown keys, types and allowed values.
+
+Every problem becomes a ``Finding``; nothing stops at the first one.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from disttune.config.findings import ERROR, Finding, error, warning
+from disttune.config.schema import FALSE_STRINGS, TRUE_STRINGS, Key, Section
+
+# An unknown key this close to a known key that the section lacks is a typo: the setting the user
+# meant silently keeps its default, so it is reported as an error even where unknown keys are ignored.
+TYPO_RATIO = 0.85
+
+_KIND_WORDS = {
+    "bool": "true or false",
+    "boolish": "true or false",
+    "int": "a whole number",
+    "intish": "a whole number",
+    "float": "a number",
+    "floatish": "a number",
+    "str": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "section": "a mapping",
+}
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _type_ok(value: object, key: Key) -> bool:
+    kind = key.kind
+    if kind == "any":
+        return True
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "boolish":
+        if isinstance(value, bool) or value in (0, 1):
+            return True
+        return isinstance(value, str) and value.lower() in TRUE_STRINGS + FALSE_STRINGS
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "intish":
+        if isinstance(value, float):
+            return value.is_integer()
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        )
+    if kind == "float":
+        return _is_number(value)
+    if kind == "floatish":
+        if _is_number(value):
+            return True
+        try:
+            float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        return isinstance(value, str)
+    if kind == "str":
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    if kind == "enum":
+        return isinstance(value, (str, int)) and not isinstance(value, bool)
+    if kind == "list":
+        return isinstance(value, list)
+    return isinstance(value, dict)  # dict, section
+
+
+def _fold(value: object, how: str) -> str:
+    text = str(value)
+    return text.upper() if how == "upper" else text.lower() if how == "lower" else text
+
+
+def check_value(value: object, key: Key, file: str, dotted: str) -> list[Finding]:
+    """Findings for one value against its spec (``None`` means unset and is always fine)."""
+    if value is None:
+        return []
+    if value == "auto":
+        if key.auto or key.kind == "any":
+            return []
+        return [
+            error(
+                file, dotted, value,
+                "'auto' is not allowed here: neither accelerate nor HF Trainer fills this key in",
+                "write a concrete value",
+            )
+        ]  # fmt: skip
+    if not _type_ok(value, key):
+        want = _KIND_WORDS.get(key.kind, "one of " + ", ".join(map(str, key.choices)))
+        hint = ""
+        if isinstance(value, str) and key.kind in ("bool", "int", "float"):
+            hint = " (a quoted value is a string)"
+        if isinstance(value, bool) and key.kind not in ("bool", "boolish"):
+            hint = " (YAML reads unquoted yes/no/true/false/on/off as booleans)"
+        return [
+            error(
+                file, dotted, value, f"expected {want}, got {type(value).__name__} {value!r}{hint}",
+                f"write {dotted.rsplit('.', 1)[-1]}: <{want}>" + (", without quotes" if isinstance(value, str) else ""),
+            )
+        ]  # fmt: skip
+    if key.choices:
+        folded = _fold(value, key.fold) if key.kind == "enum" else value
+        if isinstance(folded, str) and key.kind != "enum" and folded.strip().lstrip("-").isdigit():
+            folded = int(folded)
+        if isinstance(folded, float) and folded.is_integer():
+            folded = int(folded)
+        if folded not in key.choices:
+            names = [c for c in key.choices if not (isinstance(c, str) and c.isdigit())]
+            close = difflib.get_close_matches(str(folded), [str(c) for c in names], n=1)
+            fix = f"use one of: {', '.join(map(str, names))}" + (f" (did you mean {close[0]}?)" if close else "")
+            return [error(file, dotted, value, f"{value!r} is not an allowed value", fix)]
+    if key.kind == "section" and key.section is not None:
+        return check_section(value, key.section, file, dotted)  # type: ignore[arg-type]
+    return []
+
+
+def check_section(
+    data: dict, section: Section, file: str, prefix: str = "", hints: dict[str, str] | None = None
+) -> list[Finding]:
+    """Findings for every key of ``data``: unknown keys (with a "did you mean"), types, values.
+
+    ``hints`` maps a known-elsewhere key name to the advice to give when it appears here.
+    """
+    findings: list[Finding] = []
+    known = list(section.keys)
+    for name, value in data.items():
+        dotted = f"{prefix}.{name}" if prefix else str(name)
+        name = str(name)
+        if section.skip_underscore and name.startswith("_"):
+            continue
+        key = section.lookup(name)
+        if key is not None:
+            findings += check_value(value, key, file, dotted)
+            continue
+        if section.unknown == "open":
+            continue
+        findings.append(_unknown(name, value, data, section, file, dotted, known, (hints or {}).get(name)))
+    return findings
+
+
+def _unknown(name, value, data, section, file, dotted, known, hint) -> Finding:
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    severity = section.unknown
+    message = f"unknown key {name!r}: {section.unknown_why}"
+    if match:
+        ratio = difflib.SequenceMatcher(None, name, match[0]).ratio()
+        present = match[0] in data or (section.prefix and match[0].removeprefix(section.prefix) in data)
+        if ratio >= TYPO_RATIO and not present:
+            severity = ERROR
+            message += f", and {match[0]!r}, which it looks like, keeps its default"
+        fix = f"did you mean {match[0]!r}? Rename the key (or remove it)"
+    else:
+        fix = "remove it (check the spelling against the documentation)"
+    if hint:
+        fix = hint
+    make = error if severity == ERROR else warning
+    return make(file, dotted, value, message, fix)
