@@ -20,35 +20,6 @@ def _quick(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def config_api(monkeypatch):
-    """The real disttune.config API; a tiny stand-in while it is being written (tests only)."""
-    import disttune.config as cfg
-
-    if hasattr(cfg, "check_config") and hasattr(cfg, "load_accelerate_config"):
-        return cfg
-    import yaml
-
-    from disttune.config.findings import error
-    from disttune.errors import UserError
-
-    def load_accelerate_config(path):
-        data = yaml.safe_load(open(path, encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: not a YAML mapping")
-        return data
-
-    def check_config(path, num_processes=None, script_args=None):
-        stage = (load_accelerate_config(path).get("deepspeed_config") or {}).get("zero_stage")
-        if stage is not None and stage not in (0, 1, 2, 3):
-            return [error(str(path), "deepspeed_config.zero_stage", stage, "not a ZeRO stage", "use 0-3")]
-        return []
-
-    monkeypatch.setattr(cfg, "load_accelerate_config", load_accelerate_config, raising=False)
-    monkeypatch.setattr(cfg, "check_config", check_config, raising=False)
-    return cfg
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +35,7 @@ def cpu_config(tmp_path, **extra) -> str:
     return str(path)
 
 
-def test_doctor_json_passes_on_a_good_cpu_config(config_api, tmp_path, capsys):
+def test_doctor_json_passes_on_a_good_cpu_config(tmp_path, capsys):
     assert main(["doctor", cpu_config(tmp_path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True
@@ -72,7 +43,7 @@ def test_doctor_json_passes_on_a_good_cpu_config(config_api, tmp_path, capsys):
     assert not [c for c in data["checks"] if c["status"] == "fail"]
 
 
-def test_doctor_fails_on_a_broken_config(config_api, tmp_path, capsys):
+def test_doctor_fails_on_a_broken_config(tmp_path, capsys):
     path = cpu_config(tmp_path, distributed_type="DEEPSPEED", deepspeed_config={"zero_stage": 5})
     assert main(["doctor", path]) == 1
     out = capsys.readouterr().out

@@ -15,28 +15,6 @@ from disttune.launch import DEBUG_ENV, build_launch_command, script_timeout, she
 LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
-@pytest.fixture(autouse=True)
-def config_api(monkeypatch):
-    """The real disttune.config API; a tiny stand-in while it is being written (tests only)."""
-    import disttune.config as cfg
-
-    if hasattr(cfg, "check_config") and hasattr(cfg, "load_accelerate_config"):
-        return cfg
-    import yaml
-
-    from disttune.config.findings import error
-
-    def check_config(path, num_processes=None, script_args=None):
-        data = yaml.safe_load(open(path, encoding="utf-8")) or {}
-        stage = (data.get("deepspeed_config") or {}).get("zero_stage")
-        if stage is not None and stage not in (0, 1, 2, 3):
-            return [error(str(path), "deepspeed_config.zero_stage", stage, "not a ZeRO stage", "use 0-3")]
-        return []
-
-    monkeypatch.setattr(cfg, "check_config", check_config, raising=False)
-    return cfg
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
