@@ -52,27 +52,25 @@ def parse_arguments(argv: list[str], defaults: dict | None = None):
     return script_args, training_args, model_args, explicit
 
 
-def load_model_and_tokenizer(model_args):
+def load_model_and_tokenizer(model_args, seed: int = 42, trust_remote_code: bool = False):
     """The built-in ``tiny`` preset, or ``from_pretrained`` on a local folder or hub id."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from disttune.train.tiny import TINY_NAME, build_tiny_model_config, build_tiny_tokenizer
+    from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
     name = model_args.model_name_or_path
     if name == TINY_NAME:
-        tokenizer = build_tiny_tokenizer()
-        model = AutoModelForCausalLM.from_config(build_tiny_model_config(tokenizer), dtype=torch.float32)
-        return model, tokenizer
+        name = str(tiny_checkpoint(seed))
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+            name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(
             name,
             revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
+            trust_remote_code=trust_remote_code,
             attn_implementation=model_args.attn_implementation,
             dtype=getattr(torch, dtype),
         )
@@ -166,7 +164,7 @@ def build_trainer(script_args, training_args, model_args):
     from disttune.train.metrics import MetricsCallback
 
     set_seed(training_args.seed)  # the same initial weights under every strategy
-    model, tokenizer = load_model_and_tokenizer(model_args)
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args.seed, training_args.trust_remote_code)
     dataset, fmt = load_train_dataset(
         script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, seed=training_args.seed
     )
@@ -187,12 +185,30 @@ def build_trainer(script_args, training_args, model_args):
     return trainer, metrics, fmt
 
 
-def fit(trainer, metrics, training_args, script_args, notes: list[str], fmt: str) -> dict:
-    """Train, then write ``run_summary.json`` and the final model; returns the summary."""
-    import torch.distributed as dist
+def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
+    """Prove the saved model (or adapter) is complete; with --merge_lora also write ``final_merged/``."""
+    from disttune.train.save import check_saved, distinct_numel, save_merged_lora
+    from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped or trainer.model)
+    if not model_args.use_peft:
+        check_saved(final_dir, distinct_numel(model), "the final model")
+        return
+    adapter = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters() if p.requires_grad)
+    check_saved(final_dir, adapter, "the LoRA adapter")
+    if script_args.merge_lora:
+        base = model_args.model_name_or_path
+        if base == TINY_NAME:
+            base = str(tiny_checkpoint(training_args.seed))
+        merged = save_merged_lora(base, final_dir, final_dir.parent / "final_merged", training_args.trust_remote_code)
+        print(f"disttune: merged LoRA model saved in {merged}", flush=True)
+
+
+def fit(trainer, metrics, training_args, script_args, model_args, notes: list[str], fmt: str) -> dict:
+    """Train, then write ``run_summary.json`` and the final model; returns the summary."""
+    from disttune.train.measure import measure_run
     from disttune.train.metrics import write_json
-    from disttune.train.strategy import describe, full_param_count, local_param_numel, peak_memory_bytes
+    from disttune.train.strategy import describe
 
     accelerator = trainer.accelerator
     info = describe(accelerator)
@@ -209,18 +225,11 @@ def fit(trainer, metrics, training_args, script_args, notes: list[str], fmt: str
     resume = training_args.resume_from_checkpoint
     result = trainer.train(resume_from_checkpoint=resume)
 
-    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
-    local = [local_param_numel(model)]
-    peak, peak_kind = peak_memory_bytes(accelerator.device)
-    peaks = [peak]
-    if dist.is_available() and dist.is_initialized():
-        local = [None] * dist.get_world_size()
-        peaks = [None] * dist.get_world_size()
-        dist.all_gather_object(local, local_param_numel(model))
-        dist.all_gather_object(peaks, peak)
-
+    measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
     trainer.save_model(str(final_dir))
+    if accelerator.is_main_process:
+        save_outputs(trainer, final_dir, script_args, model_args, training_args)
     summary = {
         **info,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
@@ -230,11 +239,7 @@ def fit(trainer, metrics, training_args, script_args, notes: list[str], fmt: str
         "learning_rate": training_args.learning_rate,
         "max_grad_norm": training_args.max_grad_norm,
         "max_length": training_args.max_length,
-        "num_params": full_param_count(model),
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "local_param_numel": local,
-        "peak_memory_bytes": peaks,
-        "peak_memory_kind": peak_kind,
+        **measured,
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
         "tokens_per_second": metrics.tokens_per_second,
@@ -249,6 +254,15 @@ def fit(trainer, metrics, training_args, script_args, notes: list[str], fmt: str
     return summary
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group together: exiting with live gloo threads can abort a rank at teardown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -256,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         script_args, training_args, model_args, notes = setup(argv)
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
-        fit(trainer, metrics, training_args, script_args, notes, fmt)
+        fit(trainer, metrics, training_args, script_args, model_args, notes, fmt)
+        shutdown_distributed()
     except UserError as exc:
         rank = os.environ.get("RANK", "0")
         if rank == "0":

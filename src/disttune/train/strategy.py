@@ -6,7 +6,6 @@ Everything here reads what accelerate/DeepSpeed/FSDP really set up (never the co
 from __future__ import annotations
 
 import os
-import resource
 
 
 def describe(accelerator) -> dict:
@@ -27,33 +26,6 @@ def describe(accelerator) -> dict:
         "device": str(accelerator.device),
         "backend": getattr(state, "backend", None),
     }
-
-
-def local_param_numel(model) -> int:
-    """Parameter elements this rank really holds: its shard under ZeRO-3 or FSDP, else everything."""
-    total = 0
-    for param in model.parameters():
-        if hasattr(param, "ds_tensor"):  # DeepSpeed ZeRO-3 partitioned parameter
-            total += int(param.ds_tensor.numel())
-        elif hasattr(param, "to_local"):  # FSDP2 DTensor
-            total += int(param.to_local().numel())
-        else:
-            total += int(param.numel())
-    return total
-
-
-def full_param_count(model) -> int:
-    """All parameter elements of the model, wherever they live."""
-    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
-
-
-def peak_memory_bytes(device) -> tuple[int, str]:
-    """This process's peak memory: CUDA allocator peak on GPU, the process's peak RSS on CPU."""
-    import torch
-
-    if getattr(device, "type", "cpu") == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 
 def world_size_from_env() -> int:

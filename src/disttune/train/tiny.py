@@ -7,7 +7,11 @@ CPU in about a minute.
 
 from __future__ import annotations
 
+import os
+import shutil
 import string
+import tempfile
+from pathlib import Path
 
 TINY_NAME = "tiny"
 
@@ -70,3 +74,34 @@ def build_tiny_model_config(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         **TINY_MODEL_CONFIG,
     )
+
+
+def tiny_checkpoint(seed: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local HF checkpoint of the tiny preset with seed-determined random weights; built once, then reused.
+
+    Every strategy then loads the very same weights through ``from_pretrained`` (the real loading path,
+    which also handles ZeRO-3's sharded construction), instead of initialising them differently under
+    ``deepspeed.zero.Init``. Safe when several ranks build it at once: each writes a private folder and
+    renames it into place; the loser of the race drops its copy.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    root = Path(cache_dir or os.environ.get("DISTTUNE_CACHE", Path.home() / ".cache" / "disttune"))
+    target = root / f"tiny-llama-seed{seed}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(build_tiny_model_config(tokenizer))  # plain constructor: never zero.Init
+    torch.random.set_rng_state(generator_state)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another rank finished first: its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
