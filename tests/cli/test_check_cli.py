@@ -1,0 +1,77 @@
+"""`disttune check` in process: exit codes 0/1/2, text and JSON output, script arguments after `--`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from disttune.cli import main
+from disttune.config import shipped_config_names, shipped_config_path
+
+ZERO2 = "distributed_type: DEEPSPEED\nnum_processes: 4\nmixed_precision: bf16\ndeepspeed_config:\n  zero_stage: 2\n"
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_all_shipped_configs_pass_quickly(capsys):
+    start = time.perf_counter()
+    code = main(["check", "--strict", *(str(shipped_config_path(n)) for n in shipped_config_names())])
+    assert code == 0 and time.perf_counter() - start < 1.0
+    assert f"0 errors, 0 warnings in {len(shipped_config_names())} files" in capsys.readouterr().out
+
+
+def test_error_block_format_and_exit_1(tmp_path, capsys):
+    path = write(tmp_path, ZERO2.replace("zero_stage: 2", "zero_stage: 5"))
+    assert main(["check", path]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {path}:deepspeed_config.zero_stage: " in out and "(value: 5)" in out
+    assert "\n  fix: use one of: 0, 1, 2, 3" in out and "1 error, 0 warnings in 1 file" in out
+
+
+def test_warnings_exit_0_unless_strict(tmp_path, capsys):
+    path = write(tmp_path, "distributed_type: 'NO'\nnum_processes: 2\n")
+    assert main(["check", path]) == 0
+    assert "WARNING" in capsys.readouterr().out
+    assert main(["check", path, "--strict"]) == 1
+
+
+def test_json_output(tmp_path, capsys):
+    good, bad = write(tmp_path, ZERO2, "good.yaml"), write(tmp_path, ZERO2 + "colour: red\n", "bad.yaml")
+    assert main(["check", "--json", good, bad]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["files"] == [good, bad] and data["errors"] == 1 and data["warnings"] == 0
+    assert data["findings"][0]["key"] == "colour" and set(data["findings"][0]) == {
+        "severity", "file", "key", "value", "message", "fix"}  # fmt: skip
+
+
+def test_script_args_after_double_dash(tmp_path, capsys):
+    path = write(tmp_path, ZERO2 + "  gradient_accumulation_steps: 1\n")
+    assert main(["check", path, "--", "--gradient_accumulation_steps", "4"]) == 1
+    assert "mismatch TrainingArguments" in capsys.readouterr().out
+    assert main(["check", path, "--", "--gradient_accumulation_steps", "1", "--bf16"]) == 0
+
+
+def test_num_processes_option_feeds_the_batch_check(tmp_path, capsys):
+    ds = write(tmp_path, json.dumps({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4,
+                                      "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 2}}), "ds.json")  # fmt: skip
+    assert main(["check", ds, "--num_processes", "8"]) == 0
+    assert main(["check", "--num_processes=4", ds]) == 1
+
+
+def test_misuse_exits_2(tmp_path, capsys):
+    assert main(["check"]) == 2
+    assert main(["check", write(tmp_path, ZERO2), "--bogus"]) == 2
+    assert main(["check", write(tmp_path, ZERO2), "--num_processes", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "script arguments go after `--`" in err
+
+
+def test_unreadable_file_is_reported_with_the_others(tmp_path, capsys):
+    bad = write(tmp_path, "a: [1,\n", "bad.yaml")
+    assert main(["check", bad, write(tmp_path, ZERO2)]) == 1
+    out = capsys.readouterr().out
+    assert "not valid YAML" in out and "in 2 files" in out

@@ -1,0 +1,155 @@
+"""DeepSpeed JSON: schema (pydantic-strict sections vs ignored top-level keys), 'auto', cross-field rules,
+and the JSON referenced from an accelerate YAML (resolution, refused keys, precision)."""
+
+from __future__ import annotations
+
+import json
+
+from disttune.config import check_config
+from disttune.config.check import check_files
+
+GOOD = {
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": "auto", "max_live_parameters": 1e9},
+}
+
+
+def run(tmp_path, data: dict, **kwargs):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(data))
+    return check_config(path, **kwargs)
+
+
+def one(findings, key):
+    hits = [f for f in findings if f.key == key]
+    assert len(hits) == 1, findings
+    return hits[0]
+
+
+def test_good_json_with_auto_and_aliases(tmp_path):
+    assert run(tmp_path, GOOD) == []
+
+
+def test_unknown_key_in_strict_section_is_an_error(tmp_path):
+    data = {**GOOD, "zero_optimization": {"stage": 3, "overlap_com": True}}
+    f = one(run(tmp_path, data), "zero_optimization.overlap_com")
+    assert f.severity == "error" and "Extra inputs are not permitted" in f.message and "overlap_comm" in f.fix
+
+
+def test_unknown_top_level_key_is_ignored_so_a_warning(tmp_path):
+    f = one(run(tmp_path, {**GOOD, "monitor_config": {}, "_comment": "fine"}), "monitor_config")
+    assert f.severity == "warning" and "ignores" in f.message
+
+
+def test_top_level_typo_is_an_error(tmp_path):
+    data = {k: v for k, v in GOOD.items() if k != "gradient_clipping"}
+    f = one(run(tmp_path, {**data, "gradient_clippin": 1.0}), "gradient_clippin")
+    assert f.severity == "error" and "gradient_clipping" in f.fix
+    # with the real key present too, the stray one is just ignored
+    assert one(run(tmp_path, {**GOOD, "gradient_clippin": 1.0}), "gradient_clippin").severity == "warning"
+
+
+def test_auto_where_nobody_fills_it(tmp_path):
+    data = {**GOOD, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}
+    assert "'auto' is not allowed" in one(run(tmp_path, data), "zero_optimization.sub_group_size").message
+
+
+def test_string_where_a_number_belongs(tmp_path):
+    f = one(run(tmp_path, {**GOOD, "train_micro_batch_size_per_gpu": "4"}), "train_micro_batch_size_per_gpu")
+    assert "whole number" in f.message and "quotes" in f.fix
+
+
+def test_stage_range_and_missing_zero(tmp_path):
+    assert one(run(tmp_path, {**GOOD, "zero_optimization": {"stage": 5}}), "zero_optimization.stage").severity == "error"
+    f = one(run(tmp_path, {"train_batch_size": "auto"}), "zero_optimization")
+    assert "Please specify the ZeRO optimization config" in f.message
+
+
+def test_param_offload_needs_zero3_and_nvme_needs_path(tmp_path):
+    data = {**GOOD, "zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"},
+                                          "offload_optimizer": {"device": "nvme"}}}  # fmt: skip
+    found = run(tmp_path, data)
+    assert "needs ZeRO-3" in one(found, "zero_optimization.offload_param.device").message
+    assert "nvme_path is missing" in one(found, "zero_optimization.offload_optimizer.nvme_path").message
+
+
+def test_zero3_only_gather_warns_under_stage_2(tmp_path):
+    data = {**GOOD, "zero_optimization": {"stage": 2, "stage3_gather_16bit_weights_on_model_save": True}}
+    f = one(run(tmp_path, data), "zero_optimization.stage3_gather_16bit_weights_on_model_save")
+    assert f.severity == "warning"
+
+
+def test_fp16_and_bf16_both_enabled(tmp_path):
+    f = one(run(tmp_path, {**GOOD, "fp16": {"enabled": True}, "bf16": {"enabled": True}}), "bf16.enabled")
+    assert "only one" in f.message
+
+
+def test_batch_triple(tmp_path):
+    data = {**GOOD, "train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}
+    f = one(run(tmp_path, data, num_processes=4), "train_batch_size")
+    assert "4 x 2 x 4 = 32" in f.message and "32" in f.fix
+    assert run(tmp_path, data, num_processes=8) == []
+    assert run(tmp_path, data) == []  # world unknown, 64 is a multiple of 8
+    f = one(run(tmp_path, {**data, "train_batch_size": 12}), "train_batch_size")
+    assert "not a multiple" in f.message
+
+
+def _pair(tmp_path, yaml_body: str, data: dict, sub: str = "cfg"):
+    folder = tmp_path / sub
+    folder.mkdir()
+    (folder / "ds.json").write_text(json.dumps(data))
+    path = folder / "acc.yaml"
+    path.write_text("distributed_type: DEEPSPEED\nnum_processes: 4\n" + yaml_body)
+    return path
+
+
+def test_config_file_resolved_next_to_the_yaml_and_checked(tmp_path):
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: ds.json\n",
+                 {**GOOD, "train_batch_size": 10, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1})
+    report = check_files([path], cwd=tmp_path)
+    assert len(report.files) == 2 and "relative to the YAML's folder" in report.notes[0]
+    f = one(report.findings, "train_batch_size")
+    assert f.file.endswith("ds.json") and "1 x 1 x 4 = 4" in f.message
+
+
+def test_config_file_resolved_from_cwd_first(tmp_path):
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: cfg/ds.json\n", GOOD)
+    report = check_files([path], cwd=tmp_path)
+    assert report.findings == [] and "current directory" in report.notes[0]
+
+
+def test_missing_config_file(tmp_path):
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: nope.json\n", GOOD)
+    f = one(check_config(path), "deepspeed_config.deepspeed_config_file")
+    assert "does not exist" in f.message
+
+
+def test_config_file_refuses_accelerate_keys_and_mixed_precision(tmp_path):
+    body = ("mixed_precision: bf16\ndeepspeed_config:\n  deepspeed_config_file: ds.json\n  zero_stage: 3\n"
+            "  gradient_accumulation_steps: 2\n  zero3_init_flag: true\n")  # fmt: skip
+    path = _pair(tmp_path, body, {**GOOD, "fp16": {"enabled": True}, "bf16": {"enabled": False}})
+    found = check_files([path], cwd=tmp_path).findings
+    for key in ("deepspeed_config.zero_stage", "deepspeed_config.gradient_accumulation_steps"):
+        f = one(found, key)
+        assert "next to deepspeed_config_file" in f.message and "DeepSpeed JSON" in f.fix
+    mp = one(found, "mixed_precision")
+    assert "contradicts" in mp.message and "fp16" in mp.message
+    assert not [f for f in found if f.key == "deepspeed_config.zero3_init_flag"]
+
+
+def test_zero3_init_flag_uses_the_json_stage(tmp_path):
+    body = "deepspeed_config:\n  deepspeed_config_file: ds.json\n  zero3_init_flag: true\n"
+    path = _pair(tmp_path, body, {**GOOD, "zero_optimization": {"stage": 1}})
+    f = one(check_files([path], cwd=tmp_path).findings, "deepspeed_config.zero3_init_flag")
+    assert "ZeRO stage 1" in f.message
+
+
+def test_unreadable_json_is_a_finding_not_a_crash(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"zero_optimization": {"stage": 2},}')
+    f = check_config(path)[0]
+    assert f.severity == "error" and "bad.json:1" in f.message

@@ -1,0 +1,191 @@
+"""Cross-field rules of accelerate YAML configs: one broken input per rule, with its message."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from disttune.config import check_config
+
+BASE_DS = """
+compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+num_processes: 4
+num_machines: 1
+machine_rank: 0
+mixed_precision: bf16
+"""
+
+
+def run(tmp_path, text: str, name: str = "c.yaml", **kwargs):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return check_config(path, **kwargs)
+
+
+def one(findings, key: str):
+    hits = [f for f in findings if f.key == key]
+    assert len(hits) == 1, findings
+    return hits[0]
+
+
+def keys(findings) -> set[tuple[str, str]]:
+    return {(f.severity, f.key) for f in findings}
+
+
+def test_clean_deepspeed_config_has_no_finding(tmp_path):
+    assert run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 2\n") == []
+
+
+def test_unknown_top_level_key_is_an_error_with_did_you_mean(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "num_proceses: 4\n"), "num_proceses")
+    assert f.severity == "error" and "unknown top-level keys" in f.message and "num_processes" in f.fix
+
+
+def test_unknown_nested_key_is_a_warning_but_a_typo_is_an_error(tmp_path):
+    found = run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stgae: 3\n  colour: red\n")
+    typo = one(found, "deepspeed_config.zero_stgae")
+    assert typo.severity == "error" and "'zero_stage'" in typo.message and "keeps its default" in typo.message
+    assert one(found, "deepspeed_config.colour").severity == "warning"
+
+
+def test_deepspeed_json_key_in_deepspeed_config_says_where_it_belongs(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 3\n  communication_data_type: fp32\n"),
+            "deepspeed_config.communication_data_type")
+    assert f.severity == "warning" and "deepspeed_config_file" in f.fix
+
+
+def test_fsdp_keys_without_prefix_are_known(tmp_path):
+    text = BASE_DS.replace("DEEPSPEED", "FSDP") + "fsdp_config:\n  version: 2\n  auto_wrap_policy: NO_WRAP\n"
+    assert run(tmp_path, text) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ("num_machines: '2'", "num_machines", "a quoted value is a string"),
+        ("use_cpu: 'false'", "use_cpu", "true or false"),
+        ("compute_environment: LOCAL", "compute_environment", "not an allowed value"),
+    ],
+)
+def test_types_and_values(tmp_path, line, key, words):
+    text = BASE_DS.replace(f"\n{key}:", f"\n#{key}:") + line + "\n"
+    assert words in one(run(tmp_path, text), key).message
+
+
+def test_unquoted_no_mixed_precision_is_an_error(tmp_path):
+    f = one(run(tmp_path, BASE_DS.replace("mixed_precision: bf16", "mixed_precision: no")), "mixed_precision")
+    assert f.severity == "error" and f.value is False and "'no'" in f.fix
+
+
+def test_unquoted_no_distributed_type_is_an_error(tmp_path):
+    f = one(run(tmp_path, "distributed_type: NO\nnum_processes: 1\n"), "distributed_type")
+    assert "boolean false" in f.message and "'NO'" in f.fix
+
+
+def test_unknown_distributed_type(tmp_path):
+    f = one(run(tmp_path, "distributed_type: multi_gpu\nnum_processes: 2\n"), "distributed_type")
+    assert "MULTI_GPU" in f.fix
+
+
+def test_missing_distributed_type_and_num_processes(tmp_path):
+    assert ("error", "distributed_type") in keys(run(tmp_path, "mixed_precision: bf16\n"))
+    assert ("error", "num_processes") in keys(run(tmp_path, "distributed_type: MULTI_GPU\n"))
+    assert run(tmp_path, "distributed_type: MULTI_GPU\n", num_processes=2) == []
+
+
+def test_no_with_several_processes_warns(tmp_path):
+    f = one(run(tmp_path, "distributed_type: 'NO'\nnum_processes: 8\n"), "num_processes")
+    assert f.severity == "warning" and "single process" in f.message
+
+
+def test_processes_must_split_over_machines(tmp_path):
+    text = BASE_DS.replace("num_processes: 4", "num_processes: 6").replace("num_machines: 1", "num_machines: 4")
+    text += "main_process_ip: 10.0.0.1\ndeepspeed_config:\n  deepspeed_multinode_launcher: standard\n"
+    assert "cannot be split evenly" in one(run(tmp_path, text), "num_processes").message
+
+
+def test_machine_rank_out_of_range(tmp_path):
+    f = one(run(tmp_path, BASE_DS.replace("machine_rank: 0", "machine_rank: 1")), "machine_rank")
+    assert "0..0" in f.message
+
+
+def test_multi_node_needs_ip_and_a_valid_port(tmp_path):
+    text = "distributed_type: MULTI_GPU\nnum_processes: 16\nnum_machines: 2\nmain_process_port: 70000\n"
+    found = run(tmp_path, text)
+    assert "cannot find rank 0" in one(found, "main_process_ip").message
+    assert "TCP port" in one(found, "main_process_port").message
+    found = run(tmp_path, text.replace("70000", "0") + "main_process_ip: 10.0.0.1\n")
+    assert "random free port" in one(found, "main_process_port").message
+
+
+def test_gpu_ids_must_be_a_string(tmp_path):
+    f = one(run(tmp_path, "distributed_type: 'NO'\nnum_processes: 1\ngpu_ids: 0\n"), "gpu_ids")
+    assert ".split" in f.message and "'0'" in f.fix
+
+
+def test_gpu_ids_count_against_processes_per_machine(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "gpu_ids: '0,1'\n"), "gpu_ids")
+    assert f.severity == "error" and "4 processes per machine but only 2" in f.message
+    f = one(run(tmp_path, BASE_DS + "gpu_ids: '0,1,2,3,4,5'\n"), "gpu_ids")
+    assert f.severity == "warning" and "stay idle" in f.message
+    f = one(run(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 1\ngpu_ids: '0'\n"), "gpu_ids")
+    assert "fewer than two" in f.message
+
+
+def test_gpu_ids_ignored_by_deepspeed_multinode_pdsh(tmp_path):
+    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace("num_processes: 4", "num_processes: 8")
+    text += "main_process_ip: 10.0.0.1\ngpu_ids: '0,1,2,3'\ndeepspeed_config:\n  deepspeed_hostfile: /job/hostfile\n"
+    f = one(run(tmp_path, text), "gpu_ids")
+    assert f.severity == "warning" and "not applied" in f.message
+    assert run(tmp_path, text.replace("deepspeed_hostfile: /job/hostfile", "deepspeed_multinode_launcher: standard")) == []
+
+
+def test_deepspeed_pdsh_multinode_needs_hostfile(tmp_path):
+    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace("num_processes: 4", "num_processes: 8")
+    f = one(run(tmp_path, text + "main_process_ip: 10.0.0.1\n"), "deepspeed_config.deepspeed_hostfile")
+    assert "--hostfile None" in f.message
+
+
+def test_zero_stage_range(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 4\n"), "deepspeed_config.zero_stage")
+    assert "not an allowed value" in f.message and "0, 1, 2, 3" in f.fix
+
+
+def test_param_offload_needs_zero3_and_zero3_flags_warn(tmp_path):
+    text = BASE_DS + "deepspeed_config:\n  zero_stage: 2\n  offload_param_device: cpu\n  zero3_init_flag: true\n"
+    found = run(tmp_path, text)
+    assert "needs ZeRO-3" in one(found, "deepspeed_config.offload_param_device").message
+    f = one(found, "deepspeed_config.zero3_init_flag")
+    assert f.severity == "warning" and "only applies to ZeRO-3" in f.message
+
+
+def test_default_stage_is_two_when_missing(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero3_save_16bit_model: true\n"),
+            "deepspeed_config.zero3_save_16bit_model")
+    assert "ZeRO stage 2" in f.message
+
+
+def test_optimizer_offload_with_stage_zero(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 0\n  offload_optimizer_device: cpu\n"),
+            "deepspeed_config.offload_optimizer_device")
+    assert "stage 1, 2 or 3" in f.message
+
+
+def test_nvme_offload_needs_path(tmp_path):
+    text = BASE_DS + "deepspeed_config:\n  zero_stage: 3\n  offload_param_device: nvme\n  offload_optimizer_device: nvme\n"
+    found = run(tmp_path, text)
+    assert "missing" in one(found, "deepspeed_config.offload_param_nvme_path").message
+    assert "missing" in one(found, "deepspeed_config.offload_optimizer_nvme_path").message
+
+
+def test_deepspeed_and_fsdp_both_configured(tmp_path):
+    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 2\nfsdp_config:\n  fsdp_version: 2\n"),
+            "fsdp_config")
+    assert f.severity == "warning" and "both configured" in f.message
+
+
+def test_deepspeed_config_under_multi_gpu_is_ignored(tmp_path):
+    text = BASE_DS.replace("DEEPSPEED", "MULTI_GPU") + "deepspeed_config:\n  zero_stage: 2\n"
+    assert "ignored" in one(run(tmp_path, text), "deepspeed_config").message
