@@ -102,7 +102,12 @@ def setup(argv: list[str]):
     import torch
 
     from disttune.train.reconcile import cpu_mixed_precision_fallback, reconcile_batch_settings
-    from disttune.train.strategy import cpu_distributed_defaults, promote_fsdp_on_cpu, world_size_from_env
+    from disttune.train.strategy import (
+        cpu_distributed_defaults,
+        deepspeed_auto_sizes,
+        promote_fsdp_on_cpu,
+        world_size_from_env,
+    )
 
     cuda = torch.cuda.is_available()
     defaults, notes = cpu_distributed_defaults(cuda)
@@ -111,6 +116,8 @@ def setup(argv: list[str]):
         notes.append(warning)
     script_args, training_args, model_args, explicit = parse_arguments(argv, defaults)
     promote_fsdp_on_cpu(cuda)
+    if deepspeed_auto_sizes(training_args):
+        notes.append("DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size")
     if training_args.include_num_input_tokens_seen == "all":
         training_args.include_num_input_tokens_seen = "non_padding"
     notes += reconcile_batch_settings(training_args, explicit)
@@ -131,6 +138,11 @@ def setup(argv: list[str]):
             f"global batch {batch} vs base {script_args.base_global_batch_size})"
         )
         training_args.learning_rate = lr
+    from disttune.train.faults import apply_collective_timeout
+    from disttune.train.preflight import prepare_run
+
+    apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
+    notes += prepare_run(script_args, training_args)
     return script_args, training_args, model_args, notes
 
 
@@ -173,7 +185,12 @@ def build_trainer(script_args, training_args, model_args):
             training_args.assistant_only_loss = True
         else:
             dataset = messages_to_prompt_completion(dataset)
-    metrics = MetricsCallback(training_args.output_dir)
+    from disttune.train import faults
+    from disttune.train.checkpoints import new_run_id
+    from disttune.train.preflight import current_layout
+
+    run_id = new_run_id(training_args.resume_from_checkpoint)
+    metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -182,6 +199,7 @@ def build_trainer(script_args, training_args, model_args):
         peft_config=get_peft_config(model_args),
         callbacks=[metrics],
     )
+    faults.install(trainer, script_args, {**current_layout(), "run_id": run_id})
     return trainer, metrics, fmt
 
 
@@ -265,13 +283,22 @@ def shutdown_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
+    from disttune.train.faults import TrainingStopped
+    from disttune.train.preflight import check_trainer_disk
+
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         script_args, training_args, model_args, notes = setup(argv)
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
+        check_trainer_disk(trainer, training_args)
         fit(trainer, metrics, training_args, script_args, model_args, notes, fmt)
         shutdown_distributed()
+    except TrainingStopped as exc:  # SIGTERM/SIGINT: checkpoint saved; say how to go on
+        shutdown_distributed()
+        if os.environ.get("RANK", "0") == "0":
+            print(f"disttune: {exc}", flush=True)
+        return 0
     except UserError as exc:
         rank = os.environ.get("RANK", "0")
         if rank == "0":

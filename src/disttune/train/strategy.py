@@ -74,3 +74,25 @@ def promote_fsdp_on_cpu(cuda_available: bool, environ=os.environ) -> None:
     state = PartialState()
     if state.num_processes > 1 and state.distributed_type == DistributedType.NO:
         state.distributed_type = DistributedType.MULTI_GPU
+
+
+# DeepSpeed sizes that scale with the model. Left out of the config that accelerate builds from its YAML,
+# they fall back to DeepSpeed's fixed defaults (e.g. a 1e5-element persistence threshold, under which a
+# small model's parameters are never sharded by ZeRO-3). "auto" lets accelerate derive them from
+# hidden_size exactly as HF's documented ZeRO templates do (h*h, 0.9*h*h, 10*h).
+HIDDEN_SIZE_AUTO_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+
+
+def deepspeed_auto_sizes(training_args) -> list[str]:
+    """Mark the hidden-size-based DeepSpeed sizes ``auto`` where the config left them unset.
+
+    Values the user wrote (in a DeepSpeed JSON) are kept. Returns the keys that were filled.
+    """
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    if plugin is None:
+        return []
+    zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
+    filled = [key for key in HIDDEN_SIZE_AUTO_KEYS if key not in zero]
+    for key in filled:
+        zero[key] = "auto"
+    return filled

@@ -1,0 +1,61 @@
+"""Helpers for tests that run the training script through the real ``accelerate launch`` on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "07_distributed_training.py"
+CONFIGS = REPO / "accelerate_configs"
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (never a hard-coded one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(
+    config: str,
+    output_dir: Path,
+    *script_args: str,
+    num_processes: int | None = 2,
+    mixed_precision: str | None = "no",
+    cache_dir: Path | None = None,
+    timeout: float = 300,
+    extra_env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file accelerate_configs/<config>.yaml ... 07_distributed_training.py``."""
+    cmd = [*ACCELERATE, "--config_file", str(CONFIGS / f"{config}.yaml")]
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    if mixed_precision is not None:
+        cmd += ["--mixed_precision", mixed_precision]
+    cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    cmd += [str(SCRIPT), "--output_dir", str(output_dir), *script_args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+    if cache_dir is not None:
+        env["DISTTUNE_CACHE"] = str(cache_dir)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def read_summary(output_dir: Path) -> dict:
+    """``run_summary.json``."""
+    return json.loads((Path(output_dir) / "run_summary.json").read_text())
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    """The tail of a failed run's output, for assertion messages."""
+    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
