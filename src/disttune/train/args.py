@@ -56,3 +56,15 @@ class DisttuneArguments:
         default=None, metadata={"help": "The global batch the --learning_rate was tuned for (needed by --lr_scaling)."}
     )
     merge_lora: bool = field(default=False, metadata={"help": "With --use_peft, also save the merged model in final_merged/."})
+    hang_dump_s: float = field(
+        default=0.0,
+        metadata={"help": "When no step completes for this many seconds, write every rank's Python stack to "
+                  "<output_dir>/hang_rank{r}.txt and stop the job (0 = off; set it above the slowest step + save)."},
+    )
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "Skip the update of a step whose loss or gradients are NaN/inf (default: stop and say why)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."}
+    )

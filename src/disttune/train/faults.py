@@ -1,0 +1,374 @@
+"""Faults during training: preemption signals, non-finite steps, hung ranks.
+
+- ``StepGuard`` (a ``TrainerCallback``): once per optimizer step, one small all-reduce tells every rank
+  (a) whether any rank received SIGTERM/SIGINT (then all save a checkpoint at this step's end and stop
+  together; the signal may reach one rank only) and (b) which ranks saw a non-finite loss or gradient
+  (then all stop before the optimizer step, naming the step, the ranks and the likely cause, or, with
+  ``--skip_nonfinite_steps``, all skip the update).
+- ``HangWatchdog``: when no step completes for ``--hang_dump_s`` seconds, writes this rank's Python
+  stacks to ``<output_dir>/hang_rank{r}.txt``, names the ranks that stopped answering, and leaves with
+  ``os._exit(1)``, so that the launcher tears the job down. The collective timeout alone does not do
+  this on CPU: transformers does not pass ``--ddp_timeout`` to the gloo group (see
+  ``apply_collective_timeout``).
+
+Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank],..."``
+with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill`` (at the start of the
+step), ``sigkill_in_save`` (after the checkpoint files of that step are written, before the mark).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from disttune.errors import UserError
+
+TEST_FAULT_ENV = "DISTTUNE_TEST_FAULT"
+MAX_CONSECUTIVE_SKIPS = 10
+
+
+class NonFiniteError(UserError):
+    """A non-finite loss or gradient stopped the run."""
+
+
+class TrainingStopped(Exception):
+    """A signal stopped the run after a checkpoint was saved (not a failure)."""
+
+    def __init__(self, message: str, checkpoint: str | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
+    """The faults injected for this rank: ``{(action, step): True}`` (tests only)."""
+    faults = {}
+    for item in filter(None, (environ.get(TEST_FAULT_ENV) or "").split(",")):
+        action, _, where = item.strip().partition("@")
+        step, _, rank = where.partition(":")
+        if not rank or int(rank) == _rank():
+            faults[(action, int(step))] = True
+    return faults
+
+
+def _inject(stage: str, step: int) -> None:
+    """Carry out an injected process fault for ``stage`` at ``step`` (tests only)."""
+    faults = test_faults()
+    if stage == "after_write" and faults.get(("sigkill_in_save", step)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "step_begin":
+        for action, sig in (("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL), ("sigstop", signal.SIGSTOP)):
+            if faults.get((action, step)):
+                os.kill(os.getpid(), sig)
+
+
+checkpoint_test_hook = _inject
+
+
+def likely_cause(args) -> str:
+    """What usually makes a step non-finite, for the error message."""
+    causes = []
+    if getattr(args, "fp16", False) or os.environ.get("ACCELERATE_MIXED_PRECISION") == "fp16":
+        causes.append("fp16 overflow: train in bf16 (--mixed_precision bf16) if the hardware has it")
+    causes.append(f"learning rate too high (--learning_rate {args.learning_rate:g}): lower it or warm up longer")
+    causes.append("bad data (empty or extreme examples)")
+    return "; ".join(causes)
+
+
+def apply_collective_timeout(seconds: float) -> bool:
+    """Give the default process group the ``--ddp_timeout`` transformers forgets on the CPU/gloo path.
+
+    ``TrainingArguments`` passes ``timeout`` to accelerate only for GPU and DeepSpeed setups; with
+    ``ACCELERATE_USE_CPU`` the group keeps torch's 30-minute default, so a peer that stops answering
+    blocks the others for half an hour. Returns whether a group was there to set.
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    c10d._set_pg_timeout(timedelta(seconds=seconds), c10d._get_default_group())
+    return True
+
+
+class StepGuard(TrainerCallback):
+    """Signals and non-finite values, agreed on by every rank once per optimizer step."""
+
+    def __init__(self, trainer, skip_nonfinite: bool = False):
+        self.trainer = trainer
+        self.skip_nonfinite = skip_nonfinite
+        self.signal_name: str | None = None
+        self._signal_time = 0.0
+        self._nonfinite_local = False
+        self._consecutive_skips = 0
+        self.skipped_steps: list[int] = []
+        self.stopped_by: str | None = None
+        self._previous_handlers: dict = {}
+        self._wrap_compute_loss()
+
+    # --- per-rank observations -------------------------------------------------------------------
+    def _wrap_compute_loss(self) -> None:
+        import torch
+
+        original = self.trainer.compute_loss
+        guard = self
+
+        def compute_loss(model, inputs, *args, **kwargs):
+            result = original(model, inputs, *args, **kwargs)
+            loss = result[0] if isinstance(result, tuple) else result
+            step = guard.trainer.state.global_step + 1
+            if test_faults().get(("nan", step)):
+                loss = loss * float("nan")
+                result = (loss, *result[1:]) if isinstance(result, tuple) else loss
+            if model.training:
+                guard._nonfinite_local |= not bool(torch.isfinite(loss.detach()).all())
+            return result
+
+        self.trainer.compute_loss = compute_loss
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.signal_name is not None and now - self._signal_time > 3:
+            signal.signal(signum, signal.SIG_DFL)  # asked twice: leave now
+            os.kill(os.getpid(), signum)
+            return
+        if self.signal_name is None:
+            self.signal_name, self._signal_time = name, now
+            print(f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
+                  "then stopping (send it again after 3 s to stop at once).", file=sys.stderr, flush=True)
+
+    def _local_grads_finite(self) -> bool:
+        import torch
+
+        if self.trainer.is_deepspeed_enabled:
+            engine = self.trainer.model_wrapped
+            norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+            return norm is None or math.isfinite(float(norm))
+        for param in self.trainer.model.parameters():
+            grad = param.grad
+            if grad is None:
+                continue
+            grad = grad.to_local() if hasattr(grad, "to_local") else grad
+            if not bool(torch.isfinite(grad).all()):
+                return False
+        return True
+
+    def _agree(self, args) -> tuple[list[int], list[int]]:
+        """One all-reduce: the ranks that got a signal and the ranks that saw a non-finite value."""
+        import torch
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        flags = torch.zeros(2 * world, dtype=torch.int32, device=args.device)
+        flags[rank] = int(self.signal_name is not None)
+        flags[world + rank] = int(self._nonfinite_local or not self._local_grads_finite())
+        if world > 1:
+            dist.all_reduce(flags)
+        flags = flags.tolist()
+        return [r for r in range(world) if flags[r]], [r for r in range(world) if flags[world + r]]
+
+    # --- callback events -------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.skip_nonfinite and self.trainer.is_deepspeed_enabled and not args.fp16:
+            raise UserError(
+                "--skip_nonfinite_steps: under DeepSpeed the update happens inside the engine, before any "
+                "callback can skip it; only DeepSpeed's fp16 loss scaler skips overflowing steps.\n"
+                "  fix: drop --skip_nonfinite_steps (a non-finite step then stops the run with its cause), "
+                "or use DDP/FSDP."
+            )
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._nonfinite_local = False
+        _inject("step_begin", state.global_step + 1)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step + 1
+        signalled, nonfinite = self._agree(args)
+        self._signalled = signalled
+        if not nonfinite:
+            self._consecutive_skips = 0
+            return
+        where = f"step {step} on rank{'s' if len(nonfinite) > 1 else ''} {', '.join(map(str, nonfinite))}"
+        if self.skip_nonfinite and not self.trainer.is_deepspeed_enabled:
+            self._consecutive_skips += 1
+            self.skipped_steps.append(step)
+            if self._consecutive_skips <= MAX_CONSECUTIVE_SKIPS:
+                for param in self.trainer.model.parameters():
+                    param.grad = None  # the optimizer skips parameters without a gradient
+                if state.is_world_process_zero:
+                    print(f"disttune: non-finite loss or gradient at {where}: update skipped "
+                          "(--skip_nonfinite_steps).", file=sys.stderr, flush=True)
+                return
+            where += f" ({MAX_CONSECUTIVE_SKIPS} steps in a row skipped before it)"
+        raise NonFiniteError(
+            f"non-finite loss or gradient at {where}; stopped before the update, weights untouched.\n"
+            f"  likely cause: {likely_cause(args)}.\n"
+            "  fix: resume from the last checkpoint (--resume_from_checkpoint latest) with the cause fixed, "
+            "or pass --skip_nonfinite_steps to skip such steps."
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signalled = getattr(self, "_signalled", [])
+        if signalled and self.stopped_by is None:
+            self.stopped_by = f"{self.signal_name or 'a signal'} on rank {', '.join(map(str, signalled))}"
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+        if self.stopped_by is not None:
+            checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            raise TrainingStopped(
+                f"stopped by {self.stopped_by} after step {state.global_step}; checkpoint saved in {checkpoint}.\n"
+                "  to resume: run the same command with --resume_from_checkpoint latest",
+                checkpoint,
+            )
+
+
+def translate_deepspeed_error(exc: BaseException, step: int, args) -> UserError | None:
+    """DeepSpeed's fp16 loss-scale collapse, reported like any other non-finite step (None otherwise)."""
+    if "loss scale already at minimum" not in str(exc):
+        return None
+    return NonFiniteError(
+        f"DeepSpeed's fp16 loss scale collapsed at step {step} on rank {_rank()}: every step overflowed.\n"
+        f"  likely cause: {likely_cause(args)}.\n"
+        "  fix: train in bf16 (--mixed_precision bf16) or lower the learning rate, then resume from the last "
+        "checkpoint (--resume_from_checkpoint latest)."
+    )
+
+
+def wrap_deepspeed_errors(trainer) -> None:
+    """Let ``training_step`` turn DeepSpeed's loss-scale exception into a clear ``NonFiniteError``."""
+    original = trainer.training_step
+
+    def training_step(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            translated = translate_deepspeed_error(exc, trainer.state.global_step + 1, trainer.args)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    trainer.training_step = training_step
+
+
+class HangWatchdog(TrainerCallback):
+    """Dump stacks and leave when no step completes for ``timeout_s`` seconds."""
+
+    HEARTBEAT_S = 1.0
+
+    def __init__(self, timeout_s: float, output_dir: str):
+        self.timeout_s = timeout_s
+        self.output_dir = Path(output_dir)
+        self.last_progress = time.monotonic()
+        self.step = 0
+        self._stop = threading.Event()
+        self._store = None
+
+    def _connect_store(self):
+        """A private client of the launcher's rendezvous store (own socket, short timeout), or None."""
+        try:
+            from torch.distributed import TCPStore
+
+            return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                            timeout=timedelta(seconds=5))
+        except Exception:
+            return None
+
+    def _heartbeat(self) -> None:
+        """Every second: ``time step`` under ``disttune/alive/{rank}``; a stopped or dead rank goes stale."""
+        store = self._store
+        while store is not None and not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                store.set(f"disttune/alive/{_rank()}", f"{time.time():.3f} {self.step}")
+            except Exception:
+                return
+
+    def _silent_ranks(self) -> str:
+        """Which ranks stopped answering, from their heartbeats (best effort)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self._store is None or world < 2:
+            return ""
+        silent = []
+        for rank in range(world):
+            try:
+                stamp, step = self._store.get(f"disttune/alive/{rank}").decode().split()
+            except Exception:
+                silent.append(f"rank {rank} (no heartbeat)")
+                continue
+            age = time.time() - float(stamp)
+            if age > 5 * self.HEARTBEAT_S:
+                silent.append(f"rank {rank} (silent for {age:.0f} s, last completed step {step})")
+        return "; not answering: " + ", ".join(silent) if silent else "; every rank's process still answers"
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            idle = time.monotonic() - self.last_progress
+            if idle < self.timeout_s:
+                continue
+            rank = _rank()
+            path = self.output_dir / f"hang_rank{rank}.txt"
+            try:
+                with path.open("w") as fh:
+                    fh.write(f"rank {rank}: no step completed for {idle:.0f} s; last completed step {self.step}\n")
+                    fh.flush()
+                    faulthandler.dump_traceback(fh, all_threads=True)
+            except OSError:
+                faulthandler.dump_traceback(sys.stderr, all_threads=True)
+            print(
+                f"disttune: rank {rank}: no training step completed for {idle:.0f} s (--hang_dump_s "
+                f"{self.timeout_s:g}); stuck in step {self.step + 1}{self._silent_ranks()}. Python stacks in "
+                f"{path}. Leaving with exit code 1 so that the launcher stops every rank.",
+                file=sys.stderr, flush=True,
+            )
+            os._exit(1)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        self.last_progress = time.monotonic()
+        self._store = self._connect_store()
+        threading.Thread(target=self._watch, name="disttune-watchdog", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="disttune-heartbeat", daemon=True).start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        self.last_progress = time.monotonic()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_progress = time.monotonic()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stop.set()
+
+
+def install(trainer, script_args, describe_run: dict) -> StepGuard:
+    """Everything above on one trainer: complete marks on checkpoints, the step guard, the watchdog."""
+    from disttune.train.checkpoints import install_complete_markers
+
+    install_complete_markers(trainer, describe_run, test_hook=checkpoint_test_hook)
+    wrap_deepspeed_errors(trainer)
+    guard = StepGuard(trainer, skip_nonfinite=script_args.skip_nonfinite_steps)
+    trainer.add_callback(guard)
+    if script_args.hang_dump_s and script_args.hang_dump_s > 0:
+        trainer.add_callback(HangWatchdog(script_args.hang_dump_s, trainer.args.output_dir))
+    return guard

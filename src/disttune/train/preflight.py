@@ -1,0 +1,173 @@
+"""Checks before the first step: output folder, disk space, resume target, no silent overwrite.
+
+Each check raises ``UserError`` (what, where, how to fix) and leaves every file as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from disttune.errors import UserError
+
+GIB = 1024**3
+
+
+def current_layout(environ=os.environ) -> dict:
+    """World size and strategy this launch runs with, as the launcher announced them."""
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        strategy = f"deepspeed-zero{environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    elif environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        strategy = "fsdp"
+    else:
+        strategy = "ddp"
+    return {"world_size": int(environ.get("WORLD_SIZE", "1")), "strategy": strategy}
+
+
+def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: bool) -> None:
+    """The folder can be written, and holds no other run's results unless resuming or overwriting."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".disttune-write-test-{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"--output_dir {root}: cannot write there ({exc.strerror or exc}).\n"
+            "  fix: choose a folder you can write to, or fix its permissions."
+        ) from exc
+    if resuming or overwrite:
+        return
+    existing = [name for name in ("final", "metrics.jsonl", "run_summary.json") if (root / name).exists()]
+    if existing:
+        raise UserError(
+            f"--output_dir {root} already holds a run ({', '.join(existing)}); refusing to overwrite it.\n"
+            "  fix: choose a new --output_dir, continue it with --resume_from_checkpoint latest, or pass "
+            "--overwrite_output_dir to replace it."
+        )
+
+
+def check_resume_compatible(checkpoint: str | os.PathLike, marker: dict, layout: dict) -> str | None:
+    """Refuse a checkpoint written under another strategy, or under ZeRO with another world size.
+
+    Returns a note for changes that resume but not exactly (another DDP world size).
+    """
+    saved_strategy, saved_world = marker.get("strategy"), marker.get("world_size")
+    if saved_strategy and saved_strategy != layout["strategy"]:
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: written under {saved_strategy}, this run uses "
+            f"{layout['strategy']}; the optimizer state is laid out differently.\n"
+            f"  fix: launch with the accelerate config of {saved_strategy}, or start a new run from the "
+            "checkpoint's weights (--model_name_or_path on a saved model folder)."
+        )
+    if saved_world is None or saved_world == layout["world_size"]:
+        return None
+    if layout["strategy"].startswith("deepspeed"):
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: saved by {saved_world} processes, this run has "
+            f"{layout['world_size']}; ZeRO shards the optimizer state per process.\n"
+            f"  fix: relaunch with --num_processes {saved_world}; or convert it to DeepSpeed's universal "
+            f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder {checkpoint}/global_step"
+            f"{marker.get('step', 'N')} --output_folder <dir>) and load it with \"checkpoint\": "
+            "{\"load_universal\": true} in the DeepSpeed config; or take the fp32 weights "
+            f"(python {checkpoint}/zero_to_fp32.py {checkpoint} <dir>) and start a new run from them."
+        )
+    if layout["strategy"] == "fsdp":
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: saved by {saved_world} processes, this run has "
+            f"{layout['world_size']}; FSDP checkpoints are sharded per process.\n"
+            f"  fix: relaunch with --num_processes {saved_world}."
+        )
+    return (f"checkpoint saved by {saved_world} processes, resumed by {layout['world_size']}: weights and "
+            "optimizer carry over, but the data order and random streams differ from the original run")
+
+
+@dataclass(frozen=True)
+class CheckpointSize:
+    """Bytes one checkpoint takes, and the disk the run needs for the checkpoints it keeps."""
+
+    per_checkpoint: int
+    kept: int
+    total: int
+
+
+def estimate_checkpoint_size(
+    num_params: int, trainable_params: int, weight_bytes: int, strategy: str, kept: int
+) -> CheckpointSize:
+    """Disk for the checkpoints a run keeps (Adam-style optimizer, two fp32 moments).
+
+    per checkpoint = P x weight_bytes (model weights, safetensors)
+                   + T x 8 (Adam exp_avg and exp_avg_sq in fp32)
+                   + T x 4 under DeepSpeed (its fp32 master partitions are saved too)
+    total = per checkpoint x (kept + 1: the next one is written before the oldest is deleted)
+          + P x weight_bytes (the final model)
+    (P: all parameters, T: trainable ones.) Measured on the tiny preset: DDP 3.07 MB weights + 6.16 MB
+    optimizer for P = T = 767k in fp32, i.e. 12 bytes per parameter.
+    """
+    per = num_params * weight_bytes + trainable_params * 8
+    if strategy.startswith("deepspeed"):
+        per += trainable_params * 4
+    total = per * (kept + 1) + num_params * weight_bytes if kept else num_params * weight_bytes
+    return CheckpointSize(per_checkpoint=per, kept=kept, total=total)
+
+
+def checkpoints_kept(save_strategy: str, save_steps: float, save_total_limit: int | None, max_steps: int) -> int:
+    """How many checkpoints the run will hold at the end (before the ``+1`` of a save in progress)."""
+    if str(save_strategy).split(".")[-1].lower() == "no":
+        return 0
+    saves = int(max_steps // save_steps) if max_steps > 0 and save_steps >= 1 else None
+    if save_total_limit:
+        return min(save_total_limit, saves) if saves is not None else save_total_limit
+    return saves if saves is not None else 10  # an epoch-based run without a limit: assume ten
+
+
+def check_disk_space(output_dir: str | os.PathLike, size: CheckpointSize, free_bytes: int | None = None) -> None:
+    """Refuse to start when the checkpoints the run keeps would not fit on the output disk."""
+    free = shutil.disk_usage(output_dir).free if free_bytes is None else free_bytes
+    if size.total <= free:
+        return
+    raise UserError(
+        f"--output_dir {output_dir}: {free / GIB:.2f} GiB free, the run needs about {size.total / GIB:.2f} GiB "
+        f"({size.kept} checkpoint(s) of {size.per_checkpoint / GIB:.2f} GiB + one being written + the final "
+        "model).\n  fix: free some space, write to a larger disk, or keep fewer checkpoints (--save_total_limit)."
+    )
+
+
+def check_trainer_disk(trainer, training_args) -> None:
+    """``check_disk_space`` with the numbers of the loaded model; every rank may call it."""
+    model = trainer.model
+    params = list(model.parameters())
+    num = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)
+    trainable = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params if p.requires_grad)
+    weight_bytes = max((p.element_size() for p in params), default=4)
+    kept = checkpoints_kept(training_args.save_strategy, training_args.save_steps,
+                            training_args.save_total_limit, training_args.max_steps)
+    size = estimate_checkpoint_size(num, trainable, weight_bytes, current_layout()["strategy"], kept)
+    check_disk_space(training_args.output_dir, size)
+
+
+def prepare_run(script_args, training_args) -> list[str]:
+    """Before anything is loaded: resolve ``--resume_from_checkpoint``, check it and the output folder,
+    keep ``--hub_token`` out of every file the run writes. Returns notes for the log."""
+    from disttune.train.checkpoints import read_marker, resolve_resume
+
+    notes = []
+    path, note = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    training_args.resume_from_checkpoint = path
+    if note:
+        notes.append(note)
+    if path is not None:
+        change = check_resume_compatible(path, read_marker(path) or {}, current_layout())
+        if change:
+            notes.append(change)
+    check_output_dir(training_args.output_dir, resuming=path is not None, overwrite=script_args.overwrite_output_dir)
+    if training_args.hub_token:
+        # TrainingArguments is pickled into every checkpoint (training_args.bin): keep the token in the
+        # environment, where huggingface_hub finds it for --push_to_hub, and out of the files.
+        os.environ.setdefault("HF_TOKEN", training_args.hub_token)
+        training_args.hub_token = None
+    return notes
