@@ -1,7 +1,10 @@
 """Run records: ``metrics.jsonl`` (one line per logged step) and ``run_summary.json``.
 
-Only the main process writes. Tokens per second come from the trainer's own token count
-(``include_num_input_tokens_seen``), gathered across ranks, between two log lines.
+Only the main process writes. Per log line: the total tokens/s (the trainer's own gathered count,
+``include_num_input_tokens_seen``), each rank's tokens/s (its own non-padding tokens, counted by a
+forward pre-hook without a device sync, over its own clock), MFU where the GPU's peak is known
+(``measure.PEAK_FLOPS``; null on CPU) and each rank's peak memory. The callback also installs the
+``StepProbe`` that measures model-state bytes around one optimizer step (``measure.py``).
 """
 
 from __future__ import annotations
@@ -24,22 +27,76 @@ def _clean(value):
 class MetricsCallback(TrainerCallback):
     """Appends one JSON object per logged training step to ``<output_dir>/metrics.jsonl``."""
 
-    def __init__(self, output_dir: str, run_id: str | None = None):
+    def __init__(self, output_dir: str, run_id: str | None = None, probe_step: int = 2):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.run_id = run_id
+        self.probe_step = probe_step
+        self.probe = None
         self.losses: list[float] = []
         self._last_time: float | None = None
         self._last_tokens = 0
         self.total_time = 0.0
         self.total_tokens = 0
+        # this rank's own counts, filled by the forward pre-hook
+        self._rank_tokens = 0  # an int, or a device tensor until read at log time (no sync per step)
+        self._rank_last = 0
+        self._rows = 0
+        self._row_len_sum = 0
+        self.shape: dict = {}
+        self.peak: float | None = None
+        self.world_size = 1
+        self.device_name: str | None = None
+        self.mfu_values: list[float] = []
+
+    def _count(self, module, args, kwargs):
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        self._rank_tokens = self._rank_tokens + (mask.sum() if mask is not None else ids.numel())
+        self._rows += int(ids.shape[0]) if ids.dim() > 1 else 1
+        self._row_len_sum += int(ids.numel())
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        from disttune.train.measure import StepProbe, model_shape, peak_flops
+
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        if model is not None:
+            self.shape = model_shape(model)
+            model.register_forward_pre_hook(self._count, with_kwargs=True)
+            if optimizer is not None:
+                at = min(self.probe_step, args.max_steps) if args.max_steps > 0 else self.probe_step
+                self.probe = StepProbe(model, optimizer, at_step=max(at, 1))
+        if torch.cuda.is_available() and args.device.type == "cuda":
+            self.device_name = torch.cuda.get_device_name(args.device)
+            self.peak = peak_flops(self.device_name)
+        self.world_size = args.world_size
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen or 0
+
+    @property
+    def mean_seq_len(self) -> float:
+        """Mean padded sequence length of the training batches this rank computed on."""
+        return self._row_len_sum / self._rows if self._rows else 0.0
+
+    def flops_per_token(self) -> float | None:
+        """6N + 12 L h s for the model and the sequences seen (``measure.flops_per_token``)."""
+        from disttune.train.measure import flops_per_token
+
+        if not self.shape or not self._rows:
+            return None
+        return flops_per_token(self.shape["num_params"], self.shape["embedding_params"], self.shape["num_layers"],
+                               self.shape["hidden_size"], self.mean_seq_len)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return  # the final summary log of Trainer.train, or an eval log
+        from disttune.train.measure import gather, mfu, peak_memory_bytes
+
         now = time.perf_counter()
         tokens = state.num_input_tokens_seen or 0
         elapsed = now - (self._last_time or now)
@@ -48,8 +105,17 @@ class MetricsCallback(TrainerCallback):
         self.total_time += elapsed
         self.total_tokens += new_tokens
         self.losses.append(float(logs["loss"]))
+        rank_tokens = int(self._rank_tokens)  # the one device sync, at log time only
+        rank_new, self._rank_last = rank_tokens - self._rank_last, rank_tokens
+        peak_mem, _ = peak_memory_bytes(args.device)
+        per_rank = gather((round(rank_new / elapsed, 2) if elapsed > 0 else None, peak_mem))  # every rank logs
         if not state.is_world_process_zero:
             return
+        tps = round(new_tokens / elapsed, 2) if elapsed > 0 else None
+        fpt = self.flops_per_token()
+        step_mfu = mfu(tps, fpt, self.peak, self.world_size)
+        if step_mfu is not None:
+            self.mfu_values.append(step_mfu)
         record = {
             "step": state.global_step,
             "epoch": _clean(logs.get("epoch")),
@@ -57,7 +123,11 @@ class MetricsCallback(TrainerCallback):
             "learning_rate": _clean(logs.get("learning_rate")),
             "grad_norm": _clean(float(logs["grad_norm"])) if logs.get("grad_norm") is not None else None,
             "tokens": new_tokens,
-            "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
+            "tokens_per_second": tps,
+            "tokens_per_second_per_rank": [p[0] for p in per_rank],
+            "flops_per_token": round(fpt) if fpt else None,
+            "mfu": round(step_mfu, 4) if step_mfu is not None else None,
+            "peak_memory_bytes": [p[1] for p in per_rank],
             "time": round(time.time(), 3),
         }
         if self.run_id is not None:
@@ -69,6 +139,25 @@ class MetricsCallback(TrainerCallback):
     @property
     def tokens_per_second(self) -> float | None:
         return round(self.total_tokens / self.total_time, 2) if self.total_time > 0 else None
+
+    def summary(self) -> dict:
+        """Throughput and MFU over the whole run, for ``run_summary.json`` (rank 0's view)."""
+        from disttune.train.measure import PEAK_FLOPS, mfu
+
+        fpt = self.flops_per_token()
+        return {
+            "flops_per_token": round(fpt) if fpt else None,
+            "flops_per_token_formula": "6*(N - input embedding) + 12*L*h*s, s = mean padded sequence length "
+                                       f"({self.mean_seq_len:.1f})",
+            "device_name": self.device_name,
+            "peak_flops_per_device": self.peak,
+            "peak_flops_known_devices": [k for k, _ in PEAK_FLOPS],
+            "mfu": _round(mfu(self.tokens_per_second, fpt, self.peak, self.world_size)),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
 
 
 def write_json(path: Path, data: dict) -> None:
