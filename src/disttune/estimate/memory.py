@@ -7,7 +7,7 @@ real stacks agree with it, and the real stacks where they do not. P = parameters
     ddp    16P           (torch DDP: accelerate keeps fp32 weights and autocasts; 4P+4P grads+8P Adam)
     zero1  4P + 12P/N    (DeepSpeed: 2P bf16 params + 2P bf16 grads + 4P/N fp32 master + 8P/N Adam)
     zero2  2P + 14P/N    (grads partitioned: 2P/N)
-    zero3  16P/N         (everything partitioned)
+    zero3  16P/N         (everything partitioned; the fp32 master is a clone even when w=4, measured)
     fsdp2  16P/N         (fp32 sharded params 4P/N + grads 4P/N + Adam 8P/N)
 
 Term names are ``<category>.<what>``; category is params / grads / optim; a ``cpu.`` prefix marks host
@@ -20,8 +20,8 @@ STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 
-# DeepSpeed 0.19.8 runtime/zero/config.py defaults, in elements. accelerate's deepspeed_config (no config
-# file) sets none of them, so these hold for the shipped configs.
+# DeepSpeed 0.19.8 runtime/zero/config.py defaults, in elements. They hold only for a DeepSpeed JSON that
+# sets these keys to nothing; the shipped configs (and "auto") get ``hf_auto_buckets`` instead.
 DEEPSPEED_DEFAULTS = {
     "reduce_bucket_size": 500_000_000,
     "sub_group_size": 1_000_000_000,
@@ -29,6 +29,20 @@ DEEPSPEED_DEFAULTS = {
     "stage3_max_live_parameters": 1_000_000_000,
     "stage3_param_persistence_threshold": 100_000,
 }
+
+
+
+def hf_auto_buckets(hidden_size: int) -> dict[str, int]:
+    """What accelerate/transformers fill in for ``auto`` (and for the shipped configs) from the model.
+
+    accelerate/accelerator.py ``_prepare_deepspeed`` and transformers/integrations/deepspeed.py:
+    reduce_bucket_size = h^2, stage3_prefetch_bucket_size = 0.9 h^2, persistence threshold = 10 h.
+    Measured: a live ZeRO-3 run of the tiny preset (h=128) had threshold 1280 and a 16384-element ipg bucket.
+    """
+    h = int(hidden_size)
+    return {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
+            "stage3_param_persistence_threshold": 10 * h}
+
 
 S12 = "deepspeed/runtime/zero/stage_1_and_2.py"
 S3 = "deepspeed/runtime/zero/stage3.py"
@@ -42,7 +56,7 @@ TERM_SOURCES = {
     "grads.full": f"{S12}: param.grad in the model dtype, full size until step (ZeRO-1)",
     "grads.partition": f"{S12}: grads_in_partition / {S3}: grad_partitions_flat_buffer, model dtype",
     "optim.fp32_master_partition": f"{S12}: single_partition_of_fp32_groups (a clone, even in fp32) / "
-                                   f"{S3}: fp32_partitioned_groups_flat (shares the params in fp32)",
+                                   f"{S3}: fp32_partitioned_groups_flat (a clone too: measured in fp32)",
     "params.partition": f"{S3} + partition_parameters.py: ds_tensor partitions in lp_param_buffer",
     "params.persistent": "deepspeed/runtime/zero/parameter_offload.py: params <= "
                          "stage3_param_persistence_threshold stay gathered (full) on every rank",
@@ -113,8 +127,9 @@ def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mi
     elif strategy == "zero3":
         terms = {"params.partition": w * Pn, "params.persistent": w * persistent_params,
                  "grads.partition": w * Tn,
-                 # stage3 reuses the partition as the master copy when it already is fp32
-                 "optim.fp32_master_partition": 4 * Tn if w != 4 else 0}
+                 # _create_fp32_partitions has a branch sharing an fp32 partition, but live fp32 runs
+                 # (DeepSpeed 0.19.8, 2 CPU ranks) hold a separate clone: counted as one
+                 "optim.fp32_master_partition": 4 * Tn}
         terms.update(_optimizer_terms(Tn, optimizer))
     elif strategy == "zero2_offload":
         terms = {"params.bit16_flat": w * P, "cpu.params.bit16_buffer": w * Tn, "cpu.grads.fp32_partition": 4 * Tn,

@@ -108,7 +108,10 @@ def estimate_strategy(name: str, model: ModelInfo, inputs: Inputs) -> StrategyEs
     n, mp = inputs.num_processes, inputs.mixed_precision
     trainable = trainable_params(model, inputs)
     total_params = model.num_params + (trainable if inputs.lora_r is not None else 0)
-    counts = count_params(model.spec) if model.spec is not None else None
+    # accelerate fills DeepSpeed's bucket sizes and ZeRO-3 persistence threshold from hidden_size
+    auto = memory.hf_auto_buckets(model.spec.hidden_size) if model.spec is not None else None
+    counts = (count_params(model.spec, auto["stage3_param_persistence_threshold"])
+              if model.spec is not None else None)
     persistent = counts.small_tensors if counts is not None else 0
     terms = memory.model_state_breakdown(name, total_params, n, mp, inputs.optimizer, trainable, persistent)
     sums = memory.summarize(terms)
@@ -116,7 +119,8 @@ def estimate_strategy(name: str, model: ModelInfo, inputs: Inputs) -> StrategyEs
         name, total_params, n, mp, trainable,
         largest_tensor=counts.largest_tensor if counts else None,
         layer_params=counts.per_layer if counts else None,
-        root_params=(counts.embedding + counts.lm_head + model.spec.hidden_size) if counts else None)
+        root_params=(counts.embedding + counts.lm_head + model.spec.hidden_size) if counts else None,
+        deepspeed=auto)
     act = activations(model, inputs)
     state = sums["params"] + sums["grads"] + sums["optimizer"]
     buf = sum(buffers.values())
