@@ -1,0 +1,67 @@
+"""bench.py pure parts: strategy parsing, loss deviation, estimate for the same setup, table and plot."""
+
+from __future__ import annotations
+
+import pytest
+
+from disttune.bench import (
+    STRATEGIES,
+    launch_command,
+    max_loss_deviation,
+    parse_strategies,
+    plot,
+    render_markdown,
+)
+from disttune.errors import UserError
+
+
+def test_parse_strategies():
+    assert parse_strategies("ddp, zero3") == ["ddp", "zero3"]
+    with pytest.raises(UserError, match="zero4"):
+        parse_strategies("ddp,zero4")
+
+
+def test_every_strategy_has_a_shipped_config_and_an_estimate():
+    from disttune.bench import config_path
+    from disttune.estimate.memory import STRATEGIES as ESTIMATED
+
+    for name, (_, est) in STRATEGIES.items():
+        assert config_path(name).is_file() and est in ESTIMATED
+
+
+def test_launch_command_uses_localhost_and_a_free_port(tmp_path):
+    cmd = launch_command("zero2", tmp_path / "s.py", tmp_path, 2, "no", ["--max_steps", "3"])
+    assert cmd[cmd.index("--main_process_ip") + 1] == "127.0.0.1"
+    assert int(cmd[cmd.index("--main_process_port") + 1]) > 0 and cmd[-2:] == ["--max_steps", "3"]
+
+
+def test_max_loss_deviation():
+    assert max_loss_deviation([(1, 2.0), (2, 1.5)], [(1, 2.0), (2, 1.0)]) == 0.5
+    assert max_loss_deviation([(3, 1.0)], [(1, 2.0)]) is None
+
+
+def _data():
+    run = {"strategy": "ddp", "tokens_per_second": 100.0, "peak_memory_bytes": 10**9, "peak_memory_kind": "x",
+           "measured_model_state_bytes": 16 * 10**6, "estimated_model_state_bytes": 16 * 10**6,
+           "estimate_rel_error": 0.0, "final_loss": 1.0, "max_loss_deviation_from_ddp": 0.0,
+           "losses": [(1, 2.0), (2, 1.0)]}
+    setup = {"date": "d", "machine": "m", "num_processes": 2, "model": "tiny", "max_steps": 2,
+             "global_batch_size": 16, "max_length": 128, "mixed_precision": "no", "variant": "default"}
+    return {"setup": setup, "runs": [run, {"strategy": "zero3", "error": "exit 1"}]}
+
+
+def test_markdown_and_plot(tmp_path):
+    md = render_markdown(_data())
+    assert "| ddp | 100.0 |" in md and "| zero3 | failed: exit 1" in md
+    plot(_data(), tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+
+
+def test_estimate_for_the_tiny_preset(tmp_path):
+    from disttune.bench import estimated_state
+    from disttune.train.tiny import tiny_checkpoint
+
+    model_dir = str(tiny_checkpoint(42, tmp_path))
+    ddp = estimated_state("ddp", model_dir, 2, "no", 8, 128)
+    z3 = estimated_state("zero3", model_dir, 2, "no", 8, 128)
+    assert ddp["total"] == 16 * 766080 and z3["total"] < ddp["total"] / 1.5
