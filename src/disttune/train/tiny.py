@@ -85,6 +85,7 @@ def tiny_checkpoint(seed: int, cache_dir: str | os.PathLike | None = None) -> Pa
     renames it into place; the loser of the race drops its copy.
     """
     import torch
+    from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
     root = Path(cache_dir or os.environ.get("DISTTUNE_CACHE", Path.home() / ".cache" / "disttune"))
@@ -98,7 +99,9 @@ def tiny_checkpoint(seed: int, cache_dir: str | os.PathLike | None = None) -> Pa
     model = LlamaForCausalLM(build_tiny_model_config(tokenizer))  # plain constructor: never zero.Init
     torch.random.set_rng_state(generator_state)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    model.save_pretrained(staging)
+    # Written by hand: inside a process group, save_pretrained writes weights on global rank 0 only.
+    model.config.save_pretrained(staging)
+    save_file(model.state_dict(), str(staging / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(staging)
     try:
         staging.rename(target)
