@@ -38,8 +38,17 @@ def launch_command(strategy: str, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def _build_tiny(cache: Path) -> None:
+    """Build the tiny checkpoint once, in one process: two ranks building it at the same time can race
+    (``tiny_checkpoint`` under an initialised process group; seen once as a folder with tokenizer only)."""
+    if not (cache / "tiny-llama-seed42" / "config.json").is_file():
+        subprocess.run([sys.executable, "-c", f"from disttune.train.tiny import tiny_checkpoint; "
+                        f"tiny_checkpoint(42, {str(cache)!r})"], check=True, capture_output=True, timeout=120)
+
+
 def run_env(cache: Path, fault: str | None = None) -> dict:
     """The environment of a test launch: private model cache, optional injected fault, no colours."""
+    _build_tiny(cache)
     env = {**os.environ, "DISTTUNE_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("DISTTUNE_TEST_FAULT", None)
     if fault:

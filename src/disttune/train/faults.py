@@ -166,20 +166,21 @@ class StepGuard(TrainerCallback):
                 return False
         return True
 
-    def _agree(self, args) -> tuple[list[int], list[int]]:
-        """One all-reduce: the ranks that got a signal and the ranks that saw a non-finite value."""
+    def _agree(self, args) -> tuple[dict[int, str], list[int]]:
+        """One all-reduce: the signal each rank got (by rank) and the ranks that saw a non-finite value."""
         import torch
         import torch.distributed as dist
 
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         rank = dist.get_rank() if world > 1 else 0
         flags = torch.zeros(2 * world, dtype=torch.int32, device=args.device)
-        flags[rank] = int(self.signal_name is not None)
+        flags[rank] = int(signal.Signals[self.signal_name]) if self.signal_name else 0
         flags[world + rank] = int(self._nonfinite_local or not self._local_grads_finite())
         if world > 1:
             dist.all_reduce(flags)
         flags = flags.tolist()
-        return [r for r in range(world) if flags[r]], [r for r in range(world) if flags[world + r]]
+        signalled = {r: signal.Signals(flags[r]).name for r in range(world) if flags[r]}
+        return signalled, [r for r in range(world) if flags[world + r]]
 
     # --- callback events -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -225,9 +226,9 @@ class StepGuard(TrainerCallback):
         )
 
     def on_step_end(self, args, state, control, **kwargs):
-        signalled = getattr(self, "_signalled", [])
+        signalled = getattr(self, "_signalled", {})
         if signalled and self.stopped_by is None:
-            self.stopped_by = f"{self.signal_name or 'a signal'} on rank {', '.join(map(str, signalled))}"
+            self.stopped_by = ", ".join(f"{name} on rank {rank}" for rank, name in signalled.items())
             control.should_save = True
             control.should_training_stop = True
 
@@ -256,18 +257,42 @@ def translate_deepspeed_error(exc: BaseException, step: int, args) -> UserError 
     )
 
 
-def wrap_deepspeed_errors(trainer) -> None:
-    """Let ``training_step`` turn DeepSpeed's loss-scale exception into a clear ``NonFiniteError``."""
+COLLECTIVE_FAILURES = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer",
+                       "Watchdog caught collective operation timeout", "NCCL communicator was aborted")
+
+
+def collective_failure_message(exc: BaseException, step: int, timeout_s: float) -> str | None:
+    """What to tell the user when a collective failed because a peer hung or died (None otherwise)."""
+    text = str(exc)
+    if not any(pattern in text for pattern in COLLECTIVE_FAILURES):
+        return None
+    why = "timed out after --ddp_timeout" if "imed out" in text or "timeout" in text else "lost its peer; --ddp_timeout"
+    return (
+        f"disttune: rank {_rank()}: a collective in step {step} {why} {timeout_s:g} s: another rank stopped "
+        f"answering (hung, stopped or dead). Leaving with exit code 1 so that the launcher stops every rank.\n"
+        "  fix: look for the rank that failed first in the launcher's report; pass --hang_dump_s N to get every "
+        f"rank's Python stack in --output_dir and the silent rank's number.\n  ({text.splitlines()[0][:200]})"
+    )
+
+
+def wrap_training_step_errors(trainer) -> None:
+    """Let ``training_step`` turn DeepSpeed's loss-scale exception into a ``NonFiniteError``, and a
+    collective that timed out or lost its peer into one line naming this rank and the step (exit 1)."""
     original = trainer.training_step
 
     def training_step(*args, **kwargs):
         try:
             return original(*args, **kwargs)
         except Exception as exc:
-            translated = translate_deepspeed_error(exc, trainer.state.global_step + 1, trainer.args)
-            if translated is None:
+            step = trainer.state.global_step + 1
+            translated = translate_deepspeed_error(exc, step, trainer.args)
+            if translated is not None:
+                raise translated from exc
+            message = collective_failure_message(exc, step, trainer.args.ddp_timeout)
+            if message is None:
                 raise
-            raise translated from exc
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(1) from exc
 
     trainer.training_step = training_step
 
@@ -366,7 +391,7 @@ def install(trainer, script_args, describe_run: dict) -> StepGuard:
     from disttune.train.checkpoints import install_complete_markers
 
     install_complete_markers(trainer, describe_run, test_hook=checkpoint_test_hook)
-    wrap_deepspeed_errors(trainer)
+    wrap_training_step_errors(trainer)
     guard = StepGuard(trainer, skip_nonfinite=script_args.skip_nonfinite_steps)
     trainer.add_callback(guard)
     if script_args.hang_dump_s and script_args.hang_dump_s > 0:
