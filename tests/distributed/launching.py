@@ -32,8 +32,12 @@ def launch(
     timeout: float = 300,
     extra_env: dict | None = None,
 ) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file accelerate_configs/<config>.yaml ... 07_distributed_training.py``."""
-    cmd = [*ACCELERATE, "--config_file", str(CONFIGS / f"{config}.yaml")]
+    """``accelerate launch --config_file accelerate_configs/<config>.yaml ... 07_distributed_training.py``.
+
+    ``config`` is a shipped config's name, or a path ending in .yaml.
+    """
+    config_file = config if config.endswith(".yaml") else str(CONFIGS / f"{config}.yaml")
+    cmd = [*ACCELERATE, "--config_file", config_file]
     if num_processes is not None:
         cmd += ["--num_processes", str(num_processes)]
     if mixed_precision is not None:
@@ -59,3 +63,13 @@ def read_summary(output_dir: Path) -> dict:
 def explain(result: subprocess.CompletedProcess) -> str:
     """The tail of a failed run's output, for assertion messages."""
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+
+
+def no_traceback_from_our_code(result: subprocess.CompletedProcess) -> bool:
+    """True when no Python traceback passes through the training script or disttune.
+
+    accelerate's own launcher prints its ``CalledProcessError``/``ChildFailedError`` traceback whenever
+    a child exits non-zero; that one is not ours to silence (``disttune launch`` forwards the code).
+    """
+    output = result.stdout + result.stderr
+    return "07_distributed_training.py\", line" not in output and "src/disttune/" not in output

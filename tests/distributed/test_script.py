@@ -1,0 +1,117 @@
+"""The training script's own promises: data formats, LoRA, one source of truth for batch settings,
+LR scaling, the CPU precision fallback. Runs through the real ``accelerate launch``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from launching import explain, launch, no_traceback_from_our_code, read_metrics, read_summary
+
+pytestmark = pytest.mark.distributed
+
+SHORT = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--max_length", "64")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _records(fmt: str, n: int = 40) -> list[dict]:
+    out = []
+    for i in range(n):
+        question, answer = f"What is {i} + {i}?", str(2 * i)
+        if fmt == "messages":
+            out.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+        elif fmt == "prompt_completion":
+            out.append({"prompt": question + " ", "completion": answer})
+        else:
+            out.append({"text": f"{question} {answer}"})
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["messages", "prompt_completion", "text"])
+def test_each_data_format_trains_from_a_local_file(tmp_path, cache, fmt):
+    data = _write_jsonl(tmp_path / f"{fmt}.jsonl", _records(fmt))
+    out = tmp_path / "out"
+    result = launch("single_gpu", out, *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache)
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    assert summary["data_format"] == fmt
+    assert len(read_metrics(out)) == 3
+
+
+def test_a_file_in_no_known_format_is_refused_naming_its_columns(tmp_path, cache):
+    data = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 4)
+    result = launch("single_gpu", tmp_path / "out", *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache)
+    assert result.returncode != 0
+    assert "no supported columns found (columns: answer, question)" in result.stderr
+    assert no_traceback_from_our_code(result)
+
+
+def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    result = launch(
+        "multi_gpu_ddp", out, *SHORT, "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
+        "--lora_target_modules", "q_proj", "v_proj", "--merge_lora", cache_dir=cache,
+    )
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    # LoRA on q_proj (128->128) and v_proj (128->64) of 4 layers, r=4: 4 * 4 * ((128+128) + (128+64))
+    assert summary["trainable_params"] == 4 * 4 * (256 + 192)
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "final_merged")
+    assert sum(p.numel() for p in merged.parameters()) == summary["num_params"] - summary["trainable_params"]
+
+
+def _ds_config(tmp_path, accumulation: int) -> str:
+    """A ZeRO-2 accelerate config (in tmp_path) whose deepspeed_config sets the accumulation."""
+    path = tmp_path / "zero2_ga.yaml"
+    path.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_processes: 2\nmachine_rank: 0\n"
+        "num_machines: 1\nmixed_precision: 'no'\nmain_process_ip: 127.0.0.1\nuse_cpu: false\n"
+        f"deepspeed_config:\n  zero_stage: 2\n  gradient_accumulation_steps: {accumulation}\n  gradient_clipping: 0.5\n"
+    )
+    return str(path)
+
+
+def test_config_accumulation_and_clipping_apply_when_the_script_sets_none(tmp_path, cache):
+    out = tmp_path / "out"
+    result = launch(_ds_config(tmp_path, 2), out, *SHORT, cache_dir=cache)
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    assert summary["gradient_accumulation_steps"] == 2
+    assert summary["max_grad_norm"] == 0.5
+    assert summary["global_batch_size"] == 4 * 2 * 2
+
+
+def test_conflicting_accumulation_stops_naming_both_places(tmp_path, cache):
+    out = tmp_path / "out"
+    result = launch(_ds_config(tmp_path, 2), out, *SHORT, "--gradient_accumulation_steps", "4", cache_dir=cache)
+    assert result.returncode != 0
+    assert "gradient_accumulation_steps is 4 on the command line but deepspeed_config.gradient_accumulation_steps is 2" in result.stderr
+    assert "zero2_ga.yaml" in result.stderr  # the config file is named
+    assert no_traceback_from_our_code(result)
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
+    out = tmp_path / "out"
+    result = launch(
+        "single_gpu", out, *SHORT, "--learning_rate", "0.001", "--lr_scaling", "sqrt", "--base_global_batch_size", "1",
+        num_processes=1, mixed_precision="fp16", cache_dir=cache,
+    )
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    assert summary["learning_rate"] == pytest.approx(0.001 * 4 ** 0.5)  # global batch 4 vs base 1
+    assert summary["mixed_precision"] == "bf16"
+    assert any("fp16 needs a GPU" in note for note in summary["notes"])
+    assert "global batch            4 = 4 x 1 x 1" in result.stdout
