@@ -78,3 +78,16 @@ def test_hub_token_moves_to_the_environment(tmp_path, monkeypatch):
     args = SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path), hub_token="hf_secret")
     prepare_run(SimpleNamespace(overwrite_output_dir=False), args)
     assert args.hub_token is None and os.environ["HF_TOKEN"] == "hf_secret"
+
+
+def test_safe_inputs_yaml_safe_load_only_and_no_remote_code_by_default(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "disttune"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "yaml.load(" not in text and "unsafe_load" not in text and "yaml.Loader" not in text, path
+    from disttune.train.main import parse_arguments
+
+    _, training_args, _, _ = parse_arguments(["--output_dir", str(tmp_path)])
+    assert training_args.trust_remote_code is False  # passed to every from_pretrained

@@ -11,6 +11,15 @@ could therefore leave a half-written newest checkpoint and no complete one at al
 3. only then are old checkpoints rotated, counting complete ones only, never the newest complete one.
 
 ``--resume_from_checkpoint latest`` (or ``true``) resolves to the newest checkpoint with a mark.
+
+What a resume reads, and how (transformers 5.23, DeepSpeed 0.19.8):
+- model weights: ``model.safetensors`` via safetensors (no pickle);
+- HF's ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state_{rank}.pth``: ``torch.load(...,
+  weights_only=True)`` (``Trainer._load_optimizer_and_scheduler`` / ``_load_rng_state``);
+- DeepSpeed's ``global_step*/`` files (``*_optim_states.pt``, ``*_model_states.pt``): ``torch.load(...,
+  weights_only=False)`` in ``deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py``, i.e. a
+  pickle that can run code: resume under ZeRO only from checkpoints you wrote yourself. Not changed here;
+- ``training_args.bin`` is a pickle too, but it is only written, never read on resume.
 """
 
 from __future__ import annotations
