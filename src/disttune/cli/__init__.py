@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "pass_through", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse: --help exits 0, misuse exits 2
         return int(exc.code or 0)
+    if getattr(args, "pass_through", False):
+        args.script_args = list(extra) + list(getattr(args, "script_args", []))
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
