@@ -60,7 +60,7 @@ def run_one(name: str, model_dir: Path, out: Path, args) -> dict:
            str(ROOT / "accelerate_configs" / CONFIGS[name]), "--num_processes", "1", "--mixed_precision", mp,
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
            str(ROOT / "07_distributed_training.py"), "--model_name_or_path", str(model_dir),
-           "--output_dir", str(out / name), "--max_steps", str(args.max_steps), "--logging_steps", "5",
+           "--output_dir", str(out / name), "--max_steps", str(args.max_steps), "--logging_steps", str(min(5, args.max_steps)),
            "--per_device_train_batch_size", str(args.batch), "--max_length", str(args.seq),
            "--packing", "true", "--attn_implementation", "sdpa", "--learning_rate", "1e-4",
            "--save_strategy", "no"]

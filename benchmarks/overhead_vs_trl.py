@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     steps = ["--max_steps", str(args.max_steps)]
-    ours_cmd = [sys.executable, str(ROOT / "07_distributed_training.py"), "--output_dir", str(tmp / "ours"),
+    ours_cmd = [sys.executable, str(ROOT / "07_distributed_training.py"), "--output_dir", str(tmp / "ours"), "--overwrite_output_dir", "true",
                 "--logging_steps", "5", *steps]
     plain_cmd = [sys.executable, str(ROOT / "benchmarks" / "plain_trl_sft.py"), "--output_dir", str(tmp / "plain"), *steps]
     pairs = []

@@ -36,7 +36,8 @@ def main() -> None:
     script = str(ROOT / "07_distributed_training.py")
     results = {}
     for n in (1, 2):
-        micro = ["--per_device_train_batch_size", str(args.global_batch // n), "--output_dir", str(tmp / f"n{n}")]
+        micro = ["--per_device_train_batch_size", str(args.global_batch // n), "--output_dir", str(tmp / f"n{n}"),
+                 "--overwrite_output_dir", "true"]
         runs = []
         for _ in range(args.repeats):
             if n == 1:
