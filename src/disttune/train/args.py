@@ -32,6 +32,9 @@ SCRIPT_DEFAULTS = {
     "fp16": False,
     # TRL turns gradient checkpointing on by default; it only costs time on small models.
     "gradient_checkpointing": False,
+    # transformers turns this on whenever gradient checkpointing is off: an extra autograd traversal
+    # per step that every model here (LoRA included) does not need.
+    "ddp_find_unused_parameters": False,
 }
 
 
