@@ -111,6 +111,8 @@ def setup(argv: list[str]):
 
     cuda = torch.cuda.is_available()
     defaults, notes = cpu_distributed_defaults(cuda)
+    if cuda:
+        defaults["optim"] = "adamw_torch_fused"  # one fused kernel per step on GPU; same math as adamw_torch
     warning = cpu_mixed_precision_fallback(cuda)
     if warning:
         notes.append(warning)
