@@ -31,8 +31,10 @@ def local_param_numel(model) -> int:
     """Parameter elements this rank really holds: its shard under ZeRO-3 or FSDP, else everything."""
     total = 0
     for param in model.parameters():
-        if hasattr(param, "ds_tensor"):  # DeepSpeed ZeRO-3 partitioned parameter
-            total += int(param.ds_tensor.numel())
+        if hasattr(param, "ds_tensor"):  # DeepSpeed ZeRO-3: this rank's partition ...
+            # ... plus the full tensor where it stays materialised (parameters under the persistence
+            # threshold); a released parameter's .data is empty.
+            total += int(param.ds_tensor.numel()) + int(param.data.numel())
         elif hasattr(param, "to_local"):  # FSDP2 DTensor
             total += int(param.to_local().numel())
         else:
