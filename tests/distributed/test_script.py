@@ -115,3 +115,23 @@ def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
     assert summary["mixed_precision"] == "bf16"
     assert any("fp16 needs a GPU" in note for note in summary["notes"])
     assert "global batch            4 = 4 x 1 x 1" in result.stdout
+
+
+def test_recipe_file_and_a_local_model_folder(tmp_path, cache):
+    """``--config recipe.yaml`` sets the arguments (the command line still wins); a local HF folder loads."""
+    from disttune.train.tiny import tiny_checkpoint
+
+    local_model = tiny_checkpoint(5, tmp_path / "models")  # any local folder with config.json + weights
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {local_model}\nmax_steps: 2\nlogging_steps: 1\nper_device_train_batch_size: 2\n"
+        "learning_rate: 0.01\nmax_length: 48\n"
+    )
+    out = tmp_path / "out"
+    result = launch("single_gpu", out, "--config", str(recipe), "--learning_rate", "0.02", num_processes=1, cache_dir=cache)
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    assert summary["global_step"] == 2
+    assert summary["per_device_train_batch_size"] == 2
+    assert summary["learning_rate"] == 0.02  # the command line overrides the recipe
+    assert summary["max_length"] == 48
