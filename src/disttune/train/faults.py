@@ -166,21 +166,23 @@ class StepGuard(TrainerCallback):
                 return False
         return True
 
-    def _agree(self, args) -> tuple[dict[int, str], list[int]]:
-        """One all-reduce: the signal each rank got (by rank) and the ranks that saw a non-finite value."""
+    def _agree(self, args) -> tuple[dict[int, str], list[int], list[int]]:
+        """One all-reduce: the signal each rank got (by rank), the ranks with a non-finite loss, and those
+        with non-finite gradients (under DDP one rank's NaN loss reaches every rank's gradients)."""
         import torch
         import torch.distributed as dist
 
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         rank = dist.get_rank() if world > 1 else 0
-        flags = torch.zeros(2 * world, dtype=torch.int32, device=args.device)
+        flags = torch.zeros(3 * world, dtype=torch.int32, device=args.device)
         flags[rank] = int(signal.Signals[self.signal_name]) if self.signal_name else 0
-        flags[world + rank] = int(self._nonfinite_local or not self._local_grads_finite())
+        flags[world + rank] = int(self._nonfinite_local)
+        flags[2 * world + rank] = int(not self._local_grads_finite())
         if world > 1:
             dist.all_reduce(flags)
         flags = flags.tolist()
         signalled = {r: signal.Signals(flags[r]).name for r in range(world) if flags[r]}
-        return signalled, [r for r in range(world) if flags[world + r]]
+        return signalled, [r for r in range(world) if flags[world + r]], [r for r in range(world) if flags[2 * world + r]]
 
     # --- callback events -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -201,12 +203,14 @@ class StepGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1
-        signalled, nonfinite = self._agree(args)
+        signalled, bad_loss, bad_grads = self._agree(args)
         self._signalled = signalled
-        if not nonfinite:
+        if not (bad_loss or bad_grads):
             self._consecutive_skips = 0
             return
-        where = f"step {step} on rank{'s' if len(nonfinite) > 1 else ''} {', '.join(map(str, nonfinite))}"
+        ranks = bad_loss or bad_grads
+        where = (f"non-finite {'loss' if bad_loss else 'gradients'} at step {step} on "
+                 f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}")
         if self.skip_nonfinite and not self.trainer.is_deepspeed_enabled:
             self._consecutive_skips += 1
             self.skipped_steps.append(step)
@@ -214,12 +218,12 @@ class StepGuard(TrainerCallback):
                 for param in self.trainer.model.parameters():
                     param.grad = None  # the optimizer skips parameters without a gradient
                 if state.is_world_process_zero:
-                    print(f"disttune: non-finite loss or gradient at {where}: update skipped "
+                    print(f"disttune: {where}: update skipped "
                           "(--skip_nonfinite_steps).", file=sys.stderr, flush=True)
                 return
             where += f" ({MAX_CONSECUTIVE_SKIPS} steps in a row skipped before it)"
         raise NonFiniteError(
-            f"non-finite loss or gradient at {where}; stopped before the update, weights untouched.\n"
+            f"{where}; stopped before the update, weights untouched.\n"
             f"  likely cause: {likely_cause(args)}.\n"
             "  fix: resume from the last checkpoint (--resume_from_checkpoint latest) with the cause fixed, "
             "or pass --skip_nonfinite_steps to skip such steps."
