@@ -157,14 +157,15 @@ class StepGuard(TrainerCallback):
             engine = self.trainer.model_wrapped
             norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
             return norm is None or math.isfinite(float(norm))
+        checks = []
         for param in self.trainer.model.parameters():
             grad = param.grad
             if grad is None:
                 continue
             grad = grad.to_local() if hasattr(grad, "to_local") else grad
-            if not bool(torch.isfinite(grad).all()):
-                return False
-        return True
+            checks.append(torch.isfinite(grad).all())
+        # One host sync for the whole model, not one per parameter (each would stall a GPU stream).
+        return bool(torch.stack(checks).all()) if checks else True
 
     def _agree(self, args) -> tuple[dict[int, str], list[int], list[int]]:
         """One all-reduce: the signal each rank got (by rank), the ranks with a non-finite loss, and those
