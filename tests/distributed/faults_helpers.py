@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from launching import REPO, free_port, read_metrics  # noqa: F401 - read_metrics is re-exported to the tests
+
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 CONFIGS = {
     "ddp": REPO / "accelerate_configs" / "multi_gpu_ddp.yaml",
@@ -22,13 +21,6 @@ SMALL_RUN = ["--max_steps", "8", "--logging_steps", "1", "--save_strategy", "ste
              "--per_device_train_batch_size", "4", "--max_length", "64"]
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_command(strategy: str, output_dir: Path, *extra: str) -> list[str]:
     """``accelerate launch`` of the training script on 2 CPU processes in fp32."""
     return [
@@ -38,17 +30,8 @@ def launch_command(strategy: str, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _build_tiny(cache: Path) -> None:
-    """Build the tiny checkpoint once, in one process: two ranks building it at the same time can race
-    (``tiny_checkpoint`` under an initialised process group; seen once as a folder with tokenizer only)."""
-    if not (cache / "tiny-llama-seed42" / "config.json").is_file():
-        subprocess.run([sys.executable, "-c", f"from disttune.train.tiny import tiny_checkpoint; "
-                        f"tiny_checkpoint(42, {str(cache)!r})"], check=True, capture_output=True, timeout=120)
-
-
 def run_env(cache: Path, fault: str | None = None) -> dict:
     """The environment of a test launch: private model cache, optional injected fault, no colours."""
-    _build_tiny(cache)
     env = {**os.environ, "DISTTUNE_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("DISTTUNE_TEST_FAULT", None)
     if fault:
@@ -84,11 +67,6 @@ def timed_launch(strategy: str, output_dir: Path, cache: Path, *extra: str, faul
             os.killpg(proc.pid, 9)
     ended = time.monotonic()
     return proc.returncode, out, ended - (started or ended)
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    """The lines of ``metrics.jsonl``."""
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def tail(text: str, lines: int = 40) -> str:
