@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from disttune.errors import UserError
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     from disttune.train.preflight import check_trainer_disk
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    # TRL's config still carries transformers' old name for this flag (the one users type); the rename
+    # warning it triggers on every rank says nothing actionable.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         script_args, training_args, model_args, notes = setup(argv)
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
