@@ -169,3 +169,14 @@ def test_check_saved_counts_tensor_elements(tmp_path):
     check_saved(tmp_path, 17, "model")
     with pytest.raises(RuntimeError, match="incomplete"):
         check_saved(tmp_path, 18, "model")
+
+
+def test_an_unreachable_hub_dataset_is_a_user_error(monkeypatch):
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)  # what an offline machine gets, without the wait
+    with pytest.raises(UserError, match=r"--dataset_name org/name: cannot load it \(ConnectionError: Couldn't reach"):
+        data.load_train_dataset("org/name")

@@ -95,10 +95,15 @@ def load_train_dataset(name: str, split: str = "train", config: str | None = Non
                 dataset = load_dataset(FILE_LOADERS[path.suffix.lower()], data_files=str(path), split="train")
             except Exception as exc:  # a malformed file: say which and why, no traceback
                 raise UserError(f"--dataset_name {name}: cannot read the file: {exc}") from exc
-        elif path.exists():
-            dataset = load_dataset(str(path), config, split=split)
         else:
-            dataset = load_dataset(name, config, split=split)
+            try:  # a local dataset folder, or a hub name
+                dataset = load_dataset(str(path) if path.exists() else name, config, split=split)
+            except Exception as exc:  # unreachable hub, unknown name or split: one line, no traceback
+                raise UserError(
+                    f"--dataset_name {name}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]}).\n"
+                    "  fix: give a local .jsonl/.json/.parquet/.csv file, a local dataset folder, a hub name "
+                    "reachable from this machine, or 'builtin'."
+                ) from exc
     fmt = detect_format(dataset.column_names, f"dataset {name}")
     keep = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
