@@ -15,6 +15,7 @@ CONFIGS = {
     "ddp": REPO / "accelerate_configs" / "multi_gpu_ddp.yaml",
     "zero2": REPO / "accelerate_configs" / "deepspeed_zero2.yaml",
     "zero3": REPO / "accelerate_configs" / "deepspeed_zero3.yaml",
+    "fsdp2": REPO / "accelerate_configs" / "fsdp2.yaml",
 }
 # The smallest run that shows each point: 8 steps of 4 x 2 examples, a checkpoint every 4 steps.
 SMALL_RUN = ["--max_steps", "8", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4",
