@@ -55,12 +55,14 @@ def test_a_file_in_no_known_format_is_refused_naming_its_columns(tmp_path, cache
     assert no_traceback_from_our_code(result)
 
 
-def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache):
+@pytest.mark.parametrize("config", ["multi_gpu_ddp", "deepspeed_zero3"])
+def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache, config):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
     result = launch(
-        "multi_gpu_ddp", out, *SHORT, "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
+        config, out, *SHORT, "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
         "--lora_target_modules", "q_proj", "v_proj", "--merge_lora", cache_dir=cache,
     )
     assert result.returncode == 0, explain(result)
@@ -70,6 +72,11 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache):
     assert (out / "final" / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "final_merged")
     assert sum(p.numel() for p in merged.parameters()) == summary["num_params"] - summary["trainable_params"]
+    # The trained adapter is in the merged weights: q_proj moved, layers without LoRA did not.
+    base = load_file(str(next(cache.glob("tiny-llama-seed42")) / "model.safetensors"))
+    state = merged.state_dict()
+    assert (state["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 0
+    assert (state["model.layers.0.mlp.up_proj.weight"] == base["model.layers.0.mlp.up_proj.weight"]).all()
 
 
 def _ds_config(tmp_path, accumulation: int) -> str:
