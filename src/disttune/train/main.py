@@ -208,15 +208,15 @@ def build_trainer(script_args, training_args, model_args):
 
 def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
     """Prove the saved model (or adapter) is complete; with --merge_lora also write ``final_merged/``."""
-    from disttune.train.save import check_saved, distinct_numel, save_merged_lora
+    from disttune.train.measure import full_param_count
+    from disttune.train.save import check_saved, save_merged_lora
     from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
     model = trainer.accelerator.unwrap_model(trainer.model_wrapped or trainer.model)
     if not model_args.use_peft:
-        check_saved(final_dir, distinct_numel(model), "the final model")
+        check_saved(final_dir, full_param_count(model), "the final model")
         return
-    adapter = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters() if p.requires_grad)
-    check_saved(final_dir, adapter, "the LoRA adapter")
+    check_saved(final_dir, full_param_count(model, trainable_only=True), "the LoRA adapter")
     if script_args.merge_lora:
         base = model_args.model_name_or_path
         if base == TINY_NAME:

@@ -42,9 +42,14 @@ def local_param_numel(model) -> int:
     return total
 
 
-def full_param_count(model) -> int:
-    """All parameter elements of the model, wherever they live."""
-    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
+def param_numel(param) -> int:
+    """A parameter's full element count, even when ZeRO-3 has partitioned it away from this rank."""
+    return int(getattr(param, "ds_numel", 0) or param.numel())
+
+
+def full_param_count(model, trainable_only: bool = False) -> int:
+    """All (or the trainable) parameter elements of the model, wherever they live; tied weights once."""
+    return sum(param_numel(p) for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def peak_memory_bytes(device) -> tuple[int, str]:
@@ -267,7 +272,7 @@ def measure_run(trainer) -> dict:
                  "optimizer_step": "after training"}
     return {
         "num_params": full_param_count(model),
-        "trainable_params": sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters() if p.requires_grad),
+        "trainable_params": full_param_count(model, trainable_only=True),
         "local_param_numel": gather(local_param_numel(model)),
         "peak_memory_bytes": gather(peak),
         "peak_memory_kind": peak_kind,
@@ -332,7 +337,7 @@ def model_shape(model) -> dict:
     embedding = 0
     get_emb = getattr(model, "get_input_embeddings", None)
     if callable(get_emb) and get_emb() is not None:
-        embedding = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in get_emb().parameters())
+        embedding = full_param_count(get_emb())
     return {
         "num_params": full_param_count(model),
         "embedding_params": embedding,

@@ -139,11 +139,11 @@ def check_disk_space(output_dir: str | os.PathLike, size: CheckpointSize, free_b
 
 def check_trainer_disk(trainer, training_args) -> None:
     """``check_disk_space`` with the numbers of the loaded model; every rank may call it."""
+    from disttune.train.measure import full_param_count
+
     model = trainer.model
-    params = list(model.parameters())
-    num = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)
-    trainable = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params if p.requires_grad)
-    weight_bytes = max((p.element_size() for p in params), default=4)
+    num, trainable = full_param_count(model), full_param_count(model, trainable_only=True)
+    weight_bytes = max((p.element_size() for p in model.parameters()), default=4)
     kept = checkpoints_kept(training_args.save_strategy, training_args.save_steps,
                             training_args.save_total_limit, training_args.max_steps)
     size = estimate_checkpoint_size(num, trainable, weight_bytes, current_layout()["strategy"], kept)

@@ -41,17 +41,6 @@ def check_saved(folder: Path, expected_numel: int, what: str) -> None:
         )
 
 
-def distinct_numel(model) -> int:
-    """Elements of the model's distinct parameters (tied weights counted once), wherever they live."""
-    seen, total = set(), 0
-    for param in model.parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        total += int(getattr(param, "ds_numel", 0) or param.numel())
-    return total
-
-
 def save_merged_lora(base_name_or_path: str, adapter_dir: Path, output_dir: Path, trust_remote_code: bool = False) -> Path:
     """Load the base model from disk (or hub), apply the saved adapter, merge it, and save the result.
 
