@@ -9,6 +9,7 @@ from pathlib import Path
 
 from disttune.config.deepspeed_rules import check_deepspeed_rules, json_precision, json_stage
 from disttune.config.deepspeed_schema import DEEPSPEED_JSON
+from disttune.config.duplicates import duplicate_json_keys, duplicate_yaml_keys
 from disttune.config.findings import ERROR, Finding, error
 from disttune.config.load import load_accelerate_config, load_deepspeed_json, resolve_deepspeed_config_file
 from disttune.config.rules import (
@@ -84,6 +85,20 @@ _JSON_HINTS = {
 _JSON_HINTS["compile.backend"] = _JSON_HINTS["compile.disable"]
 
 
+def _duplicates(path: Path, file: str) -> list[Finding]:
+    """One error per key written twice in one mapping of ``path``: the loader silently keeps the last value."""
+    text = path.read_text(encoding="utf-8")  # already read once by the loader, so it is readable
+    if path.suffix == ".json":
+        repeated = [(key, "") for key in duplicate_json_keys(text)]
+    else:
+        repeated = [(key, f" (again on line {line})") for key, line in duplicate_yaml_keys(text)]
+    return [
+        error(file, key, None, f"'{key}' is written twice in the same mapping{where}; only the last value is "
+              "used, the other is silently ignored", "keep only the one you meant")
+        for key, where in repeated
+    ]
+
+
 def _check_json(report: CheckReport, data: dict, file: str, world: int | None) -> None:
     report.findings += [
         dataclasses.replace(f, fix=_JSON_HINTS[f.key]) if f.key in _JSON_HINTS else f
@@ -115,6 +130,7 @@ def _check_json_file(report: CheckReport, path: Path, world: int | None, script_
     except UserError as exc:
         report.findings.append(_unloadable(file, exc))
         return
+    report.findings += _duplicates(path, file)
     _check_json(report, data, file, world)
     if script_args:
         report.findings += check_script_args(parse_script_args(script_args), _json_settings(data, file), True)
@@ -128,6 +144,7 @@ def _check_yaml_file(report: CheckReport, path: Path, num_processes, script_args
     except UserError as exc:
         report.findings.append(_unloadable(file, exc))
         return
+    report.findings += _duplicates(path, file)
     y = Yaml(data, file, num_processes)
     schema = SAGEMAKER_CONFIG if y.sagemaker else CLUSTER_CONFIG
     report.findings += [_hint_deepspeed_key(f) for f in check_section(data, schema, file)]
@@ -181,7 +198,9 @@ def _referenced_json(report: CheckReport, y: Yaml, yaml_path: Path, cwd) -> tupl
     report.notes.append(f"{y.file}: {key} {value!r} -> {ds_file} ({where})")
     report.files.append(ds_file)
     try:
-        return load_deepspeed_json(found.path), ds_file
+        ds_data = load_deepspeed_json(found.path)
+        report.findings += _duplicates(found.path, ds_file)
+        return ds_data, ds_file
     except UserError as exc:
         report.findings.append(_unloadable(ds_file, exc))
         return None, ""
