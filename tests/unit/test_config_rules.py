@@ -189,3 +189,15 @@ def test_deepspeed_and_fsdp_both_configured(tmp_path):
 def test_deepspeed_config_under_multi_gpu_is_ignored(tmp_path):
     text = BASE_DS.replace("DEEPSPEED", "MULTI_GPU") + "deepspeed_config:\n  zero_stage: 2\n"
     assert "ignored" in one(run(tmp_path, text), "deepspeed_config").message
+
+
+def test_multi_cpu_with_several_processes_but_no_mpirun_starts_one_process(tmp_path):
+    from disttune.config import check_config
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 4\nuse_cpu: true\n")
+    findings = check_config(path)
+    assert [(f.severity, f.key) for f in findings] == [("warning", "num_processes")]
+    assert "starts a single process, not 4" in findings[0].message
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 4\nuse_cpu: true\nmpirun_config:\n  mpirun_hostfile: hosts\n")
+    assert check_config(path) == []

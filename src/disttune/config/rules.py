@@ -128,6 +128,14 @@ def rule_processes(y: Yaml) -> list[Finding]:
                            f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
                            "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
                            "or set num_processes: 1"))  # fmt: skip
+    mpirun = d.get("mpirun_config") if isinstance(d.get("mpirun_config"), dict) else {}
+    if y.dtype == "MULTI_CPU" and world is not None and world > 1 and not mpirun.get("mpirun_hostfile"):
+        out.append(warning(y.file, "num_processes", world,
+                           f"distributed_type 'MULTI_CPU' without mpirun_hostfile: accelerate launch starts a single "
+                           f"process, not {world}",
+                           "use distributed_type: MULTI_GPU (on a machine without GPUs it runs N CPU processes "
+                           "over gloo with the disttune training script), or set mpirun_config.mpirun_hostfile to launch with "
+                           "mpirun"))  # fmt: skip
     if machines < 1:
         out.append(error(y.file, "num_machines", d.get("num_machines"), "must be at least 1", "set num_machines: 1"))
     elif world is not None and world % machines != 0:
