@@ -57,6 +57,7 @@ def test_strategy_really_runs_distributed(runs, config):
     assert summary["zero_stage"] == zero_stage
     assert summary["fsdp_version"] == fsdp_version
     assert summary["world_size"] == 2
+    assert summary["mixed_precision"] == "no"  # the launch's precision, not TRL's bf16=True default
     assert summary["global_batch_size"] == 16  # 8 per device x 2 processes x 1 accumulation
     assert len(summary["local_param_numel"]) == 2
     assert len(read_metrics(_ok(runs, config))) == 6
