@@ -122,15 +122,23 @@ def _json_settings(data: dict, file: str) -> dict[str, Setting]:
     return settings
 
 
-def _check_json_file(report: CheckReport, path: Path, world: int | None, script_args) -> None:
-    file = str(path)
+def _load(report: CheckReport, path: Path, file: str, loader) -> dict | None:
+    """Read one file for the report: its mapping, or None with the reason recorded as a finding."""
     report.files.append(file)
     try:
-        data = load_deepspeed_json(path)
+        data = loader(path)
     except UserError as exc:
         report.findings.append(_unloadable(file, exc))
-        return
+        return None
     report.findings += _duplicates(path, file)
+    return data
+
+
+def _check_json_file(report: CheckReport, path: Path, world: int | None, script_args) -> None:
+    file = str(path)
+    data = _load(report, path, file, load_deepspeed_json)
+    if data is None:
+        return
     _check_json(report, data, file, world)
     if script_args:
         report.findings += check_script_args(parse_script_args(script_args), _json_settings(data, file), True)
@@ -138,13 +146,9 @@ def _check_json_file(report: CheckReport, path: Path, world: int | None, script_
 
 def _check_yaml_file(report: CheckReport, path: Path, num_processes, script_args, cwd) -> None:
     file = str(path)
-    report.files.append(file)
-    try:
-        data = load_accelerate_config(path)
-    except UserError as exc:
-        report.findings.append(_unloadable(file, exc))
+    data = _load(report, path, file, load_accelerate_config)
+    if data is None:
         return
-    report.findings += _duplicates(path, file)
     y = Yaml(data, file, num_processes)
     schema = SAGEMAKER_CONFIG if y.sagemaker else CLUSTER_CONFIG
     report.findings += [_hint_deepspeed_key(f) for f in check_section(data, schema, file)]
@@ -196,14 +200,8 @@ def _referenced_json(report: CheckReport, y: Yaml, yaml_path: Path, cwd) -> tupl
         f"from, so launch from {_display(yaml_path.parent)} or make the path absolute",
     }[found.how]
     report.notes.append(f"{y.file}: {key} {value!r} -> {ds_file} ({where})")
-    report.files.append(ds_file)
-    try:
-        ds_data = load_deepspeed_json(found.path)
-        report.findings += _duplicates(found.path, ds_file)
-        return ds_data, ds_file
-    except UserError as exc:
-        report.findings.append(_unloadable(ds_file, exc))
-        return None, ""
+    ds_data = _load(report, found.path, ds_file, load_deepspeed_json)
+    return (ds_data, ds_file) if ds_data is not None else (None, "")
 
 
 def _precision_vs_json(report: CheckReport, y: Yaml, ds_data: dict, ds_file: str) -> None:
