@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from disttune import doctor
+from disttune.bench import free_port  # the project's one free-port helper
 from disttune.cli import main
 
 
@@ -18,12 +19,6 @@ def _quick(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for name in ("NCCL_TIMEOUT", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_BLOCKING_WAIT", "NCCL_ASYNC_ERROR_HANDLING"):
         monkeypatch.delenv(name, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_config(tmp_path, **extra) -> str:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 
 import pytest
 
+from disttune.bench import free_port  # the project's one free-port helper
 from disttune.cli import main
 from disttune.errors import UserError
 from disttune.launch import DEBUG_ENV, build_launch_command, script_timeout, shell_line
 
 LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path, **extra) -> str:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from disttune.bench import free_port  # the project's one free-port helper (also imported by other tests)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "07_distributed_training.py"
 CONFIGS = REPO / "accelerate_configs"
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (never a hard-coded one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(
