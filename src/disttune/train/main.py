@@ -275,39 +275,41 @@ def fit(trainer, metrics, training_args, script_args, model_args, notes: list[st
     return summary
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group together: exiting with live gloo threads can abort a rank at teardown."""
-    import torch.distributed as dist
+def run(argv: list[str]) -> dict:
+    """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
+    from disttune.train.preflight import check_trainer_disk
+    from disttune.train.teardown import release_trainer
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    script_args, training_args, model_args, notes = setup(argv)
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
+    check_trainer_disk(trainer, training_args)
+    try:
+        return fit(trainer, metrics, training_args, script_args, model_args, notes, fmt)
+    finally:
+        release_trainer(trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
     from disttune.train.faults import TrainingStopped
-    from disttune.train.preflight import check_trainer_disk
+    from disttune.train.teardown import shutdown_distributed
 
     argv = sys.argv[1:] if argv is None else list(argv)
     # TRL's config still carries transformers' old name for this flag (the one users type); the rename
     # warning it triggers on every rank says nothing actionable.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    stopped = None
     try:
-        script_args, training_args, model_args, notes = setup(argv)
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
-        check_trainer_disk(trainer, training_args)
-        fit(trainer, metrics, training_args, script_args, model_args, notes, fmt)
-        shutdown_distributed()
+        run(argv)
     except TrainingStopped as exc:  # SIGTERM/SIGINT: checkpoint saved; say how to go on
-        shutdown_distributed()
-        if os.environ.get("RANK", "0") == "0":
-            print(f"disttune: {exc}", flush=True)
-        return 0
+        stopped = str(exc)  # not the exception: its traceback would keep the trainer alive
     except UserError as exc:
         rank = os.environ.get("RANK", "0")
         if rank == "0":
             print(f"07_distributed_training.py: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    shutdown_distributed()  # here, once the trainer (and any traceback holding it) is gone
+    if stopped is not None and os.environ.get("RANK", "0") == "0":
+        print(f"disttune: {stopped}", flush=True)
     return 0
