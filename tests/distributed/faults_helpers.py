@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from launching import REPO, free_port, read_metrics  # noqa: F401 - read_metrics is re-exported to the tests
+from launching import REPO, SCRIPT, read_metrics  # noqa: F401 - read_metrics is re-exported to the tests
 
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-CONFIGS = {
-    "ddp": REPO / "accelerate_configs" / "multi_gpu_ddp.yaml",
-    "zero2": REPO / "accelerate_configs" / "deepspeed_zero2.yaml",
-    "zero3": REPO / "accelerate_configs" / "deepspeed_zero3.yaml",
-    "fsdp2": REPO / "accelerate_configs" / "fsdp2.yaml",
-}
+from disttune import bench
+
 # The smallest run that shows each point: 8 steps of 4 x 2 examples, a checkpoint every 4 steps.
 SMALL_RUN = ["--max_steps", "8", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4",
              "--per_device_train_batch_size", "4", "--max_length", "64"]
 
 
 def launch_command(strategy: str, output_dir: Path, *extra: str) -> list[str]:
-    """``accelerate launch`` of the training script on 2 CPU processes in fp32."""
-    return [
-        ACCELERATE, "launch", "--config_file", str(CONFIGS[strategy]), "--num_processes", "2",
-        "--mixed_precision", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-        str(REPO / "07_distributed_training.py"), "--output_dir", str(output_dir), *SMALL_RUN, *extra,
-    ]
+    """``accelerate launch`` of the training script on 2 CPU processes in fp32 (``strategy``: a bench name)."""
+    return bench.launch_command(strategy, SCRIPT, output_dir, 2, "no", [*SMALL_RUN, *extra])
 
 
 def run_env(cache: Path, fault: str | None = None) -> dict:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from disttune.bench import free_port  # the project's one free-port helper (also imported by other tests)
+from disttune.bench import free_port, launch_command  # noqa: F401 - free_port is re-exported to test_multinode
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "07_distributed_training.py"
@@ -20,8 +20,8 @@ def launch(
     config: str,
     output_dir: Path,
     *script_args: str,
-    num_processes: int | None = 2,
-    mixed_precision: str | None = "no",
+    num_processes: int = 2,
+    mixed_precision: str = "no",
     cache_dir: Path | None = None,
     timeout: float = 300,
     extra_env: dict | None = None,
@@ -30,14 +30,8 @@ def launch(
 
     ``config`` is a shipped config's name, or a path ending in .yaml.
     """
-    config_file = config if config.endswith(".yaml") else str(CONFIGS / f"{config}.yaml")
-    cmd = [*ACCELERATE, "--config_file", config_file]
-    if num_processes is not None:
-        cmd += ["--num_processes", str(num_processes)]
-    if mixed_precision is not None:
-        cmd += ["--mixed_precision", mixed_precision]
-    cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
-    cmd += [str(SCRIPT), "--output_dir", str(output_dir), *script_args]
+    config_file = config if config.endswith(".yaml") else CONFIGS / f"{config}.yaml"
+    cmd = launch_command(config_file, SCRIPT, output_dir, num_processes, mixed_precision, list(script_args))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
     if cache_dir is not None:
         env["DISTTUNE_CACHE"] = str(cache_dir)

@@ -33,6 +33,13 @@ def test_launch_command_uses_localhost_and_a_free_port(tmp_path):
     cmd = launch_command("zero2", tmp_path / "s.py", tmp_path, 2, "no", ["--max_steps", "3"])
     assert cmd[cmd.index("--main_process_ip") + 1] == "127.0.0.1"
     assert int(cmd[cmd.index("--main_process_port") + 1]) > 0 and cmd[-2:] == ["--max_steps", "3"]
+    assert cmd[cmd.index("--config_file") + 1].endswith("accelerate_configs/deepspeed_zero2.yaml")
+
+
+def test_launch_command_takes_a_config_file_too(tmp_path):
+    cmd = launch_command(tmp_path / "mine.yaml", tmp_path / "s.py", tmp_path, 1, "bf16", [])
+    assert cmd[cmd.index("--config_file") + 1] == str(tmp_path / "mine.yaml")
+    assert cmd[cmd.index("--mixed_precision") + 1] == "bf16" and cmd[cmd.index("--num_processes") + 1] == "1"
 
 
 def test_max_loss_deviation():
