@@ -3,7 +3,8 @@
     python benchmarks/plain_trl_sft.py --output_dir /tmp/plain --max_steps 20
 
 Same tiny checkpoint (``tiny_checkpoint(seed)``), same built-in examples, the same SFTConfig values as
-``disttune.train.args.SCRIPT_DEFAULTS``; nothing of ours runs during training (no callbacks, no checks).
+``disttune.train.args.SCRIPT_DEFAULTS``; nothing of ours runs during training (no callbacks, no checks);
+after it, our teardown frees the model and leaves the process group.
 Prints TRL/transformers' own final metrics line, which holds ``train_tokens_per_second``.
 """
 
@@ -17,6 +18,7 @@ from trl import SFTConfig, SFTTrainer
 
 from disttune.train.args import SCRIPT_DEFAULTS
 from disttune.train.data import builtin_examples
+from disttune.train.teardown import release_trainer, shutdown_distributed
 from disttune.train.tiny import tiny_checkpoint
 
 
@@ -38,6 +40,10 @@ def main() -> None:
                          train_dataset=Dataset.from_list(builtin_examples(seed=config["seed"])))
     result = trainer.train()
     print("PLAIN_TRL_METRICS", result.metrics, flush=True)
+    # After the timing: leave without gloo's occasional abort at exit (see disttune.train.teardown).
+    release_trainer(trainer)
+    del trainer, model
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
