@@ -39,7 +39,7 @@ def _clear_caches(function) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Free the finished trainer's objects, then leave the process group together.
+    """Collect the released trainer's objects, then leave the process group together.
 
     The DDP/FSDP/DeepSpeed wrapper holds the process group. If it outlives ``main()``, the group's C++
     worker threads are torn down during interpreter finalization, and gloo then aborts the rank
