@@ -12,7 +12,8 @@ from faults_helpers import tail, timed_launch
 pytestmark = pytest.mark.distributed
 
 LAUNCHER_GRACE_S = 30  # torch.distributed.elastic: SIGTERM, then SIGKILL after 30 s
-SLACK_S = 25  # process start-up after step 2, a busy 2-core machine
+SLACK_S = 60  # start-up after step 2 on a busy 2-core CI machine (measured total here: 41 s); the
+# point is about a minute, not torch's 30-minute default
 
 
 def test_watchdog_dumps_stacks_names_the_silent_rank_and_ends_the_job(tmp_path):
