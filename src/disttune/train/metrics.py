@@ -46,7 +46,6 @@ class MetricsCallback(TrainerCallback):
         self.peak: float | None = None
         self.world_size = 1
         self.device_name: str | None = None
-        self.mfu_values: list[float] = []
 
     def _count(self, module, args, kwargs):
         if not module.training:
@@ -114,8 +113,6 @@ class MetricsCallback(TrainerCallback):
         tps = round(new_tokens / elapsed, 2) if elapsed > 0 else None
         fpt = self.flops_per_token()
         step_mfu = mfu(tps, fpt, self.peak, self.world_size)
-        if step_mfu is not None:
-            self.mfu_values.append(step_mfu)
         record = {
             "step": state.global_step,
             "epoch": _clean(logs.get("epoch")),
@@ -126,7 +123,7 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_second": tps,
             "tokens_per_second_per_rank": [p[0] for p in per_rank],
             "flops_per_token": round(fpt) if fpt else None,
-            "mfu": round(step_mfu, 4) if step_mfu is not None else None,
+            "mfu": _round(step_mfu),
             "peak_memory_bytes": [p[1] for p in per_rank],
             "time": round(time.time(), 3),
         }
