@@ -51,19 +51,17 @@ def build_model(size: str, cache: Path) -> Path:
 
 def run_one(name: str, model_dir: Path, out: Path, args) -> dict:
     """One ``accelerate launch`` of the training script; its run_summary.json plus our estimate."""
-    from disttune.bench import free_port
+    from disttune.bench import launch_command
     from disttune.estimate.models import count_params, resolve_model
     from disttune.estimate.strategies import Inputs, ModelInfo, estimate_strategy
 
     mp = "no" if args.tiny else "bf16"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / CONFIGS[name]), "--num_processes", "1", "--mixed_precision", mp,
-           "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-           str(ROOT / "07_distributed_training.py"), "--model_name_or_path", str(model_dir),
-           "--output_dir", str(out / name), "--max_steps", str(args.max_steps), "--logging_steps", str(min(5, args.max_steps)),
-           "--per_device_train_batch_size", str(args.batch), "--max_length", str(args.seq),
-           "--packing", "true", "--attn_implementation", "sdpa", "--learning_rate", "1e-4",
-           "--save_strategy", "no"]
+    cmd = launch_command(ROOT / "accelerate_configs" / CONFIGS[name], ROOT / "07_distributed_training.py", out / name,
+                         1, mp, ["--model_name_or_path", str(model_dir), "--max_steps", str(args.max_steps),
+                                 "--logging_steps", str(min(5, args.max_steps)),
+                                 "--per_device_train_batch_size", str(args.batch), "--max_length", str(args.seq),
+                                 "--packing", "true", "--attn_implementation", "sdpa", "--learning_rate", "1e-4",
+                                 "--save_strategy", "no"])
     if not args.tiny:
         cmd += ["--optim", "adamw_torch_fused"]
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead_vs_trl import ROOT, tokens_per_second  # noqa: E402
 
-from disttune.bench import config_path, free_port  # noqa: E402
+from disttune.bench import launch_command  # noqa: E402
 
 
 def main() -> None:
@@ -33,20 +33,17 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scaling-"))
     common = ["--max_steps", str(args.max_steps), "--logging_steps", "5"]
-    script = str(ROOT / "07_distributed_training.py")
+    script = ROOT / "07_distributed_training.py"
     results = {}
     for n in (1, 2):
-        micro = ["--per_device_train_batch_size", str(args.global_batch // n), "--output_dir", str(tmp / f"n{n}"),
-                 "--overwrite_output_dir", "true"]
+        out_dir = tmp / f"n{n}"
+        micro = ["--per_device_train_batch_size", str(args.global_batch // n), "--overwrite_output_dir", "true"]
         runs = []
         for _ in range(args.repeats):
             if n == 1:
-                cmd = [sys.executable, script, *micro, *common]
+                cmd = [sys.executable, script, "--output_dir", str(out_dir), *micro, *common]
             else:
-                cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                       str(config_path("ddp")), "--num_processes", "2", "--mixed_precision", "no",
-                       "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-                       script, *micro, *common]
+                cmd = launch_command("ddp", script, out_dir, 2, "no", [*micro, *common])
             runs.append(tokens_per_second(cmd))
             print(f"{n} process(es): {runs[-1]:.0f} tokens/s", flush=True)
         results[n] = {"runs": runs, "best": max(runs)}
