@@ -82,12 +82,11 @@ def launch_command(config: str | Path, script: Path, out_dir: Path, num_processe
             str(script), "--output_dir", str(out_dir), *script_args]
 
 
-def read_losses(metrics_path: Path) -> list[tuple[int, float]]:
+def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     """``(step, loss)`` pairs from a run's ``metrics.jsonl``."""
-    if not metrics_path.is_file():
-        return []
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    return [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    from disttune.train.metrics import read_metrics
+
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r.get("loss") is not None]
 
 
 def max_loss_deviation(losses: list[tuple[int, float]], reference: list[tuple[int, float]]) -> float | None:
@@ -141,7 +140,7 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
         "estimated_terms": estimate["terms"],
         "estimate_rel_error": round((est - measured) / measured, 4) if measured else None,
         "final_loss": summary.get("final_loss"),
-        "losses": read_losses(run_dir / "metrics.jsonl"),
+        "losses": read_losses(run_dir),
         "wall_seconds": round(wall_s, 1),
     }
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from disttune.bench import free_port, launch_command  # noqa: F401 - free_port is re-exported to test_multinode
+from disttune.train.metrics import read_metrics  # noqa: F401 - re-exported to the tests
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "07_distributed_training.py"
@@ -36,11 +37,6 @@ def launch(
     if cache_dir is not None:
         env["DISTTUNE_CACHE"] = str(cache_dir)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl``."""
-    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def read_summary(output_dir: Path) -> dict:

@@ -10,6 +10,7 @@ from disttune.bench import (
     max_loss_deviation,
     parse_strategies,
     plot,
+    read_losses,
     render_markdown,
 )
 from disttune.errors import UserError
@@ -72,3 +73,9 @@ def test_estimate_for_the_tiny_preset(tmp_path):
     ddp = estimated_state("ddp", model_dir, 2, "no", 8, 128)
     z3 = estimated_state("zero3", model_dir, 2, "no", 8, 128)
     assert ddp["total"] == 16 * 766080 and z3["total"] < ddp["total"] / 1.5
+
+
+def test_read_losses_from_the_metrics_file_the_callback_writes(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n\n{"step": 2, "loss": null}\n{"step": 3, "loss": 2.0}\n')
+    assert read_losses(tmp_path) == [(1, 2.5), (3, 2.0)]
+    assert read_losses(tmp_path / "no_run_here") == []

@@ -157,6 +157,14 @@ def _round(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The records ``MetricsCallback`` wrote to ``<output_dir>/metrics.jsonl`` (``[]`` when there is none)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` atomically (temporary file, then rename) so a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
