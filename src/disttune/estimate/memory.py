@@ -31,7 +31,6 @@ DEEPSPEED_DEFAULTS = {
 }
 
 
-
 def hf_auto_buckets(hidden_size: int) -> dict[str, int]:
     """What accelerate/transformers fill in for ``auto`` (and for the shipped configs) from the model.
 

@@ -168,7 +168,7 @@ def _scan_attributes(obj, name: str, counter: StorageCounter, visited: set, dept
 
 
 def model_state_snapshot(model, optimizer) -> dict:
-    """``(device, data_ptr) -> (category, nbytes)`` of every storage holding model state right now.
+    """``(device, data_ptr) -> (category, nbytes, source)`` of every storage holding model state right now.
 
     ``model``: the (wrapped or unwrapped) model; ``optimizer``: the optimizer that really steps
     (a torch optimizer, or DeepSpeed's ZeRO optimizer, which holds the torch one).
