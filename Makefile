@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 demo: install
 	$(BIN)/accelerate launch --config_file accelerate_configs/multi_gpu_ddp.yaml --num_processes $(NPROC) \
-		07_distributed_training.py --output_dir runs/demo
+		07_distributed_training.py --output_dir runs/demo --overwrite_output_dir
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -150,12 +150,13 @@ def test_plan_text_shows_the_global_batch_formula():
     info = {"distributed_type": "DEEPSPEED", "zero_stage": 3, "world_size": 4, "device": "cuda:0", "mixed_precision": "bf16"}
     args = SimpleNamespace(
         per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512, learning_rate=2e-5, max_steps=100,
-        num_train_epochs=3,
+        num_train_epochs=3, save_strategy="steps", save_steps=50, save_total_limit=None,
     )
     text = format_plan(info, args, tokens_per_step=32 * 512)
     assert "DEEPSPEED ZeRO-3" in text
     assert "global batch            32 = 4 x 4 x 2" in text
     assert "<= 16384" in text
+    assert "checkpoints             every 50 steps and at the end, keep all" in text
 
 
 def test_check_saved_counts_tensor_elements(tmp_path):
@@ -180,3 +181,82 @@ def test_an_unreachable_hub_dataset_is_a_user_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", unreachable)  # what an offline machine gets, without the wait
     with pytest.raises(UserError, match=r"--dataset_name org/name: cannot load it \(ConnectionError: Couldn't reach"):
         data.load_train_dataset("org/name")
+
+
+# --- precision: one source of truth (the launch), --bf16/--fp16 may only agree -------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--bf16"], {"bf16": True}),
+        (["--bf16", "false", "--max_steps", "3"], {"bf16": False}),
+        (["--fp16=True"], {"fp16": True}),
+        (["--max_steps", "3"], {}),
+    ],
+)
+def test_precision_flags_are_read_as_transformers_reads_them(argv, expected):
+    rest, values = reconcile.split_precision_flags(argv)
+    assert values == expected
+    assert "--bf16" not in rest and "--fp16=True" not in rest
+    assert ("--max_steps" in rest) == ("--max_steps" in argv)
+
+
+def test_the_command_line_overrides_the_recipe_precision():
+    _, values = reconcile.split_precision_flags(["--bf16", "false"], recipe={"bf16": True, "fp16": False})
+    assert values == {"bf16": False, "fp16": False}
+
+
+@pytest.mark.parametrize(("user", "launched"), [({"bf16": True}, "bf16"), ({"fp16": False}, "bf16"), ({}, "fp16")])
+def test_agreeing_precision_flags_are_fine(user, launched):
+    reconcile.reconcile_precision(user, launched, config_name="c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("user", "launched", "shown", "launch_fix"),
+    [
+        ({"bf16": True}, "no", "--bf16", "--mixed_precision bf16"),
+        ({"bf16": True}, "fp16", "--bf16", "--mixed_precision bf16"),
+        ({"fp16": True}, "bf16", "--fp16", "--mixed_precision fp16"),
+        ({"bf16": False}, "bf16", "--bf16 false", "--mixed_precision no"),
+    ],
+)
+def test_a_conflicting_precision_flag_names_both_places_and_the_fix(user, launched, shown, launch_fix):
+    with pytest.raises(UserError) as err:
+        reconcile.reconcile_precision(user, launched, config_name="z2.yaml")
+    message = str(err.value)
+    assert f"given {shown} but the launch resolved mixed_precision '{launched}' (z2.yaml" in message
+    assert f"fix: drop {shown}" in message and launch_fix in message
+
+
+def test_without_accelerate_launch_the_flags_are_not_checked():
+    reconcile.reconcile_precision({"bf16": True}, None)
+
+
+def test_precision_is_set_from_the_launch():
+    args = SimpleNamespace(bf16=False, fp16=True)
+    reconcile.apply_precision(args, "bf16")
+    assert (args.bf16, args.fp16) == (True, False)
+    reconcile.apply_precision(args, "no")
+    assert (args.bf16, args.fp16) == (False, False)
+
+
+def test_the_plan_says_whether_and_how_often_the_run_checkpoints():
+    from disttune.train.main import describe_checkpointing
+
+    args = SimpleNamespace(save_strategy="no", save_steps=500, save_total_limit=None)
+    assert describe_checkpointing(args) == "off (--save_steps N turns them on)"
+    args = SimpleNamespace(save_strategy="steps", save_steps=4, save_total_limit=2)
+    assert describe_checkpointing(args) == "every 4 steps and at the end, keep the last 2"
+
+
+def test_save_steps_alone_turns_step_checkpoints_on(tmp_path, monkeypatch):
+    from disttune.train.main import setup
+
+    monkeypatch.chdir(tmp_path)
+    _, args, _, _ = setup(["--output_dir", str(tmp_path / "a"), "--save_steps", "4"])
+    assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps" and args.save_steps == 4
+    _, args, _, _ = setup(["--output_dir", str(tmp_path / "b"), "--save_steps", "4", "--save_strategy", "no"])
+    assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
+    _, args, _, _ = setup(["--output_dir", str(tmp_path / "c")])
+    assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"

@@ -98,11 +98,27 @@ def messages_to_prompt_completion(dataset):
     return dataset.map(split, remove_columns=["messages"])
 
 
+def _recipe(argv: list[str]) -> dict:
+    """The ``--config`` recipe's mapping ({} without one); ``_explicit_names`` has already validated it."""
+    import yaml
+
+    if "--config" not in argv:
+        return {}
+    return yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
+
+
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     import torch
 
-    from disttune.train.reconcile import cpu_mixed_precision_fallback, reconcile_batch_settings
+    from disttune.train.reconcile import (
+        MP_ENV,
+        apply_precision,
+        cpu_mixed_precision_fallback,
+        reconcile_batch_settings,
+        reconcile_precision,
+        split_precision_flags,
+    )
     from disttune.train.strategy import (
         cpu_distributed_defaults,
         deepspeed_auto_sizes,
@@ -111,13 +127,25 @@ def setup(argv: list[str]):
     )
 
     cuda = torch.cuda.is_available()
+    explicit = _explicit_names(argv)
+    # Precision has one source, the launch (config file or --mixed_precision): --bf16/--fp16 may only agree.
+    launched = os.environ.get(MP_ENV)
+    argv_rest, user_precision = split_precision_flags(argv, _recipe(argv))
+    reconcile_precision(user_precision, launched)
     defaults, notes = cpu_distributed_defaults(cuda)
     if cuda:
         defaults["optim"] = "adamw_torch_fused"  # one fused kernel per step on GPU; same math as adamw_torch
+    if "save_steps" in explicit and "save_strategy" not in explicit:
+        defaults["save_strategy"] = "steps"  # --save_steps N alone checkpoints, as in plain transformers
     warning = cpu_mixed_precision_fallback(cuda)
     if warning:
         notes.append(warning)
-    script_args, training_args, model_args, explicit = parse_arguments(argv, defaults)
+    if launched is not None:
+        # Built without the user's flags (they agree, see above): transformers' bf16 check is for GPUs only.
+        argv = [*argv_rest, "--bf16", "false", "--fp16", "false"]
+    script_args, training_args, model_args, _ = parse_arguments(argv, defaults)
+    if launched is not None:
+        apply_precision(training_args, os.environ[MP_ENV])
     promote_fsdp_on_cpu(cuda)
     if deepspeed_auto_sizes(training_args):
         notes.append("DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size")
@@ -149,6 +177,19 @@ def setup(argv: list[str]):
     return script_args, training_args, model_args, notes
 
 
+def describe_checkpointing(training_args) -> str:
+    """Whether and how often the run writes ``checkpoint-N`` folders, for the plan."""
+    strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy)).lower()
+    if strategy == "no":
+        return "off (--save_steps N turns them on)"
+    keep = f", keep the last {training_args.save_total_limit}" if training_args.save_total_limit else ", keep all"
+    if strategy == "steps":
+        every = f"every {training_args.save_steps:g} steps"
+    else:
+        every = f"every {strategy}"
+    return f"{every} and at the end{keep}"
+
+
 def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
     """The plan printed before the first step."""
     strategy = info["distributed_type"] + (f" ZeRO-{info['zero_stage']}" if info["zero_stage"] is not None else "")
@@ -165,6 +206,7 @@ def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
         ("tokens per step", f"<= {tokens_per_step} (global batch x max_length {training_args.max_length})"),
         ("learning rate", f"{training_args.learning_rate:g}"),
         ("max steps", training_args.max_steps if training_args.max_steps > 0 else f"{training_args.num_train_epochs} epochs"),
+        ("checkpoints", describe_checkpointing(training_args)),
     ]
     width = max(len(k) for k, _ in rows)
     return "disttune plan\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

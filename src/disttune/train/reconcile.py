@@ -1,13 +1,16 @@
 """One source of truth for batch and precision settings before the trainer starts.
 
 ``accelerate launch`` exports the config's ``deepspeed_config.gradient_accumulation_steps`` and
-``gradient_clipping`` as environment variables; HF's Trainer then refuses to start when the script's
-own values differ ("DeepSpeed config values that mismatch TrainingArguments"). Here the config's value
-applies when the user passed none, and an explicit conflicting value stops with a short message.
+``gradient_clipping`` as environment variables, and the precision it resolved (``mixed_precision`` in the
+config, or ``--mixed_precision`` on the launch line) as ``ACCELERATE_MIXED_PRECISION``; HF's Trainer then
+refuses to start when the script's own values differ ("DeepSpeed config values that mismatch
+TrainingArguments", e.g. ``ds bf16.enabled=True vs hf bf16=False``). Here the launcher's value applies
+when the user passed none, and an explicit conflicting value stops with a short message.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -42,6 +45,63 @@ def cpu_mixed_precision_fallback(cuda_available: bool, environ=os.environ) -> st
         return None
     environ[MP_ENV] = "bf16"
     return "warning: mixed_precision fp16 needs a GPU; no GPU is visible, so this run uses bf16 on the CPU."
+
+
+PRECISION_FLAGS = ("bf16", "fp16")
+
+
+def _to_bool(value) -> bool:
+    """transformers' reading of a boolean flag's value (``--bf16``, ``--bf16 false``, ``--bf16=True``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("yes", "true", "t", "y", "1"):
+        return True
+    if text in ("no", "false", "f", "n", "0"):
+        return False
+    raise UserError(f"--bf16/--fp16 take true or false, not {value!r}.")
+
+
+def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[list[str], dict[str, bool]]:
+    """The user's ``--bf16``/``--fp16`` values (recipe, then command line) and ``argv`` without them."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in PRECISION_FLAGS:
+        parser.add_argument(f"--{flag}", nargs="?", const=True, default=None)
+    given, rest = parser.parse_known_args(argv)
+    values = {flag: _to_bool((recipe or {})[flag]) for flag in PRECISION_FLAGS if (recipe or {}).get(flag) is not None}
+    values.update({flag: _to_bool(v) for flag, v in vars(given).items() if v is not None})
+    return rest, values
+
+
+def reconcile_precision(user: dict[str, bool], launched: str | None, config_name: str | None = None) -> None:
+    """Refuse ``--bf16``/``--fp16`` values that contradict the precision accelerate resolved (``launched``).
+
+    ``user`` holds the values the user gave; ``launched`` is ``ACCELERATE_MIXED_PRECISION`` as the
+    launcher set it (``no``, ``fp16``, ``bf16``), or None when the script was not started by accelerate.
+    """
+    if launched is None:
+        return
+    for flag, value in user.items():
+        if value == (launched == flag):
+            continue
+        where = config_name or launcher_config_file()
+        shown = f"--{flag}" if value else f"--{flag} false"
+        raise UserError(
+            f"the script is given {shown} but the launch resolved mixed_precision '{launched}' ({where} or "
+            f"--mixed_precision on the launch line); DeepSpeed and the Trainer would disagree on the precision.\n"
+            f"  fix: drop {shown} (the script takes the precision from the launch), or launch with "
+            f"--mixed_precision {flag if value else 'no'} (or set mixed_precision in the config)."
+        )
+
+
+def apply_precision(args, launched: str) -> None:
+    """Set ``args.bf16``/``args.fp16`` to the precision the launch resolved (after any CPU fallback).
+
+    Done after ``TrainingArguments`` is built, which already took ``mixed_precision`` (and the DeepSpeed
+    plugin its ``bf16``/``fp16`` sections) from the same variable; its bf16 check is for GPUs only, and
+    on CPU torch's bf16 autocast is what accelerate uses.
+    """
+    args.bf16, args.fp16 = launched == "bf16", launched == "fp16"
 
 
 def reconcile_batch_settings(args, explicit: set[str], environ=os.environ, config_name: str | None = None) -> list[str]:
