@@ -69,15 +69,17 @@ def parse_strategies(text: str) -> list[str]:
     return names
 
 
-def launch_command(config: str | Path, script: Path, out_dir: Path, num_processes: int, mixed_precision: str,
+def launch_command(config: str | Path, script: Path, out_dir: Path, num_processes: int, mixed_precision: str | None,
                    script_args: list[str]) -> list[str]:
     """The ``accelerate launch`` argv of one run (localhost rendezvous on a fresh free port).
 
-    ``config``: a name of ``STRATEGIES`` or the path of an accelerate config file.
+    ``config``: a name of ``STRATEGIES`` or the path of an accelerate config file. ``mixed_precision``
+    None keeps the config's own.
     """
     config_file = config_path(config) if config in STRATEGIES else Path(config)
+    precision = ["--mixed_precision", mixed_precision] if mixed_precision else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", mixed_precision,
+            "--num_processes", str(num_processes), "--num_machines", "1", *precision,
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
             str(script), "--output_dir", str(out_dir), *script_args]
 

@@ -22,14 +22,15 @@ def launch(
     output_dir: Path,
     *script_args: str,
     num_processes: int = 2,
-    mixed_precision: str = "no",
+    mixed_precision: str | None = "no",
     cache_dir: Path | None = None,
     timeout: float = 300,
     extra_env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file accelerate_configs/<config>.yaml ... 07_distributed_training.py``.
 
-    ``config`` is a shipped config's name, or a path ending in .yaml.
+    ``config`` is a shipped config's name, or a path ending in .yaml. ``mixed_precision=None`` launches in
+    the config's own precision (no ``--mixed_precision`` on the launch line).
     """
     config_file = config if config.endswith(".yaml") else CONFIGS / f"{config}.yaml"
     cmd = launch_command(config_file, SCRIPT, output_dir, num_processes, mixed_precision, list(script_args))
