@@ -33,7 +33,7 @@ def test_error_block_format_and_exit_1(tmp_path, capsys):
 
 
 def test_warnings_exit_0_unless_strict(tmp_path, capsys):
-    path = write(tmp_path, "distributed_type: 'NO'\nnum_processes: 2\n")
+    path = write(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 16\nnum_machines: 2\nmachine_rank: 0\n")
     assert main(["check", path]) == 0
     assert "WARNING" in capsys.readouterr().out
     assert main(["check", path, "--strict"]) == 1

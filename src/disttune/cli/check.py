@@ -36,29 +36,36 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+class _ItemsParser(argparse.ArgumentParser):
+    """Parses what follows ``check`` (configs and options, in any order); raises instead of exiting."""
+
+    def error(self, message):
+        raise UserError(f"disttune check: {message}", exit_code=2)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--num_processes needs a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _split(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Options given after the first config are parsed here (argparse stops at the first positional)."""
-    configs: list[str] = []
+    """(configs, script args): options may follow the configs; everything after the first ``--`` is the script's."""
     items = list(args.items)
-    while items:
-        item = items.pop(0)
-        if item == "--":
-            return configs, items
-        name, eq, value = item.partition("=")
-        if name == "--strict" and not eq:
-            args.strict = True
-        elif name == "--json" and not eq:
-            args.json = True
-        elif name == "--num_processes":
-            value = value if eq else (items.pop(0) if items else "")
-            if not value.isdigit() or int(value) < 1:
-                raise UserError(f"--num_processes needs a positive whole number, got {value!r}", exit_code=2)
-            args.num_processes = int(value)
-        elif item.startswith("-"):
-            raise UserError(f"unknown option {item!r}; script arguments go after `--`", exit_code=2)
-        else:
-            configs.append(item)
-    return configs, []
+    cut = items.index("--") if "--" in items else len(items)
+    parser = _ItemsParser(prog="disttune check", add_help=False, allow_abbrev=False)
+    parser.add_argument("configs", nargs="*")
+    parser.add_argument("--num_processes", type=_positive, default=None)
+    parser.add_argument("--strict", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    ours, unknown = parser.parse_known_intermixed_args(items[:cut])
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}; script arguments go after `--`", exit_code=2)
+    args.strict = args.strict or ours.strict
+    args.json = args.json or ours.json
+    if ours.num_processes is not None:
+        args.num_processes = ours.num_processes
+    return ours.configs, items[cut + 1 :]
 
 
 def render_text(report) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from disttune.config.findings import Finding, error, warning
+from disttune.config.findings import Finding, error
 from disttune.config.rules import as_int, truth
 
 
@@ -83,7 +83,7 @@ def _zero(zero: dict, file: str, stage: int | None) -> list[Finding]:
     if stage is not None and stage != 3:
         for key in ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save"):
             if truth(zero.get(key)):
-                out.append(warning(file, p + key, zero[key],
+                out.append(error(file, p + key, zero[key],
                                    f"only applies to ZeRO-3; with stage {stage} the weights are not sharded and it is ignored",
                                    "remove it"))  # fmt: skip
     return out

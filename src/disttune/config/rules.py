@@ -1,8 +1,8 @@
 """Cross-field rules of an accelerate YAML: each rule reads the whole config and returns findings.
 
-Every rule states the accelerate 1.15 behaviour it guards against; severities follow the consequence:
-``error`` when ``accelerate launch`` or the training processes fail (or do something other than what
-the file says), ``warning`` when a setting is legal but silently ignored.
+Every rule states the accelerate 1.15 behaviour it guards against. Severity: ``error`` when the run fails,
+or would run but not as written (a value silently ignored, a count silently changed, a feature silently
+off); ``warning`` when it runs as written but is probably not what the user wants.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class Yaml:
 
     @property
     def dtype(self) -> object:
-        return self.data.get("distributed_type")
+        """distributed_type as accelerate uses it: YAML's unquoted NO loads as False, which accelerate runs as NO."""
+        value = self.data.get("distributed_type")
+        return "NO" if value is False else value
 
     @property
     def world(self) -> int | None:
@@ -74,7 +76,9 @@ class Yaml:
 
     @property
     def machines(self) -> int:
-        return as_int(self.data.get("num_machines")) or 1
+        """num_machines when it is a usable number (the schema reports one below 1), else 1."""
+        n = as_int(self.data.get("num_machines"))
+        return n if n is not None and n >= 1 else 1
 
     @property
     def sagemaker(self) -> bool:
@@ -82,15 +86,15 @@ class Yaml:
 
 
 def rule_distributed_type(y: Yaml) -> list[Finding]:
-    """distributed_type is required, and YAML reads an unquoted NO as false."""
+    """distributed_type is required and one accelerate knows (an unquoted NO loads as false: accelerate runs NO)."""
     value = y.dtype
     if "distributed_type" not in y.data:
         return [error(y.file, "distributed_type", None, "missing: accelerate requires distributed_type",
                       "add distributed_type: MULTI_GPU (or DEEPSPEED, FSDP, 'NO', ...)")]  # fmt: skip
-    if isinstance(value, bool):
+    if value is True:
         return [error(y.file, "distributed_type", value,
-                      "YAML reads an unquoted NO as the boolean false, which accelerate rejects",
-                      "quote it: distributed_type: 'NO'")]  # fmt: skip
+                      "YAML reads an unquoted yes/true/on as the boolean true, which is no distributed type",
+                      "write a distributed type, e.g. distributed_type: MULTI_GPU")]  # fmt: skip
     allowed = SAGEMAKER_DISTRIBUTED_TYPES if y.sagemaker else DISTRIBUTED_TYPES
     if value not in allowed:
         close = difflib.get_close_matches(str(value).upper(), allowed, n=1)
@@ -124,21 +128,19 @@ def rule_processes(y: Yaml) -> list[Finding]:
                          "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
                          "add num_processes: <total processes over all machines> (or pass --num_processes)"))  # fmt: skip
     if y.dtype == "NO" and world is not None and world > 1:
-        out.append(warning(y.file, "num_processes", world,
+        out.append(error(y.file, "num_processes", world,
                            f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
                            "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
                            "or set num_processes: 1"))  # fmt: skip
     mpirun = d.get("mpirun_config") if isinstance(d.get("mpirun_config"), dict) else {}
     if y.dtype == "MULTI_CPU" and world is not None and world > 1 and not mpirun.get("mpirun_hostfile"):
-        out.append(warning(y.file, "num_processes", world,
+        out.append(error(y.file, "num_processes", world,
                            f"distributed_type 'MULTI_CPU' without mpirun_hostfile: accelerate launch starts a single "
                            f"process, not {world}",
                            "use distributed_type: MULTI_GPU (on a machine without GPUs it runs N CPU processes "
                            "over gloo with the disttune training script), or set mpirun_config.mpirun_hostfile to launch with "
                            "mpirun"))  # fmt: skip
-    if machines < 1:
-        out.append(error(y.file, "num_machines", d.get("num_machines"), "must be at least 1", "set num_machines: 1"))
-    elif world is not None and world % machines != 0:
+    if world is not None and world >= 1 and world % machines != 0:
         out.append(error(y.file, "num_processes", world,
                          f"{world} processes cannot be split evenly over {machines} machines "
                          f"(accelerate starts num_processes // num_machines = {world // machines} per machine)",
@@ -165,10 +167,25 @@ def _main_process(y: Yaml) -> list[Finding]:
             out.append(error(y.file, "main_process_port", port,
                              "port 0 picks a random free port on each machine, so the machines cannot meet",
                              "use the same fixed port on every machine, e.g. 29500"))  # fmt: skip
+    # SLURM-style configs leave the address and the rank to the launch line: a warning, not an error.
     if machines > 1 and not d.get("main_process_ip"):
-        out.append(error(y.file, "main_process_ip", d.get("main_process_ip"),
-                         f"num_machines is {machines} but there is no main_process_ip: the machines cannot find rank 0",
-                         "set main_process_ip to the address of the machine with machine_rank 0"))  # fmt: skip
+        out.append(warning(y.file, "main_process_ip", d.get("main_process_ip"),
+                           f"num_machines is {machines} but there is no main_process_ip: the machines find rank 0 "
+                           "only if every launch line gives it",
+                           "pass --main_process_ip ADDR_OF_RANK_0 to accelerate launch on every machine (as a SLURM "
+                           "script does), or set main_process_ip here"))  # fmt: skip
+    if machines > 1 and "machine_rank" not in d:
+        out.append(warning(y.file, "machine_rank", None,
+                           f"num_machines is {machines} but there is no machine_rank: every machine would start as "
+                           "rank 0 unless its launch line says otherwise",
+                           "pass --machine_rank 0, 1, ... to accelerate launch on each machine (e.g. $SLURM_NODEID), "
+                           "or write one config per machine"))  # fmt: skip
+    ip = str(d.get("main_process_ip") or "")
+    if machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
+        out.append(warning(y.file, "main_process_ip", ip,
+                           f"num_machines is {machines} but main_process_ip is a loopback address: other machines "
+                           "cannot reach it (it only works when every 'machine' is this one, as in a test)",
+                           "use the LAN/InfiniBand address of the machine with machine_rank 0"))  # fmt: skip
     return out
 
 
@@ -205,7 +222,7 @@ def rule_gpu_ids(y: Yaml) -> list[Finding]:
                                f"set num_processes to {len(ids) * y.machines}, or list {per} ids"))  # fmt: skip
     launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
-        out.append(warning(y.file, "gpu_ids", value,
+        out.append(error(y.file, "gpu_ids", value,
                            f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
                            "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
                            "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
@@ -214,22 +231,27 @@ def rule_gpu_ids(y: Yaml) -> list[Finding]:
 
 
 def rule_ignored_sections(y: Yaml) -> list[Finding]:
-    """deepspeed_config / fsdp_config only apply to their own distributed_type."""
+    """deepspeed_config / fsdp_config only apply to their own distributed_type: elsewhere silently ignored."""
     out: list[Finding] = []
     both = " (DeepSpeed and FSDP are both configured)" if y.ds and y.fsdp else ""
     if y.ds and y.dtype != "DEEPSPEED":
-        out.append(warning(y.file, "deepspeed_config", None,
+        out.append(error(y.file, "deepspeed_config", None,
                            f"distributed_type is {y.dtype!r}, so deepspeed_config is ignored{both}",
                            "set distributed_type: DEEPSPEED to use it, or remove deepspeed_config"))  # fmt: skip
     if y.fsdp and y.dtype != "FSDP":
-        out.append(warning(y.file, "fsdp_config", None,
+        out.append(error(y.file, "fsdp_config", None,
                            f"distributed_type is {y.dtype!r}, so fsdp_config is ignored{both}",
                            "set distributed_type: FSDP to use it, or remove fsdp_config"))  # fmt: skip
     return out
 
 
-def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
-    """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses."""
+def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> list[Finding]:
+    """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses.
+
+    ``ds_json`` is the DeepSpeed JSON that ``deepspeed_config_file`` points at, when it loaded.
+    """
+    from disttune.config.deepspeed_rules import json_precision, json_stage
+
     if y.dtype != "DEEPSPEED":
         return []
     out: list[Finding] = []
@@ -243,18 +265,21 @@ def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
                                  "`deepspeed_config_file`, the following accelerate config variables will be ignored)",
                                  f"remove it here and set `{json_key}` in the DeepSpeed JSON instead"))  # fmt: skip
         if y.data.get("mixed_precision") is not None:
+            precision, key = json_precision(ds_json) if ds_json is not None else (None, None)
+            mp = str(y.data["mixed_precision"]).lower()
+            also = f"; it also contradicts {ds_file} ({key} means {precision})" if precision not in (None, mp) else ""
             out.append(error(f, "mixed_precision", y.data["mixed_precision"],
                              "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
-                             "(it is one of the 'variables that will be ignored')",
+                             f"(it is one of the 'variables that will be ignored'){also}",
                              "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON"))  # fmt: skip
-        stage = json_stage
+        stage = json_stage(ds_json) if ds_json is not None else None
     else:
         stage = as_int(ds.get("zero_stage", 2))  # DeepSpeedPlugin's default stage is 2
     out += _offload(y, stage, has_file)
     if stage is not None and stage != 3:
         for key in ("zero3_init_flag", "zero3_save_16bit_model"):
             if truth(ds.get(key)) and not (has_file and key in CONFIG_FILE_CONFLICTS):
-                out.append(warning(f, p + key, ds[key],
+                out.append(error(f, p + key, ds[key],
                                    f"only applies to ZeRO-3; with ZeRO stage {stage} it is ignored",
                                    "remove it, or use zero_stage: 3"))  # fmt: skip
     launcher = ds.get("deepspeed_multinode_launcher") or "pdsh"
