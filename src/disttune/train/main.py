@@ -16,8 +16,11 @@ from disttune.errors import UserError
 
 
 def _explicit_names(argv: list[str]) -> set[str]:
-    """Argument names the user set, on the command line or in the ``--config`` recipe."""
-    import yaml
+    """Argument names the user set, on the command line or in the ``--config`` recipe.
+
+    The recipe is read with the bounded config reader (depth, aliases, size, time) before TRL reads it.
+    """
+    from disttune.config.load import read_config
 
     names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     if "--config" in argv:
@@ -28,12 +31,12 @@ def _explicit_names(argv: list[str]) -> set[str]:
         if not path.is_file():
             raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
         try:
-            recipe = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"--config {path}: not valid YAML: {exc}") from exc
+            recipe = read_config(path, "recipe", syntax="yaml").data
+        except UserError as exc:
+            raise UserError(f"--config {exc}") from None
         if not isinstance(recipe, dict):
             raise UserError(f"--config {path}: must be a mapping of argument names to values.")
-        names |= set(recipe)
+        names |= {str(name) for name in recipe}
     return names
 
 
