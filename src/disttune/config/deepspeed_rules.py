@@ -94,6 +94,17 @@ def _batch(data: dict, file: str, world: int | None) -> list[Finding]:
     tbs = concrete_int(data.get("train_batch_size"))
     micro = concrete_int(data.get("train_micro_batch_size_per_gpu"))
     gas = concrete_int(data.get("gradient_accumulation_steps"))
+    if tbs is not None and micro is None and gas is not None and world is not None and gas * world > 0:
+        # DeepSpeed derives micro = train_batch_size // (gradient_accumulation_steps x processes) and asserts
+        # that it is above 0 and divides evenly (accelerate fills the micro batch from the dataloader instead,
+        # which then has to multiply back to train_batch_size).
+        if tbs % (gas * world) != 0:
+            return [error(file, "train_batch_size", tbs,
+                          f"train_batch_size {tbs} cannot be split over gradient_accumulation_steps x processes = "
+                          f"{gas} x {world} = {gas * world} (a micro-batch of {tbs / (gas * world):g} per process); "
+                          "DeepSpeed asserts",
+                          f'set "train_batch_size": "auto", or a multiple of {gas * world}')]  # fmt: skip
+        return []
     if tbs is None or micro is None or gas is None:
         return []
     if world is not None and tbs != micro * gas * world:
