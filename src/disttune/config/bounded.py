@@ -134,6 +134,11 @@ def _yaml_repeated(root) -> list[tuple[str, int | None]]:
 def parse_yaml(text: str, where: str) -> Parsed:
     """Safe-load YAML within the bounds; ``Refused`` past them, ``yaml.YAMLError`` for invalid YAML."""
     check_size(text, where)
+    # PyYAML's scanner looks ahead across every open "[" / "{" (quadratic in the flow depth) before the
+    # composer sees the first node, so flow nesting is counted on the raw text first.
+    line = _too_deep(_YAML_TOKENS, text)
+    if line is not None:
+        raise Refused(f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
     loader = _BoundedLoader(text, where)
     try:
         root = loader.get_single_node()
@@ -146,6 +151,8 @@ def parse_yaml(text: str, where: str) -> Parsed:
 
 
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# Brackets outside quoted strings and comments (an upper bound of YAML's flow nesting).
+_YAML_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|#[^\n]*|[\[\]{}]')
 
 
 class _Object(dict):
@@ -154,23 +161,26 @@ class _Object(dict):
     repeated: list[str]
 
 
-def _json_depth(text: str) -> int:
-    depth = deepest = 0
-    for match in _JSON_TOKENS.finditer(text):
+def _too_deep(tokens: re.Pattern, text: str) -> int | None:
+    """The 1-based line where bracket nesting first exceeds ``MAX_DEPTH`` (strings and comments skipped), or None."""
+    depth = 0
+    for match in tokens.finditer(text):
         token = match.group()
         if token in "[{":
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, match.start()) + 1
         elif token in "]}":
             depth -= 1
-    return deepest
+    return None
 
 
 def parse_json(text: str, where: str) -> Parsed:
     """``json.loads`` within the bounds; ``Refused`` past them, ``json.JSONDecodeError`` for invalid JSON."""
     check_size(text, where)
-    if _json_depth(text) > MAX_DEPTH:
-        raise Refused(f"{where}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
+    line = _too_deep(_JSON_TOKENS, text)
+    if line is not None:
+        raise Refused(f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
 
     def pairs_hook(pairs):
         obj = _Object(pairs)
