@@ -190,3 +190,12 @@ def test_kind_comes_from_the_content_not_the_extension(tmp_path):
     unknown.write_text("{}")
     report = check_files([unknown])
     assert "assumed from the .conf extension" in report.notes[0]
+
+
+def test_fixed_train_batch_size_must_split_over_accumulation_and_processes(tmp_path):
+    # diffusers' dreambooth config: train_batch_size 2, accumulation 1, launched on 8 processes
+    data = {**GOOD, "train_batch_size": 2, "gradient_accumulation_steps": 1}
+    f = one(run(tmp_path, data, num_processes=8), "train_batch_size")
+    assert f.severity == "error" and "1 x 8 = 8" in f.message and "0.25" in f.message
+    assert run(tmp_path, data, num_processes=2) == []
+    assert run(tmp_path, data) == []  # the number of processes is unknown: nothing to say
