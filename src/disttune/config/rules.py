@@ -14,34 +14,12 @@ from disttune.config.findings import Finding, error, warning
 from disttune.config.schema import (
     CONFIG_FILE_CONFLICTS,
     DISTRIBUTED_TYPES,
-    FALSE_STRINGS,
     MIXED_PRECISIONS,
     SAGEMAKER_DISTRIBUTED_TYPES,
-    TRUE_STRINGS,
 )
+from disttune.config.zero import as_int, rule_zero, truth, zero_from_yaml
 
 GPU_TYPES = ("MULTI_GPU", "DEEPSPEED", "FSDP", "MEGATRON_LM")
-
-
-def truth(value: object) -> bool | None:
-    """accelerate's reading of a boolean-ish value (``str_to_bool`` on ``str(value).lower()``)."""
-    if value is None:
-        return None
-    text = str(value).lower()
-    return True if text in TRUE_STRINGS else False if text in FALSE_STRINGS else None
-
-
-def as_int(value: object) -> int | None:
-    """``value`` as an int when it is one (or a whole number / digit string), else ``None``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 @dataclass
@@ -250,7 +228,7 @@ def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> l
 
     ``ds_json`` is the DeepSpeed JSON that ``deepspeed_config_file`` points at, when it loaded.
     """
-    from disttune.config.deepspeed_rules import json_precision, json_stage
+    from disttune.config.deepspeed_rules import json_precision, json_zero_stage
 
     if y.dtype != "DEEPSPEED":
         return []
@@ -272,16 +250,8 @@ def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> l
                              "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
                              f"(it is one of the 'variables that will be ignored'){also}",
                              "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON"))  # fmt: skip
-        stage = json_stage(ds_json) if ds_json is not None else None
-    else:
-        stage = as_int(ds.get("zero_stage", 2))  # DeepSpeedPlugin's default stage is 2
-    out += _offload(y, stage, has_file)
-    if stage is not None and stage != 3:
-        for key in ("zero3_init_flag", "zero3_save_16bit_model"):
-            if truth(ds.get(key)) and not (has_file and key in CONFIG_FILE_CONFLICTS):
-                out.append(error(f, p + key, ds[key],
-                                   f"only applies to ZeRO-3; with ZeRO stage {stage} it is ignored",
-                                   "remove it, or use zero_stage: 3"))  # fmt: skip
+    json_stage = json_zero_stage(ds_json) if has_file and ds_json is not None else None
+    out += rule_zero(zero_from_yaml(f, ds, json_stage, has_file, tuple(CONFIG_FILE_CONFLICTS) if has_file else ()))
     launcher = ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.machines > 1 and launcher != "standard" and not ds.get("deepspeed_hostfile"):
         out.append(error(f, p + "deepspeed_hostfile", None,
@@ -292,25 +262,4 @@ def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> l
     return out
 
 
-def _offload(y: Yaml, stage: int | None, has_file: bool) -> list[Finding]:
-    out: list[Finding] = []
-    ds, f, p = y.ds, y.file, "deepspeed_config."
-    if has_file:
-        return out  # the JSON's offload settings are checked with the JSON
-    param = str(ds.get("offload_param_device") or "none").lower()
-    optim = str(ds.get("offload_optimizer_device") or "none").lower()
-    if param != "none" and stage is not None and stage != 3:
-        out.append(error(f, p + "offload_param_device", ds["offload_param_device"],
-                         f"parameter offload needs ZeRO-3; with zero_stage {stage} DeepSpeed keeps the parameters on the GPU",
-                         "use zero_stage: 3, or set offload_param_device: none"))  # fmt: skip
-    if optim != "none" and stage == 0:
-        out.append(error(f, p + "offload_optimizer_device", ds["offload_optimizer_device"],
-                         "optimizer offload needs ZeRO stage 1, 2 or 3; with zero_stage 0 it does nothing",
-                         "use zero_stage: 2 (or 3), or set offload_optimizer_device: none"))  # fmt: skip
-    for what, device in (("param", param), ("optimizer", optim)):
-        key = f"offload_{what}_nvme_path"
-        if device == "nvme" and not ds.get(key):
-            out.append(error(f, p + key, None,
-                             f"offload_{what}_device is nvme but {key} is missing (accelerate passes the path 'none')",
-                             f"set {key} to a folder on a fast local NVMe drive, e.g. /local_nvme"))  # fmt: skip
-    return out
+__all__ = ["Yaml", "as_int", "truth"]
