@@ -194,3 +194,20 @@ def test_help_prints_a_plain_percent(capsys):
     assert main(["estimate", "--help"]) == 0
     out = capsys.readouterr().out
     assert "10% headroom" in out and "%%" not in out
+
+
+def test_checkpointing_and_cross_entropy_options_change_the_activations(capsys):
+    def activations(*flags):
+        assert main(["estimate", "--model", "meta-llama/Llama-3.1-8B", "--max_length", "8192",
+                     "--per_device_train_batch_size", "2", "--strategies", "fsdp2", *flags, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["strategies"][0]["activation_bytes"]
+
+    none, full, selective = activations(), activations("--gradient_checkpointing"), activations("--selective_checkpointing")
+    assert full < selective < none
+    fused = activations("--selective_checkpointing", "--fused_cross_entropy")
+    tokens, vocab = 2 * 8192, 128256
+    assert selective - fused > 12 * tokens * vocab * 0.9  # the 12-byte logits are gone, a chunk remains
+    assert main(["estimate", "--model", "meta-llama/Llama-3.1-8B", "--gradient_checkpointing",
+                 "--selective_checkpointing"]) == 2  # one or the other
+    assert main(["estimate", "--model", "Qwen/Qwen3-30B-A3B"]) == 0
+    assert "30,532,122,624 parameters (3,353,032,704 active per token)" in capsys.readouterr().out

@@ -142,6 +142,7 @@ def _fits(r) -> str:
 
 def render(model, inputs, results, rec, thumb, trainable) -> str:
     """Aligned table in GiB, then what does not fit and why, the recommendation and the rule-of-thumb line."""
+    from disttune.estimate.models import count_params
     from disttune.estimate.strategies import GIB, HEADROOM
 
     def g(n):
@@ -160,7 +161,9 @@ def render(model, inputs, results, rec, thumb, trainable) -> str:
     card = f"{inputs.gpu_name} ({inputs.gpu_memory_gb:.1f} GiB)" if inputs.gpu_name else f"{inputs.gpu_memory_gb:g} GiB"
     host = (f"; offloaded states <= {1 - HEADROOM:.0%} of {inputs.host_memory_gb:g} GiB host RAM per node"
             if inputs.host_memory_gb else "")
-    lines = [f"{model.name}: {model.num_params:,} parameters{lora}; {inputs.num_processes} GPUs on "
+    active = model.spec and count_params(model.spec).active
+    moe = f" ({active:,} active per token)" if active and active != model.num_params else ""
+    lines = [f"{model.name}: {model.num_params:,} parameters{moe}{lora}; {inputs.num_processes} GPUs on "
              f"{inputs.num_machines} node(s), {inputs.mixed_precision}, {inputs.optimizer}, batch "
              f"{inputs.per_device_train_batch_size} x {inputs.max_length} tokens{ckpt}.",
              f"GiB per GPU; fits = total <= {1 - HEADROOM:.0%} of {card}{host}.", ""]
