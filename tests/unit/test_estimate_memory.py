@@ -222,3 +222,17 @@ def test_recommendation_says_what_would_fit_when_host_ram_is_short():
 def test_bad_memory_inputs(bad):
     with pytest.raises(UserError):
         estimate(ModelInfo("x", 10**9), Inputs(**bad))
+
+
+def test_zero3_gathers_a_moe_block_whole():
+    """With the MoE block a ZeRO-3 leaf module, its router and every expert are gathered together."""
+    from disttune.estimate.models import count_params, moe_block_params
+    from disttune.estimate.presets import PRESETS
+
+    spec = PRESETS["Qwen/Qwen3-30B-A3B"]
+    block = moe_block_params(spec)
+    assert block == 128 * 2048 + 128 * 2 * 768 * 2048 + 128 * 2048 * 768  # router, gate_up, down
+    model = ModelInfo(spec.name, count_params(spec).total, spec)
+    z3 = estimate(model, Inputs(num_processes=8), ("zero3",))[0]
+    assert z3.buffers["gathered_params"] == 2 * (block + int(0.9 * 2048**2))
+    assert z3.buffers["unreduced_grad"] == 2 * count_params(spec).largest_tensor  # one tensor's .grad

@@ -185,12 +185,14 @@ def summarize(terms: dict[str, int]) -> dict[str, int]:
 def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
                      trainable_params: int | None = None, largest_tensor: int | None = None,
                      layer_params: int | None = None, root_params: int | None = None,
-                     deepspeed: dict[str, int] | None = None, largest_trainable: int | None = None) -> dict[str, int]:
+                     deepspeed: dict[str, int] | None = None, largest_trainable: int | None = None,
+                     largest_gathered: int | None = None) -> dict[str, int]:
     """Per-rank GPU bytes the implementations hold beyond the paper's model states.
 
     ddp_reducer_buckets = 4T; ZeRO-1/2: ipg_bucket = reduce_bucket_size x w, fp32_grad_partition_at_step
     = 4T/N; ZeRO-2/3: unreduced_grad = w x largest trainable tensor; ZeRO-3: ipg_bucket, fp32_grad_subgroup = (w + 4) min(sub_group_size,
-    T/N), gathered_params = w min(max_live, largest + prefetch_bucket); FSDP2: unsharded_params = w (root + 2
+    T/N), gathered_params = w min(max_live, largest + prefetch_bucket) (largest: a tensor, or a MoE block
+    gathered whole as a leaf module); FSDP2: unsharded_params = w (root + 2
     layers), unsharded_grads = w x layer. ``STEP_BUFFERS`` exist only inside ``optimizer.step()``, after
     backward freed the activations. Shape-dependent terms are left out when the shapes are unknown (None).
     ZeRO-1/2's allgather after the step writes in place into bit16_groups_flat (runtime/utils.py
@@ -220,7 +222,7 @@ def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_p
         if strategy in ("zero3", "zero3_offload_params"):  # flatten (w) then .to(fp32) (4, a no-op in fp32)
             out["fp32_grad_subgroup"] = (w + 4 if w != 4 else 4) * min(ds["sub_group_size"], Tn)
         if strategy.startswith("zero3"):
-            fetched = ds["stage3_prefetch_bucket_size"] + (largest_tensor or 0)
+            fetched = ds["stage3_prefetch_bucket_size"] + max(largest_tensor or 0, largest_gathered or 0)
             out["gathered_params"] = w * min(ds["stage3_max_live_parameters"], fetched, P)
     return out
 

@@ -118,6 +118,12 @@ def _moe_tensors(spec: ModelSpec) -> list[int]:
     return out
 
 
+def moe_block_params(spec: ModelSpec) -> int:
+    """Parameters of one MoE block (router, all experts, shared expert): what ZeRO-3 gathers at once when the
+    block is a leaf module (``deepspeed.utils.set_z3_leaf_modules``, needed so that routing does not hang)."""
+    return sum(_moe_tensors(spec)) if spec.num_moe_layers else 0
+
+
 def layer_tensors(spec: ModelSpec, moe: bool = False) -> list[int]:
     """numel of every parameter tensor of one decoder layer (a MoE layer when ``moe``)."""
     mlp = _moe_tensors(spec) if moe else _dense_mlp_tensors(spec, spec.intermediate_size)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from disttune.errors import UserError
 from disttune.estimate import memory
-from disttune.estimate.models import ModelSpec, count_params, lora_params
+from disttune.estimate.models import ModelSpec, count_params, lora_params, moe_block_params
 
 GIB = memory.GIB
 # Kept free on the GPU and in host RAM for what the estimate does not model: allocator fragmentation
@@ -154,7 +154,8 @@ def estimate_strategy(name: str, model: ModelInfo, inputs: Inputs) -> StrategyEs
         largest_tensor=counts.largest_tensor if counts else None,
         layer_params=counts.per_layer if counts else None,
         root_params=(counts.embedding + counts.lm_head + spec.hidden_size) if counts else None,
-        deepspeed=auto, largest_trainable=largest_lora)
+        deepspeed=auto, largest_trainable=largest_lora,
+        largest_gathered=moe_block_params(spec) if spec is not None else None)
     runtime = memory.runtime_breakdown(n)
     act = activations(model, inputs)
     state = sums["params"] + sums["grads"] + sums["optimizer"]
