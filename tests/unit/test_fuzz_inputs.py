@@ -98,10 +98,12 @@ TRAIN_WORDS = ["--max_steps", "--learning_rate", "--per_device_train_batch_size"
 @pytest.fixture(scope="module")
 def train_parser_env(tmp_path_factory):
     """Parse in a clean, non-distributed environment (imports done once, outside the deadline)."""
-    import trl  # noqa: F401
+    from disttune.train.main import parse_arguments
 
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
-    yield tmp_path_factory.mktemp("train-fuzz")
+    folder = tmp_path_factory.mktemp("train-fuzz")
+    parse_arguments(["--output_dir", str(folder / "out")])  # the first parse imports TRL/transformers: not timed
+    yield folder
     os.environ.update(saved)
 
 
