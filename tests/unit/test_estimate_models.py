@@ -188,3 +188,35 @@ def test_cli_modules_import_no_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stderr
+
+
+def test_any_config_values_give_a_spec_or_a_user_error():
+    """Whatever a config.json holds in its shape fields: a spec whose counts work, or a UserError (no traceback)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    value = st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=True) | st.text(max_size=3) \
+        | st.lists(st.integers(-1, 3), max_size=3)
+    keys = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "num_experts", "num_local_experts", "num_experts_per_tok",
+            "moe_intermediate_size", "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers",
+            "n_embd", "n_layer", "n_head", "n_inner", "n_positions"]
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(model_type=st.sampled_from(["llama", "gemma2", "phi3", "gpt2", "mixtral", "qwen2_moe",
+                                                  "qwen3_moe"]),
+                      values=st.fixed_dictionaries({}, optional={k: value for k in keys}))
+    def check(model_type, values):
+        try:
+            spec = spec_from_config({"model_type": model_type, **valid, **values})
+        except UserError:
+            outcomes.append("refused")
+            return
+        counts = count_params(spec)
+        assert counts.total >= counts.active > 0
+        outcomes.append("counted")
+
+    valid = {**TINY, "n_embd": 48, "n_layer": 2, "n_head": 6, "n_positions": 64, "num_experts": 4,
+             "num_experts_per_tok": 2, "moe_intermediate_size": 24, "shared_expert_intermediate_size": 40}
+    outcomes: list[str] = []
+    check()
+    assert {"refused", "counted"} <= set(outcomes)  # both paths ran

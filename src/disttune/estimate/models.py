@@ -225,7 +225,10 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
         if k > e:
             raise UserError(f"{name}: num_experts_per_tok {k} exceeds {experts_key} {e}.")
         step = _whole(config, "decoder_sparse_step", name, default=1)
-        dense_only = set(config.get("mlp_only_layers") or [])
+        dense_only = config.get("mlp_only_layers") or []
+        if not isinstance(dense_only, list):
+            raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
+        dense_only = set(dense_only)
         moe_layers = sum(1 for j in range(n) if j not in dense_only and (j + 1) % step == 0)
         shared = _whole(config, "shared_expert_intermediate_size", name, minimum=0) if model_type == "qwen2_moe" else 0
         moe = dict(num_experts=e, num_experts_per_tok=k, num_moe_layers=moe_layers,
