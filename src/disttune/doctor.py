@@ -337,6 +337,7 @@ def config_checks(config_path: str) -> tuple[dict[str, Any], list[Check]]:
         checks.append(Check(f"config {f.key}" if f.key else "config", status, detail, f.fix))
     if not checks:
         checks.append(Check("config", "pass", f"{config_path} passes `disttune check`."))
+    checks += [Check("config note", "info", note) for note in report.notes]
     return report.configs.get(str(config_path), {}), checks
 
 
@@ -349,6 +350,7 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in the order they are printed. ``probe_host`` is the only one that uses the network."""
     from disttune.env import collect_env
+    from disttune.extensions import check_extension_locks
 
     environ = os.environ if environ is None else environ
     config, checks = config_checks(config_path) if config_path else ({}, [])
@@ -367,6 +369,7 @@ def run_checks(
         check_port(int(port), machine_rank=rank),
         check_collective_timeout(environ),
         check_deepspeed(probe_deepspeed() if installed else None, len(gpus), config, environ),
+        check_extension_locks(environ),  # a lock left by a killed op build hangs every DeepSpeed launch
         check_default_config(environ, config_path),
         check_scaling(config, facts["cpu_count"]),
         check_hang_debugging(environ),

@@ -179,12 +179,14 @@ def test_a_config_fault_is_reported_once_with_checks_own_words(tmp_path):
     from disttune.config import check_config
 
     path = tmp_path / "two.yaml"
-    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 4\nnum_machines: 2\nmachine_rank: 0\n"
+    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 4\nnum_machines: 2\n"
                     "main_process_ip: 127.0.0.1\ngradient_accumulation: 2\n")  # fmt: skip
     config, checks = doctor.config_checks(str(path))
     findings = check_config(path)
-    assert [c.name for c in checks] == [f"config {f.key}" for f in findings]
-    assert [c.status for c in checks] == ["fail" if f.severity == "error" else "warn" for f in findings]
+    assert len(findings) == 2  # the unknown key (error), machine_rank missing (warning)
+    assert [c.name for c in checks] == [f"config {f.key}" for f in findings] + ["config note"]
+    assert [c.status for c in checks] == ["fail" if f.severity == "error" else "warn" for f in findings] + ["info"]
+    assert "loopback" in checks[-1].detail
     assert config["num_machines"] == 2
     assert doctor.config_checks(str(tmp_path / "missing.yaml"))[1][0].status == "fail"
 

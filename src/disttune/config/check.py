@@ -17,6 +17,7 @@ from disttune.config.findings import ERROR, Finding, error
 from disttune.config.load import read_config, resolve_deepspeed_config_file
 from disttune.config.rules import (
     Yaml,
+    notes_processes,
     rule_deepspeed,
     rule_distributed_type,
     rule_gpu_ids,
@@ -203,6 +204,7 @@ def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes,
     for rule in (rule_distributed_type, rule_mixed_precision, rule_processes, rule_gpu_ids, rule_ignored_sections):
         report.findings += rule(y)
     report.findings += rule_fsdp(y)
+    report.notes += notes_processes(y)
 
     ds_data, ds_file = _referenced_json(report, y, path, cwd)
     report.findings += rule_deepspeed(y, ds_data, ds_file)

@@ -158,13 +158,16 @@ def _main_process(y: Yaml) -> list[Finding]:
                            "rank 0 unless its launch line says otherwise",
                            "pass --machine_rank 0, 1, ... to accelerate launch on each machine (e.g. $SLURM_NODEID), "
                            "or write one config per machine"))  # fmt: skip
-    ip = str(d.get("main_process_ip") or "")
-    if machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
-        out.append(warning(y.file, "main_process_ip", ip,
-                           f"num_machines is {machines} but main_process_ip is a loopback address: other machines "
-                           "cannot reach it (it only works when every 'machine' is this one, as in a test)",
-                           "use the LAN/InfiniBand address of the machine with machine_rank 0"))  # fmt: skip
     return out
+
+
+def notes_processes(y: Yaml) -> list[str]:
+    """Facts worth saying that are not problems: several "machines" on a loopback address (fine on one host)."""
+    ip = str(y.data.get("main_process_ip") or "")
+    if y.machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
+        return [f"{y.file}: main_process_ip {ip} is a loopback address: only processes on this host can join "
+                f"the {y.machines} machines (use the LAN/InfiniBand address of machine_rank 0 for real machines)"]
+    return []
 
 
 def rule_gpu_ids(y: Yaml) -> list[Finding]:
