@@ -13,8 +13,9 @@ from disttune.errors import UserError
 HELP = "validate accelerate configs (and their DeepSpeed JSON) before you launch"
 EPILOG = (
     "Arguments after `--` are your training script's; they are compared with the config "
-    "(--gradient_accumulation_steps, --max_grad_norm, --bf16/--fp16/--mixed_precision, "
-    "--per_device_train_batch_size).\n"
+    "(--gradient_accumulation_steps, --max_grad_norm, --per_device_train_batch_size under DeepSpeed; "
+    "--bf16/--fp16 against the config's precision).\n"
+    "A file's kind (accelerate config or DeepSpeed JSON) is read from its keys, not its extension.\n"
     "examples:\n"
     "  disttune check accelerate_configs/deepspeed_zero3.yaml\n"
     "  disttune check my.yaml ds_config.json --num_processes 16 --strict\n"
