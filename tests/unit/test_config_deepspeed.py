@@ -199,3 +199,11 @@ def test_fixed_train_batch_size_must_split_over_accumulation_and_processes(tmp_p
     assert f.severity == "error" and "1 x 8 = 8" in f.message and "0.25" in f.message
     assert run(tmp_path, data, num_processes=2) == []
     assert run(tmp_path, data) == []  # the number of processes is unknown: nothing to say
+
+
+def test_deepspeed_keys_misplaced_in_an_accelerate_config_do_not_change_its_kind(tmp_path):
+    path = tmp_path / "acc.yaml"
+    path.write_text("distributed_type: DEEPSPEED\nnum_processes: 2\ngradient_accumulation_steps: 4\ngradient_clipping: 1.0\n")
+    report = check_files([path])
+    assert report.notes == [] and {f.key for f in report.findings} == {"gradient_accumulation_steps", "gradient_clipping"}
+    assert all("unknown top-level keys" in f.message for f in report.findings)

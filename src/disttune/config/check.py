@@ -76,6 +76,12 @@ def config_kind(data: dict, path: Path) -> tuple[str, str | None]:
     ours = {k for k in names if k in CLUSTER_CONFIG.keys or k in SAGEMAKER_CONFIG.keys}
     theirs = {k for k in names if k in DEEPSPEED_JSON.keys}
     accelerate, deepspeed = len(ours - theirs), len(theirs - ours)
+    # Keys that only ever head one kind decide alone (an accelerate config with DeepSpeed keys misplaced at
+    # its top level is still an accelerate config).
+    if names & {"distributed_type", "compute_environment"}:
+        accelerate, deepspeed = 1, 0
+    elif names & {"zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size"}:
+        accelerate, deepspeed = 0, 1
     by_extension = DEEPSPEED if path.suffix.lower() == ".json" else ACCELERATE
     if accelerate == deepspeed:
         article = "an" if by_extension == ACCELERATE else "a"
