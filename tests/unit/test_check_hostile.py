@@ -110,3 +110,13 @@ def test_aliases_within_bounds_still_load(tmp_path):
     path.write_text("base: &base {zero_stage: 2, offload_optimizer_device: none}\n"
                     "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config: *base\n")  # fmt: skip
     assert load_accelerate_config(path)["deepspeed_config"] == {"zero_stage": 2, "offload_optimizer_device": "none"}
+
+
+def test_reading_is_bounded_in_time_too(tmp_path, monkeypatch):
+    from disttune.config import bounded
+
+    monkeypatch.setattr(bounded, "MAX_SECONDS", 0.0)
+    path = tmp_path / "slow.yaml"
+    path.write_text("".join(f"k{i}: [1, 2]\n" for i in range(300)))
+    with pytest.raises(UserError, match="reading took longer than 0 s"):
+        load_accelerate_config(path)
