@@ -16,7 +16,7 @@ from disttune.config.deepspeed_schema import DEEPSPEED_JSON
 from disttune.config.findings import ERROR, Finding, error
 from disttune.config.load import read_config, resolve_deepspeed_config_file
 from disttune.config.rules import (
-    Yaml,
+    Accelerate,
     notes_processes,
     rule_deepspeed,
     rule_distributed_type,
@@ -204,7 +204,7 @@ def _check_json_file(report: CheckReport, data: dict, file: str, world: int | No
 
 
 def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes, args, cwd) -> None:
-    y = Yaml(data, str(path), num_processes)
+    y = Accelerate(data, str(path), num_processes)
     schema = SAGEMAKER_CONFIG if y.sagemaker else CLUSTER_CONFIG
     report.findings += check_section(data, schema, y.file, context=ACCELERATE_CONTEXT)
     for rule in (rule_distributed_type, rule_mixed_precision, rule_processes, rule_gpu_ids, rule_ignored_sections):
@@ -228,7 +228,7 @@ def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes,
     report.findings += check_precision_args(args, sources)
 
 
-def _yaml_settings(y: Yaml) -> dict[str, Setting]:
+def _yaml_settings(y: Accelerate) -> dict[str, Setting]:
     settings = {}
     for name, key in (("gradient_accumulation_steps", "gradient_accumulation_steps"), ("max_grad_norm", "gradient_clipping")):
         if y.ds.get(key) not in (None, "auto"):
@@ -236,7 +236,7 @@ def _yaml_settings(y: Yaml) -> dict[str, Setting]:
     return settings
 
 
-def _referenced_json(report: CheckReport, y: Yaml, yaml_path: Path, cwd) -> tuple[dict | None, str]:
+def _referenced_json(report: CheckReport, y: Accelerate, yaml_path: Path, cwd) -> tuple[dict | None, str]:
     value = y.ds.get("deepspeed_config_file")
     if not value or y.dtype != "DEEPSPEED":
         return None, ""

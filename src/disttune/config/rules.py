@@ -23,12 +23,21 @@ GPU_TYPES = ("MULTI_GPU", "DEEPSPEED", "FSDP", "MEGATRON_LM")
 
 
 @dataclass
-class Yaml:
-    """An accelerate config with the derived values the rules share."""
+class Accelerate:
+    """The typed view of one loaded accelerate config, built once per file; every rule reads it.
+
+    Attributes:
+        data: the mapping as loaded.
+        file: the file, as findings name it.
+        num_processes: ``--num_processes`` given to ``disttune check`` (overrides the file's).
+        ds: ``deepspeed_config`` (``{}`` when absent or not a mapping).
+        fsdp: ``fsdp_config`` with every key under its ``fsdp_`` name, as accelerate's launcher reads it.
+    Properties: ``dtype`` (distributed_type as accelerate uses it), ``world``, ``machines``, ``sagemaker``.
+    """
 
     data: dict
     file: str
-    num_processes: int | None = None  # --num_processes given to `disttune check`
+    num_processes: int | None = None
     ds: dict = field(init=False)
     fsdp: dict = field(init=False)
 
@@ -63,7 +72,7 @@ class Yaml:
         return self.data.get("compute_environment") == "AMAZON_SAGEMAKER"
 
 
-def rule_distributed_type(y: Yaml) -> list[Finding]:
+def rule_distributed_type(y: Accelerate) -> list[Finding]:
     """distributed_type is required and one accelerate knows (an unquoted NO loads as false: accelerate runs NO)."""
     value = y.dtype
     if "distributed_type" not in y.data:
@@ -81,7 +90,7 @@ def rule_distributed_type(y: Yaml) -> list[Finding]:
     return []
 
 
-def rule_mixed_precision(y: Yaml) -> list[Finding]:
+def rule_mixed_precision(y: Accelerate) -> list[Finding]:
     """mixed_precision is no|fp16|bf16|fp8; YAML reads an unquoted no as false and accelerate then crashes."""
     value = y.data.get("mixed_precision")
     if isinstance(value, bool):
@@ -95,7 +104,7 @@ def rule_mixed_precision(y: Yaml) -> list[Finding]:
     return []
 
 
-def rule_processes(y: Yaml) -> list[Finding]:
+def rule_processes(y: Accelerate) -> list[Finding]:
     """num_processes / num_machines / machine_rank / main process address must add up."""
     out: list[Finding] = []
     d, world, machines = y.data, y.world, y.machines
@@ -132,7 +141,7 @@ def rule_processes(y: Yaml) -> list[Finding]:
     return out
 
 
-def _main_process(y: Yaml) -> list[Finding]:
+def _main_process(y: Accelerate) -> list[Finding]:
     out: list[Finding] = []
     d, machines = y.data, y.machines
     port = d.get("main_process_port")
@@ -161,7 +170,7 @@ def _main_process(y: Yaml) -> list[Finding]:
     return out
 
 
-def notes_processes(y: Yaml) -> list[str]:
+def notes_processes(y: Accelerate) -> list[str]:
     """Facts worth saying that are not problems: several "machines" on a loopback address (fine on one host)."""
     ip = str(y.data.get("main_process_ip") or "")
     if y.machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
@@ -170,7 +179,7 @@ def notes_processes(y: Yaml) -> list[str]:
     return []
 
 
-def rule_gpu_ids(y: Yaml) -> list[Finding]:
+def rule_gpu_ids(y: Accelerate) -> list[Finding]:
     """gpu_ids is a string; its count must match the processes per machine."""
     value = y.data.get("gpu_ids")
     if value is None or y.sagemaker:
@@ -211,7 +220,7 @@ def rule_gpu_ids(y: Yaml) -> list[Finding]:
     return out
 
 
-def rule_ignored_sections(y: Yaml) -> list[Finding]:
+def rule_ignored_sections(y: Accelerate) -> list[Finding]:
     """deepspeed_config / fsdp_config only apply to their own distributed_type: elsewhere silently ignored."""
     out: list[Finding] = []
     both = " (DeepSpeed and FSDP are both configured)" if y.ds and y.fsdp else ""
@@ -226,7 +235,7 @@ def rule_ignored_sections(y: Yaml) -> list[Finding]:
     return out
 
 
-def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> list[Finding]:
+def rule_deepspeed(y: Accelerate, ds_json: dict | None = None, ds_file: str = "") -> list[Finding]:
     """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses.
 
     ``ds_json`` is the DeepSpeed JSON that ``deepspeed_config_file`` points at, when it loaded.
@@ -265,4 +274,4 @@ def rule_deepspeed(y: Yaml, ds_json: dict | None = None, ds_file: str = "") -> l
     return out
 
 
-__all__ = ["Yaml", "as_int", "truth"]
+__all__ = ["Accelerate", "as_int", "truth"]

@@ -10,7 +10,7 @@ FSDP1 ``fsdp_reshard_after_forward`` is never read; under FSDP2 the plugin ignor
 from __future__ import annotations
 
 from disttune.config.findings import Finding, error
-from disttune.config.rules import Yaml, as_int, truth
+from disttune.config.rules import Accelerate, as_int, truth
 from disttune.config.schema import FSDP_SHARDING_STRATEGIES
 
 _V2_IGNORED = {
@@ -31,7 +31,7 @@ def _strategy_name(value: object) -> str | None:
     return text if text in FSDP_SHARDING_STRATEGIES else None
 
 
-def rule_fsdp(y: Yaml) -> list[Finding]:
+def rule_fsdp(y: Accelerate) -> list[Finding]:
     """Version-specific keys, enum combinations and the launcher's own refusals."""
     if y.dtype != "FSDP":
         return []
@@ -88,7 +88,7 @@ def rule_fsdp(y: Yaml) -> list[Finding]:
     return out
 
 
-def _wrap_policy(y: Yaml) -> list[Finding]:
+def _wrap_policy(y: Accelerate) -> list[Finding]:
     fs, f, p = y.fsdp, y.file, "fsdp_config."
     policy = str(fs.get("fsdp_auto_wrap_policy") or "NO_WRAP").upper()
     out: list[Finding] = []
