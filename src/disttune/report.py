@@ -211,15 +211,19 @@ def plot(runs: list[Run], path: Path) -> None:
     ax_loss = axes[0]
     many_steps = max(len(seg.records) for run in runs for seg in run.segments) > 40
     for index, run in enumerate(runs):
-        style = {"color": f"C{index % 10}", "linewidth": max(4.5 - 1.3 * index, 1.2)}
+        under = min(len(runs) - 1 - index, 3)  # how many runs are drawn over this one
+        style = {"color": f"C{index % 10}", "linewidth": 1.8 + 1.3 * under}
         if not many_steps:
-            style |= {"marker": "osD^vP*X"[index % 8], "markersize": max(9 - 2 * index, 4)}
+            style |= {"marker": "osD^vP*X"[index % 8], "markersize": 4.5 + 2 * under}
+        name = run.label
+        if run.summary:
+            name += f" ({strategy_name(run.summary)}, {run.summary.get('world_size', '?')} ranks)"
         for number, seg in enumerate(run.segments):
             later = run.segments[number + 1].resumed_from if number + 1 < len(run.segments) else None
             kept = [r for r in seg.records if later is None or r["step"] <= later]
             redone = [r for r in seg.records if later is not None and r["step"] >= later]
             if seg.resumed_from is None:
-                seg_style, label = {**style, "linestyle": "-"}, run.label
+                seg_style, label = {**style, "linestyle": "-"}, name
             else:
                 seg_style = {**style, "linestyle": "--", "markerfacecolor": "white"}
                 label = f"{run.label}, resumed from step {seg.resumed_from}"
