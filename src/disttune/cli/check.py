@@ -75,7 +75,8 @@ def render_text(report) -> str:
     for f in report.findings:
         where = f"{f.file}:{f.key}" if f.key else f.file
         value = "" if f.value is None else f" (value: {f.value!r})"
-        lines.append(f"{f.severity.upper()} {where}: {f.message}{value}\n  fix: {f.fix}")
+        said = f.message if not f.key and f.message.startswith(f.file) else f"{where}: {f.message}"  # file:line
+        lines.append(f"{f.severity.upper()} {said}{value}\n  fix: {f.fix}")
     lines += [f"note: {n}" for n in report.notes]
     e, w, k = report.errors, report.warnings, len(report.files)
     lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {k} file{'s' * (k != 1)}")
