@@ -100,17 +100,26 @@ def max_loss_deviation(losses: list[tuple[int, float]], reference: list[tuple[in
 
 def estimated_state(strategy: str, model_dir: str, num_processes: int, mixed_precision: str,
                     per_device_batch: int, max_length: int) -> dict:
-    """``disttune estimate``'s per-rank model-state terms for the same setup, and their sums."""
+    """``disttune estimate``'s per-rank model-state terms for the same setup, their sums, and its GPU totals.
+
+    ``total``: model states (what the live-tensor measurement counts); ``gpu_total_bytes``: the whole peak
+    with activations, buffers and the CUDA runtime; ``reserved_bytes``: what ``torch.cuda.max_memory_reserved``
+    should read. Parameters count a tied embedding once; ``active_params`` is what one token runs through
+    (a mixture of experts' k of E experts), the figure for FLOPs.
+    """
     from disttune.estimate.memory import summarize
     from disttune.estimate.models import count_params, resolve_model
     from disttune.estimate.strategies import Inputs, ModelInfo, estimate_strategy
 
     spec = resolve_model(model_dir)
+    counts = count_params(spec)
     inputs = Inputs(num_processes=num_processes, mixed_precision=mixed_precision,
                     per_device_train_batch_size=per_device_batch, max_length=max_length)
-    est = estimate_strategy(STRATEGIES[strategy][1], ModelInfo(spec.name, count_params(spec).total, spec), inputs)
+    est = estimate_strategy(STRATEGIES[strategy][1], ModelInfo(spec.name, counts.total, spec), inputs)
     sums = summarize(est.terms)
-    return {"total": sum(est.terms.values()), "terms": est.terms, "buffers": est.buffers, **sums}
+    return {"total": sum(est.terms.values()), "terms": est.terms, "buffers": est.buffers, **sums,
+            "gpu_total_bytes": est.total_bytes, "reserved_bytes": est.reserved_bytes,
+            "num_params": counts.total, "active_params": counts.active}
 
 
 def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -> dict:
@@ -120,6 +129,7 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     worst = max(states, key=lambda s: s["total"] - s["other"]) if states else None
     measured = worst["params"] + worst["grads"] + worst["optimizer"] if worst else None
     est = estimate["total"]
+    reserved = [r for r in summary.get("peak_memory_reserved_bytes") or [] if r is not None] or None
     return {
         "strategy": strategy,
         "estimate_strategy": STRATEGIES[strategy][1],
@@ -141,6 +151,14 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
         "estimated_by_category": {k: estimate[k] for k in ("params", "grads", "optimizer", "cpu")},
         "estimated_terms": estimate["terms"],
         "estimate_rel_error": round((est - measured) / measured, 4) if measured else None,
+        # on a GPU: torch.cuda.max_memory_reserved per rank, when the run wrote it, beside the estimate's figure
+        "peak_memory_reserved_bytes": reserved,
+        "estimated_reserved_bytes": estimate.get("reserved_bytes"),
+        "estimated_gpu_total_bytes": estimate.get("gpu_total_bytes"),
+        "reserved_rel_error": (round((estimate["reserved_bytes"] - max(reserved)) / max(reserved), 4)
+                               if reserved and estimate.get("reserved_bytes") else None),
+        "estimated_num_params": estimate.get("num_params"),
+        "estimated_active_params": estimate.get("active_params"),
         "final_loss": summary.get("final_loss"),
         "losses": read_losses(run_dir),
         "wall_seconds": round(wall_s, 1),
@@ -228,6 +246,7 @@ def render_markdown(data: dict) -> str:
              "the live tensors at the fullest moment of optimizer step 2; estimate from `disttune estimate`.", "",
              "| strategy | tokens/s | peak memory | model states measured | estimated | error | final loss "
              "| max loss dev. from DDP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    reserved_runs = [r for r in data["runs"] if r.get("peak_memory_reserved_bytes")]
     for r in data["runs"]:
         if "error" in r:
             lines.append(f"| {r['strategy']} | failed: {r['error']} | | | | | | |")
@@ -237,6 +256,11 @@ def render_markdown(data: dict) -> str:
                      f"({r['peak_memory_kind']}) | {_mb(r['measured_model_state_bytes'])} | "
                      f"{_mb(r['estimated_model_state_bytes'])} | {r['estimate_rel_error']:+.1%} | "
                      f"{r['final_loss']:.4f} | {'n/a' if dev is None else f'{dev:.2e}'} |")
+    if reserved_runs:
+        lines += ["", "GPU memory reserved by torch's caching allocator (max over ranks) vs `disttune estimate`:", "",
+                  "| strategy | max_memory_reserved | estimated | error |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['strategy']} | {_mb(max(r['peak_memory_reserved_bytes']))} | "
+                  f"{_mb(r['estimated_reserved_bytes'])} | {r['reserved_rel_error']:+.1%} |" for r in reserved_runs]
     return "\n".join(lines) + "\n"
 
 

@@ -267,18 +267,24 @@ def check_deepspeed(
 
 def check_default_config(environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Check:
     """`accelerate launch` without --config_file silently reads ~/.cache/huggingface/accelerate/..."""
-    from disttune.env import default_accelerate_config
+    from disttune.config import load_accelerate_config
+    from disttune.env import default_accelerate_config_path
+    from disttune.errors import UserError
 
-    info = default_accelerate_config(environ)
-    if not info["exists"]:
-        return Check("default accelerate config", "pass", f"none at {info['path']}.")
-    settings = info.get("settings") or {}
-    summary = ", ".join(f"{k}: {settings[k]}" for k in ("distributed_type", "num_processes", "mixed_precision")
-                        if k in settings) or info.get("error") or "empty"
+    path = default_accelerate_config_path(environ)
+    if not path.is_file():
+        return Check("default accelerate config", "pass", f"none at {path}.")
+    try:  # the bounded reader: this file is text from anywhere too
+        settings = load_accelerate_config(path)
+    except UserError as exc:
+        summary = f"cannot read it: {str(exc).splitlines()[0]}"
+    else:
+        summary = ", ".join(f"{k}: {settings[k]}" for k in ("distributed_type", "num_processes", "mixed_precision")
+                            if k in settings) or "empty"  # fmt: skip
     if config_path:
-        return Check("default accelerate config", "pass", f"{info['path']} exists ({summary}) but is ignored: "
+        return Check("default accelerate config", "pass", f"{path} exists ({summary}) but is ignored: "
                      "a config file is given.")
-    return Check("default accelerate config", "warn", f"{info['path']} exists ({summary}): a plain "
+    return Check("default accelerate config", "warn", f"{path} exists ({summary}): a plain "
                  "`accelerate launch script.py` uses it silently.",
                  "Always pass `--config_file` (`disttune launch CONFIG` does), or delete that file.")
 
@@ -300,21 +306,14 @@ def check_scaling(config: Mapping[str, Any] | None = None, cpu_count: int | None
     return Check("scaling", "info", f"{cpu_count} CPU cores for {per_machine} process(es) per machine.", fix)
 
 
-def check_multinode(fingerprint: str, config: Mapping[str, Any] | None = None) -> Check:
-    """FAQ: several machines -> same versions everywhere (diff this line) and a main_process_ip."""
-    config = config or {}
-    machines = config.get("num_machines") or 1
+def check_multinode(fingerprint: str) -> Check:
+    """FAQ: several machines -> same versions everywhere (diff this line).
+
+    The config's own multi-node faults (no main_process_ip, a loopback address, ...) are ``disttune check``
+    findings, reported once through ``config_checks``.
+    """
     fix = ("Run `disttune doctor` on every node and diff the fingerprint lines; on worker nodes add "
            "`--probe_host MAIN_IP` to test the connection to the main node.")
-    if isinstance(machines, int) and machines > 1:
-        ip = config.get("main_process_ip")
-        if not ip:
-            return Check("several machines", "fail", f"num_machines: {machines} but no main_process_ip.",
-                         "Set main_process_ip to the main node's address (and the same main_process_port "
-                         "on every node); each node needs its own machine_rank.")
-        if str(ip) in ("127.0.0.1", "localhost"):
-            return Check("several machines", "fail", f"num_machines: {machines} but main_process_ip is {ip}: "
-                         "other nodes cannot reach a loopback address.", "Use the main node's LAN/IB address.")
     return Check("several machines", "info", f"fingerprint: {fingerprint}", fix)
 
 
@@ -322,21 +321,24 @@ def check_multinode(fingerprint: str, config: Mapping[str, Any] | None = None) -
 
 
 def config_checks(config_path: str) -> tuple[dict[str, Any], list[Check]]:
-    """Load the accelerate config and turn ``check_config``'s findings into checks."""
-    from disttune.config import check_config, load_accelerate_config
-    from disttune.errors import UserError
+    """``disttune check``'s findings as checks (one per finding), and the config as check read it.
 
+    The config is read once, by check; doctor judges the machine against it and does not re-derive config
+    faults, so each one is reported once.
+    """
+    from disttune.config import check_files
+
+    report = check_files([config_path])
     checks: list[Check] = []
-    try:
-        config = load_accelerate_config(config_path)
-    except UserError as exc:
-        return {}, [Check("config", "fail", str(exc), "Fix the file, then run `disttune check` on it.")]
-    for f in check_config(config_path):
+    for f in report.findings:
         status = "fail" if f.severity == "error" else "warn"
-        checks.append(Check(f"config {f.key}", status, f"{f.file}: {f.key} = {f.value!r}: {f.message}", f.fix))
+        value = "" if f.value is None else f" = {f.value!r}"
+        detail = f"{f.file}: {f.key}{value}: {f.message}" if f.key else f.message
+        checks.append(Check(f"config {f.key}" if f.key else "config", status, detail, f.fix))
     if not checks:
         checks.append(Check("config", "pass", f"{config_path} passes `disttune check`."))
-    return config if isinstance(config, dict) else {}, checks
+    checks += [Check("config note", "info", note) for note in report.notes]
+    return report.configs.get(str(config_path), {}), checks
 
 
 def run_checks(
@@ -348,12 +350,16 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in the order they are printed. ``probe_host`` is the only one that uses the network."""
     from disttune.env import collect_env
+    from disttune.extensions import check_extension_locks
 
     environ = os.environ if environ is None else environ
     config, checks = config_checks(config_path) if config_path else ({}, [])
     facts = collect_env(environ)
     gpus = facts["torch"]["gpus"]
-    port = port or config.get("main_process_port") or DEFAULT_PORT
+    config_port = config.get("main_process_port")
+    if not (isinstance(config_port, int) and not isinstance(config_port, bool) and 0 < config_port < 65536):
+        config_port = None  # a bad port is one of check's findings above
+    port = port or config_port or DEFAULT_PORT
     rank = config.get("machine_rank") if isinstance(config.get("machine_rank"), int) else 0
     installed = facts["packages"].get("deepspeed") != "not installed"
     checks += [
@@ -363,10 +369,11 @@ def run_checks(
         check_port(int(port), machine_rank=rank),
         check_collective_timeout(environ),
         check_deepspeed(probe_deepspeed() if installed else None, len(gpus), config, environ),
+        check_extension_locks(environ),  # a lock left by a killed op build hangs every DeepSpeed launch
         check_default_config(environ, config_path),
         check_scaling(config, facts["cpu_count"]),
         check_hang_debugging(environ),
-        check_multinode(facts["fingerprint"], config),
+        check_multinode(facts["fingerprint"]),
     ]
     if probe_host:
         checks.append(check_reachable(probe_host, int(port)))

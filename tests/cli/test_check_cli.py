@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from disttune.cli import main
 from disttune.config import shipped_config_names, shipped_config_path
 
@@ -33,7 +35,7 @@ def test_error_block_format_and_exit_1(tmp_path, capsys):
 
 
 def test_warnings_exit_0_unless_strict(tmp_path, capsys):
-    path = write(tmp_path, "distributed_type: 'NO'\nnum_processes: 2\n")
+    path = write(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 16\nnum_machines: 2\nmachine_rank: 0\n")
     assert main(["check", path]) == 0
     assert "WARNING" in capsys.readouterr().out
     assert main(["check", path, "--strict"]) == 1
@@ -75,3 +77,46 @@ def test_unreadable_file_is_reported_with_the_others(tmp_path, capsys):
     assert main(["check", bad, write(tmp_path, ZERO2)]) == 1
     out = capsys.readouterr().out
     assert "not valid YAML" in out and "in 2 files" in out
+
+
+DS_JSON = '{"zero_optimization": {"stage": 2}, "bf16": {"enabled": true}, '
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("ga0.yaml", ZERO2 + "  gradient_accumulation_steps: 0\n", "deepspeed_config.gradient_accumulation_steps"),
+        ("np0.yaml", ZERO2.replace("num_processes: 4", "num_processes: 0"), "num_processes"),
+        ("clip.yaml", ZERO2 + "  gradient_clipping: -1.0\n", "deepspeed_config.gradient_clipping"),
+        ("ga0.json", DS_JSON + '"gradient_accumulation_steps": 0}', "gradient_accumulation_steps"),
+        ("clip.json", DS_JSON + '"gradient_clipping": -1}', "gradient_clipping"),
+        ("no8.yaml", "distributed_type: 'NO'\nnum_processes: 8\n", "num_processes"),
+        ("no8_unquoted.yaml", "distributed_type: NO\nnum_processes: 8\n", "num_processes"),
+        ("both.yaml", ZERO2 + "fsdp_config:\n  fsdp_version: 2\n", "fsdp_config"),
+        ("renamed.yaml", "distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n",
+         "fsdp_config.fsdp_backward_prefetch_policy"),
+    ],
+)
+def test_each_broken_class_exits_1_naming_the_key(tmp_path, capsys, name, text, key):
+    path = write(tmp_path, text, name)
+    assert main(["check", path]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {path}:{key}: " in out
+
+
+def test_precision_conflict_with_the_script_is_reported_without_starting_anything(tmp_path, capsys):
+    path = write(tmp_path, ZERO2.replace("bf16", "fp16"))
+    assert main(["check", path, "--", "--bf16"]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {path}:mixed_precision: " in out and "--bf16" in out
+    assert "fix: drop --bf16 (the script takes the precision from the config), or set mixed_precision: bf16" in out
+    assert main(["check", path, "--", "--fp16", "true"]) == 0
+
+
+def test_unquoted_no_is_clean_and_slurm_multinode_only_warns(tmp_path, capsys):
+    assert main(["check", write(tmp_path, "distributed_type: NO\nmixed_precision: 'no'\n", "no.yaml")]) == 0
+    slurm = write(tmp_path, ZERO2.replace("num_processes: 4", "num_processes: 16\nnum_machines: 2")
+                  + "  deepspeed_multinode_launcher: standard\n", "slurm.yaml")  # fmt: skip
+    assert main(["check", slurm]) == 0
+    out = capsys.readouterr().out
+    assert "--main_process_ip" in out and "--machine_rank" in out and "0 errors, 2 warnings" in out

@@ -22,8 +22,9 @@ def _quick(monkeypatch, tmp_path):
 
 
 def cpu_config(tmp_path, **extra) -> str:
-    lines = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_CPU", "num_processes": 2,
-             "num_machines": 1, "machine_rank": 0, "mixed_precision": "no", "use_cpu": True,
+    # MULTI_GPU on a machine without GPUs runs N CPU processes over gloo (MULTI_CPU would start one)
+    lines = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": 2,
+             "num_machines": 1, "machine_rank": 0, "mixed_precision": "no", "use_cpu": False,
              "main_process_ip": "127.0.0.1", "main_process_port": free_port(), **extra}
     path = tmp_path / "cpu.yaml"
     path.write_text(json.dumps(lines))  # JSON is YAML
@@ -77,3 +78,19 @@ def test_doctor_missing_config_is_a_user_error(tmp_path, capsys):
 
 def test_doctor_bad_port_is_argparse_misuse(capsys):
     assert main(["doctor", "--port", "abc"]) == 2
+
+
+def test_two_machine_config_without_address_is_reported_once(tmp_path, capsys):
+    path = cpu_config(tmp_path, num_machines=2, num_processes=4, main_process_ip=None)
+    main(["doctor", path, "--json"])
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert [c["name"] for c in checks if "main_process_ip" in c["name"] + c["detail"]] == ["config main_process_ip"]
+
+
+@pytest.mark.parametrize("text", ["a: &a [*a, *a]\n", "a: " + "[" * 5000 + "]" * 5000 + "\n"])
+def test_doctor_refuses_hostile_yaml_in_one_line(tmp_path, capsys, text):
+    path = tmp_path / "evil.yaml"
+    path.write_text(text)
+    assert main(["doctor", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] config: " in out and "refused" in out and "Traceback" not in out

@@ -40,17 +40,18 @@ def test_unknown_key_in_strict_section_is_an_error(tmp_path):
     assert f.severity == "error" and "Extra inputs are not permitted" in f.message and "overlap_comm" in f.fix
 
 
-def test_unknown_top_level_key_is_ignored_so_a_warning(tmp_path):
+def test_unknown_top_level_key_is_silently_ignored_so_an_error(tmp_path):
     f = one(run(tmp_path, {**GOOD, "monitor_config": {}, "_comment": "fine"}), "monitor_config")
-    assert f.severity == "warning" and "ignores" in f.message
+    assert f.severity == "error" and "ignores" in f.message
 
 
 def test_top_level_typo_is_an_error(tmp_path):
     data = {k: v for k, v in GOOD.items() if k != "gradient_clipping"}
     f = one(run(tmp_path, {**data, "gradient_clippin": 1.0}), "gradient_clippin")
     assert f.severity == "error" and "gradient_clipping" in f.fix
-    # with the real key present too, the stray one is just ignored
-    assert one(run(tmp_path, {**GOOD, "gradient_clippin": 1.0}), "gradient_clippin").severity == "warning"
+    # with the real key present too, the stray one is ignored (still an error), without "keeps its default"
+    f = one(run(tmp_path, {**GOOD, "gradient_clippin": 1.0}), "gradient_clippin")
+    assert f.severity == "error" and "keeps its default" not in f.message
 
 
 def test_auto_where_nobody_fills_it(tmp_path):
@@ -77,10 +78,10 @@ def test_param_offload_needs_zero3_and_nvme_needs_path(tmp_path):
     assert "nvme_path is missing" in one(found, "zero_optimization.offload_optimizer.nvme_path").message
 
 
-def test_zero3_only_gather_warns_under_stage_2(tmp_path):
+def test_zero3_only_gather_is_ignored_under_stage_2(tmp_path):
     data = {**GOOD, "zero_optimization": {"stage": 2, "stage3_gather_16bit_weights_on_model_save": True}}
     f = one(run(tmp_path, data), "zero_optimization.stage3_gather_16bit_weights_on_model_save")
-    assert f.severity == "warning"
+    assert f.severity == "error"
 
 
 def test_fp16_and_bf16_both_enabled(tmp_path):
@@ -153,3 +154,56 @@ def test_unreadable_json_is_a_finding_not_a_crash(tmp_path):
     path.write_text('{"zero_optimization": {"stage": 2},}')
     f = check_config(path)[0]
     assert f.severity == "error" and "bad.json:1" in f.message
+
+
+def test_numbers_below_what_deepspeed_runs(tmp_path):
+    data = {**GOOD, "gradient_accumulation_steps": 0, "gradient_clipping": -0.5, "train_micro_batch_size_per_gpu": 0}
+    found = run(tmp_path, data)
+    for key in ("gradient_accumulation_steps", "gradient_clipping", "train_micro_batch_size_per_gpu"):
+        f = one(found, key)
+        assert f.severity == "error" and "must be at least" in f.message
+    assert "turns clipping off" in one(found, "gradient_clipping").message
+    assert run(tmp_path, {**GOOD, "gradient_clipping": 0}) == []  # 0 means off, as written
+
+
+def test_renamed_keys_name_successor_and_release(tmp_path):
+    data = {**GOOD, "zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True,
+                                          "cpu_offload_use_pin_memory": True}}  # fmt: skip
+    found = run(tmp_path, data)
+    old = one(found, "zero_optimization.stage3_gather_fp16_weights_on_model_save")
+    assert old.severity == "warning" and "'stage3_gather_16bit_weights_on_model_save'" in old.message
+    assert "DeepSpeed 0.6.0" in old.message and "still works" in old.message
+    dropped = one(found, "zero_optimization.cpu_offload_use_pin_memory")
+    assert dropped.severity == "error" and "no longer read" in dropped.message
+
+
+def test_kind_comes_from_the_content_not_the_extension(tmp_path):
+    ds = tmp_path / "zero2.yaml"  # a DeepSpeed JSON saved as .yaml (THUDM/CogVideo)
+    ds.write_text(json.dumps(GOOD))
+    report = check_files([ds])
+    assert report.findings == [] and "read as a DeepSpeed config" in report.notes[0]
+    acc = tmp_path / "fsdp.json"  # an accelerate config written as JSON (modelscope/ms-swift)
+    acc.write_text(json.dumps({"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_version": 2}}))
+    report = check_files([acc])
+    assert report.findings == [] and "read as an accelerate config" in report.notes[0]
+    unknown = tmp_path / "x.conf"
+    unknown.write_text("{}")
+    report = check_files([unknown])
+    assert "assumed from the .conf extension" in report.notes[0]
+
+
+def test_fixed_train_batch_size_must_split_over_accumulation_and_processes(tmp_path):
+    # diffusers' dreambooth config: train_batch_size 2, accumulation 1, launched on 8 processes
+    data = {**GOOD, "train_batch_size": 2, "gradient_accumulation_steps": 1}
+    f = one(run(tmp_path, data, num_processes=8), "train_batch_size")
+    assert f.severity == "error" and "1 x 8 = 8" in f.message and "0.25" in f.message
+    assert run(tmp_path, data, num_processes=2) == []
+    assert run(tmp_path, data) == []  # the number of processes is unknown: nothing to say
+
+
+def test_deepspeed_keys_misplaced_in_an_accelerate_config_do_not_change_its_kind(tmp_path):
+    path = tmp_path / "acc.yaml"
+    path.write_text("distributed_type: DEEPSPEED\nnum_processes: 2\ngradient_accumulation_steps: 4\ngradient_clipping: 1.0\n")
+    report = check_files([path])
+    assert report.notes == [] and {f.key for f in report.findings} == {"gradient_accumulation_steps", "gradient_clipping"}
+    assert all("unknown top-level keys" in f.message for f in report.findings)

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+import yaml
+
 from disttune.config import check_config
-from disttune.config.duplicates import duplicate_json_keys, duplicate_yaml_keys
+from disttune.config.bounded import parse_json, parse_yaml
 
 
 def test_yaml_duplicates_are_found_with_their_path_and_line():
     text = "a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\nlist:\n  - {x: 1, x: 2}\na: 5\n"
-    assert duplicate_yaml_keys(text) == [("b.c", 5), ("list[0].x", 7), ("a", 8)]
-    assert duplicate_yaml_keys("a: 1\nb: {a: 2}\n") == []  # the same name in another mapping is fine
-    assert duplicate_yaml_keys("a: [unclosed\n") == []  # not YAML: the loader reports that
+    assert list(parse_yaml(text, "t").repeated) == [("b.c", 5), ("list[0].x", 7), ("a", 8)]
+    assert parse_yaml("a: 1\nb: {a: 2}\n", "t").repeated == ()  # the same name in another mapping is fine
+    with pytest.raises(yaml.YAMLError):
+        parse_yaml("a: [unclosed\n", "t")  # not YAML: the loader reports that
 
 
 def test_json_duplicates_are_found_with_their_path():
     text = '{"zero_optimization": {"stage": 2, "stage": 3}, "fp16": {"enabled": true}, "fp16": {}}'
-    assert duplicate_json_keys(text) == ["fp16", "zero_optimization.stage"]
-    assert duplicate_json_keys('{"a": {"b": 1}, "c": {"b": 2}}') == []
-    assert duplicate_json_keys("{not json") == []
+    assert sorted(key for key, _ in parse_json(text, "t").repeated) == ["fp16", "zero_optimization.stage"]
+    assert parse_json('{"a": {"b": 1}, "c": {"b": 2}}', "t").repeated == ()
+    with pytest.raises(json.JSONDecodeError):
+        parse_json("{not json", "t")
 
 
 def test_check_reports_a_repeated_key_as_an_error(tmp_path):

@@ -46,7 +46,7 @@ def test_fsdp1_only_keys_are_ignored_under_fsdp2(tmp_path):
     found = run(tmp_path, "  fsdp_version: 2\n  fsdp_sharding_strategy: FULL_SHARD\n  fsdp_use_orig_params: true\n"
                           "  fsdp_backward_prefetch: BACKWARD_PRE\n  fsdp_forward_prefetch: true\n")  # fmt: skip
     for key in ("fsdp_sharding_strategy", "fsdp_use_orig_params", "fsdp_backward_prefetch", "fsdp_forward_prefetch"):
-        assert one(found, f"fsdp_config.{key}").severity == "warning"
+        assert one(found, f"fsdp_config.{key}").severity == "error"
 
 
 def test_fsdp2_refuses_local_state_dict(tmp_path):
@@ -57,7 +57,7 @@ def test_fsdp2_refuses_local_state_dict(tmp_path):
 
 def test_fsdp1_reshard_after_forward_loses_to_sharding_strategy(tmp_path):
     f = one(run(tmp_path, "  fsdp_reshard_after_forward: SHARD_GRAD_OP\n"), "fsdp_config.fsdp_reshard_after_forward")
-    assert f.severity == "warning" and "FULL_SHARD" in f.message and "SHARD_GRAD_OP" in f.fix
+    assert f.severity == "error" and "FULL_SHARD" in f.message and "SHARD_GRAD_OP" in f.fix
     assert run(tmp_path, "  fsdp_version: 1\n  fsdp_reshard_after_forward: FULL_SHARD\n") == []
 
 
@@ -75,6 +75,6 @@ def test_cpu_ram_efficient_loading_needs_sync_module_states(tmp_path):
 
 def test_wrap_policy_specific_keys(tmp_path):
     found = run(tmp_path, "  fsdp_auto_wrap_policy: SIZE_BASED_WRAP\n  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n")
-    assert one(found, "fsdp_config.fsdp_transformer_layer_cls_to_wrap").severity == "warning"
+    assert one(found, "fsdp_config.fsdp_transformer_layer_cls_to_wrap").severity == "error"
     found = run(tmp_path, "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_min_num_params: 1000\n")
-    assert one(found, "fsdp_config.fsdp_min_num_params").severity == "warning"
+    assert one(found, "fsdp_config.fsdp_min_num_params").severity == "error"

@@ -26,21 +26,28 @@ deepspeed_config:
         (["--gradient_accumulation_steps=4"], {"gradient_accumulation_steps": 4}),
         (["--gradient-accumulation-steps", "4"], {"gradient_accumulation_steps": 4}),
         (["--max_grad_norm", "0.5", "--output_dir", "x"], {"max_grad_norm": 0.5}),
-        (["--bf16"], {"mixed_precision": "bf16"}),
-        (["--fp16", "--lr", "1e-4"], {"mixed_precision": "fp16"}),
-        (["--bf16", "false", "--fp16", "true"], {"mixed_precision": "fp16"}),
-        (["--bf16=False"], {}),
-        (["--mixed_precision", "FP16"], {"mixed_precision": "fp16"}),
+        (["--max_grad_norm", "-1"], {"max_grad_norm": -1.0}),
+        (["--bf16"], {"bf16": True}),
+        (["--fp16", "--lr", "1e-4"], {"fp16": True}),
+        (["--bf16", "false", "--fp16", "true"], {"bf16": False, "fp16": True}),
+        (["--bf16=False"], {"bf16": False}),
+        (["--bf16=True"], {"bf16": True}),
         (["--per_device_train_batch_size", "8"], {"per_device_train_batch_size": 8}),
         (["--gradient_accumulation_steps"], {}),
         (["train.py", "--gradient_accumulation_steps", "x"], {}),
+        (["--gradient_accumulation_step", "4"], {}),  # no abbreviations: the script's parser judges those
     ],
 )
 def test_parse(argv, expected):
     parsed = parse_script_args(argv)
-    got = {k: getattr(parsed, k) for k in ("gradient_accumulation_steps", "max_grad_norm", "mixed_precision",
-                                          "per_device_train_batch_size") if getattr(parsed, k) is not None}  # fmt: skip
-    assert got == expected
+    names = ("gradient_accumulation_steps", "max_grad_norm", "bf16", "fp16", "per_device_train_batch_size")
+    assert {k: getattr(parsed, k) for k in names if getattr(parsed, k) is not None} == expected
+
+
+def test_flags_are_shown_as_written():
+    raw = parse_script_args(["--bf16", "false", "--gradient-accumulation-steps=4", "--fp16"]).raw
+    assert raw == {"bf16": "--bf16 false", "gradient_accumulation_steps": "--gradient-accumulation-steps=4",
+                   "fp16": "--fp16"}  # fmt: skip
 
 
 def run(tmp_path, text, argv, name="c.yaml"):
@@ -62,13 +69,50 @@ def test_deepspeed_mismatches_are_errors_naming_both_places(tmp_path):
     ga = by_key["deepspeed_config.gradient_accumulation_steps"]
     assert ga.severity == "error" and "--gradient_accumulation_steps=4" in ga.message
     assert "mismatch TrainingArguments" in ga.message and "drop --gradient_accumulation_steps=4" in ga.fix
-    assert "--fp16" in by_key["mixed_precision"].message
+    assert "--fp16" in by_key["mixed_precision"].message and by_key["mixed_precision"].severity == "error"
 
 
-def test_non_deepspeed_precision_mismatch_is_a_warning(tmp_path):
-    text = "distributed_type: MULTI_GPU\nnum_processes: 2\nmixed_precision: bf16\n"
-    f = run(tmp_path, text, ["--fp16"])[0]
-    assert f.severity == "warning" and "script's value wins" in f.message
+DDP_BF16 = "distributed_type: MULTI_GPU\nnum_processes: 2\nmixed_precision: bf16\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "argv", "flag", "wanted"),
+    [
+        (DDP_BF16, ["--fp16"], "--fp16", "fp16"),
+        (DDP_BF16, ["--bf16", "false"], "--bf16 false", "no"),
+        (DDP_BF16.replace("bf16", "fp16"), ["--bf16"], "--bf16", "bf16"),
+        (DDP_BF16.replace("bf16", "'no'"), ["--bf16=True"], "--bf16=True", "bf16"),
+        (ZERO2.replace("bf16", "fp16"), ["--bf16"], "--bf16", "bf16"),
+    ],
+)
+def test_precision_flag_that_disagrees_with_the_config_is_an_error(tmp_path, config, argv, flag, wanted):
+    found = run(tmp_path, config, argv)
+    assert [(f.severity, f.key) for f in found] == [("error", "mixed_precision")]
+    assert flag in found[0].message and "mixed_precision" in found[0].message
+    assert found[0].fix == (f"drop {flag} (the script takes the precision from the config), "
+                            f"or set mixed_precision: {wanted} in the config")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv", [["--bf16"], ["--bf16", "true"], ["--bf16=True"], ["--fp16", "false"], ["--fp16=False", "--bf16"], []]
+)
+def test_precision_flag_that_agrees_is_fine(tmp_path, argv):
+    assert run(tmp_path, DDP_BF16, argv) == []
+
+
+def test_unset_precision_is_not_compared(tmp_path):
+    # accelerate's own --mixed_precision on the launch line may set it: nothing to compare with
+    assert run(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 2\n", ["--bf16"]) == []
+
+
+def test_precision_is_compared_with_the_referenced_json_too(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    text = f"distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
+    found = run(tmp_path, text, ["--fp16"])
+    assert [(f.severity, f.file, f.key) for f in found] == [("error", str(tmp_path / "ds.json"), "bf16.enabled")]
+    assert "--fp16" in found[0].message and "drop --fp16" in found[0].fix
+    (tmp_path / "ds.json").write_text(json.dumps({"bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}))
+    assert run(tmp_path, text, ["--fp16"]) == []  # "auto": nothing pinned
 
 
 def test_json_values_are_compared(tmp_path):

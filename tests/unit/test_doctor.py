@@ -170,11 +170,25 @@ def test_faq_guidance():
         assert needle in hang.fix
 
 
-def test_multinode_needs_a_reachable_main_ip():
-    assert doctor.check_multinode("fp", {"num_machines": 2}).status == "fail"
-    assert doctor.check_multinode("fp", {"num_machines": 2, "main_process_ip": "127.0.0.1"}).status == "fail"
-    c = doctor.check_multinode("python=3.11 sha256:abc", {"num_machines": 2, "main_process_ip": "10.0.0.1"})
-    assert c.status == "info" and "sha256:abc" in c.detail
+def test_multinode_gives_the_fingerprint_to_compare():
+    c = doctor.check_multinode("python=3.11 sha256:abc")
+    assert c.status == "info" and "sha256:abc" in c.detail and "diff the fingerprint" in c.fix
+
+
+def test_a_config_fault_is_reported_once_with_checks_own_words(tmp_path):
+    from disttune.config import check_config
+
+    path = tmp_path / "two.yaml"
+    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 4\nnum_machines: 2\n"
+                    "main_process_ip: 127.0.0.1\ngradient_accumulation: 2\n")  # fmt: skip
+    config, checks = doctor.config_checks(str(path))
+    findings = check_config(path)
+    assert len(findings) == 2  # the unknown key (error), machine_rank missing (warning)
+    assert [c.name for c in checks] == [f"config {f.key}" for f in findings] + ["config note"]
+    assert [c.status for c in checks] == ["fail" if f.severity == "error" else "warn" for f in findings] + ["info"]
+    assert "loopback" in checks[-1].detail
+    assert config["num_machines"] == 2
+    assert doctor.config_checks(str(tmp_path / "missing.yaml"))[1][0].status == "fail"
 
 
 def test_render_shows_fixes_and_a_summary():

@@ -76,7 +76,9 @@ def test_buffers_from_deepspeed_defaults():
     assert z2["fp32_grad_partition_at_step"] == 4 * -(-P // N)
     z3 = memory.buffer_breakdown("zero3", P, N, "bf16", largest_tensor=10**8)
     assert z3["gathered_params"] == 2 * (10**8 + 50_000_000)
-    assert z3["fp32_grad_subgroup"] == 4 * -(-P // N)
+    assert z3["fp32_grad_subgroup"] == (2 + 4) * -(-P // N)  # the bf16 flatten, then its fp32 copy
+    assert z3["unreduced_grad"] == 2 * 10**8  # the largest parameter's bf16 .grad before its reduce-scatter
+    assert memory.buffer_breakdown("zero3", P, N, "no", largest_tensor=10**8)["fp32_grad_subgroup"] == 4 * -(-P // N)
     capped = memory.buffer_breakdown("zero3", 70 * 10**9, 2, "bf16", largest_tensor=2 * 10**9)
     assert capped["gathered_params"] == 2 * 10**9 * 1  # stage3_max_live_parameters = 1e9 elements
     assert memory.buffer_breakdown("ddp", P, 1, "bf16") == {"ddp_reducer_buckets": 0}
@@ -92,7 +94,10 @@ def test_activation_formula_and_checkpointing():
     assert memory.activation_bytes(2, 10, mixed_precision="no", **kw) == 2 * full
     eager = memory.activation_bytes(2, 10, mixed_precision="bf16", num_attention_heads=4, attention="eager", **kw)
     assert eager == full + 2 * 4 * 10 * 10 * 2 * 6
-    assert memory.logits_bytes(1, 2048, 1000, "bf16") == 2048 * 1000 * 10
+    assert memory.logits_bytes(1, 2048, 1000, "bf16") == 2048 * 1000 * 12
+    assert memory.logits_bytes(1, 2048, 1000, "no") == 2048 * 1000 * 12
+    selective = memory.activation_bytes(2, 10, mixed_precision="bf16", selective_checkpointing=True, **kw)
+    assert selective == 2 * (2 * 10 * 2 * (2 * 64 + 2 * 64 + 32 + 128)) + full // 2  # input, q, v, attn out, gate, down
 
 
 def _gb(n):
@@ -101,7 +106,7 @@ def _gb(n):
 
 def test_fits_uses_ten_percent_headroom():
     model = ModelInfo("x", 10**9)
-    states = 16 * 10**9  # DDP, 1 GPU: 16 bytes/param, no buffers
+    states = 16 * 10**9 + memory.CUDA_CONTEXT_BYTES  # DDP, 1 GPU: 16 bytes/param, no buffers, the CUDA context
     exact = states / GIB / 0.9
     assert estimate(model, Inputs(num_processes=1, gpu_memory_gb=exact * 1.001), ("ddp",))[0].fits
     assert not estimate(model, Inputs(num_processes=1, gpu_memory_gb=exact * 0.999), ("ddp",))[0].fits
@@ -143,3 +148,91 @@ def test_bad_inputs(bad):
 def test_lora_needs_shapes():
     with pytest.raises(UserError, match="--lora_r needs"):
         estimate(ModelInfo("x", 10**9), Inputs(lora_r=8))
+
+
+def test_runtime_outside_the_allocator():
+    assert memory.runtime_breakdown(1) == {"cuda_context": GIB // 2}
+    assert memory.runtime_breakdown(8) == {"cuda_context": GIB // 2, "nccl_buffers": GIB // 2}
+    r = estimate(ModelInfo("x", 10**9), Inputs(num_processes=8), ("zero2",))[0]
+    assert r.runtime_bytes == GIB and r.total_bytes == r.model_state_bytes + r.buffer_bytes + GIB
+
+
+def test_parameter_offload_only_keeps_the_optimizer_on_the_gpu():
+    terms = memory.model_state_breakdown("zero3_offload_params", P, N, "bf16")
+    sums = memory.summarize(terms)
+    assert sums["cpu"] == 2 * -(-P // N)  # the bf16 parameter partition
+    assert sums["grads"] + sums["optimizer"] == 14 * -(-P // N)  # bf16 grads, fp32 master, Adam
+
+
+def test_offload_gpu_side_matches_deepspeeds_estimator():
+    """DeepSpeed charges 4 bytes x the largest layer on the GPU under offload: the gathered 16-bit weight and
+    its 16-bit gradient. Ours names both (gathered_params adds the prefetch bucket, which DeepSpeed leaves out)."""
+    stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
+    largest, prefetch = 10**8, 50_000_000
+    for strategy, offload_params in (("zero3_offload_all", True), ("zero3_offload", False)):
+        terms = memory.summarize(memory.model_state_breakdown(strategy, P, N, "bf16"))
+        buf = memory.buffer_breakdown(strategy, P, N, "bf16", largest_tensor=largest)
+        ours = terms["params"] + buf["unreduced_grad"] + buf["gathered_params"] - 2 * prefetch
+        cpu, gpu = stage3.estimate_zero3_model_states_mem_needs(P, largest, N, 1, cpu_offload=True,
+                                                                cpu_offload_params=offload_params,
+                                                                additional_buffer_factor=1)[:2]
+        assert ours == gpu, strategy
+        # host: DeepSpeed's 16 (18 with parameters) bytes/param per node; ours adds the bf16 gradient partition
+        assert terms["cpu"] * N == pytest.approx(cpu + 2 * P, rel=1e-6), strategy
+
+
+def test_peak_phase_is_the_larger_of_backward_and_step():
+    # 7B on 2 GPUs under ZeRO-3 with short sequences: the step's fp32 sub-group gradient is the peak
+    spec = ModelInfo("x", 7 * 10**9)
+    short = estimate(spec, Inputs(num_processes=2), ("zero3",))[0]
+    assert short.peak_phase == "optimizer step"
+    assert short.buffer_bytes == short.buffers["fp32_grad_subgroup"] + short.buffers["ipg_bucket"]
+
+
+def test_host_ram_decides_offload_fits():
+    model = ModelInfo("70b", 70_553_706_496)
+    one = Inputs(num_processes=8, gpu_memory_gb=79.6, host_memory_gb=1024)
+    z3o = estimate(model, one, ("zero3_offload",))[0]
+    assert z3o.gpu_fits and z3o.host_fits is False and not z3o.fits
+    assert z3o.cpu_bytes_per_node == 8 * 18 * -(-70_553_706_496 // 8)  # 18 bytes/param on the node
+    assert "host RAM per node" in z3o.why and "1024" in z3o.why
+    two = estimate(model, Inputs(num_processes=16, num_machines=2, gpu_memory_gb=79.6, host_memory_gb=1024),
+                   ("zero3_offload",))[0]
+    assert two.fits and two.cpu_bytes_per_node == z3o.cpu_bytes_per_node // 2
+    unchecked = estimate(model, Inputs(num_processes=8, gpu_memory_gb=79.6), ("zero3_offload",))[0]
+    assert unchecked.host_fits is None and unchecked.fits
+
+
+def test_recommendation_says_what_would_fit_when_host_ram_is_short():
+    from disttune.estimate.models import count_params
+    from disttune.estimate.presets import PRESETS
+
+    spec = PRESETS["meta-llama/Llama-3.1-70B"]
+    model = ModelInfo(spec.name, count_params(spec).total, spec)
+    inputs = Inputs(num_processes=8, gpu_memory_gb=79.6, host_memory_gb=1024, gradient_checkpointing=True)
+    rec = recommend(estimate(model, inputs), model, inputs)
+    assert rec.strategy is None and "host RAM" in rec.reason
+    text = " ".join(rec.suggestions)
+    assert "LoRA" in text and "2 nodes of 8" in text and "without offload" in text
+
+
+@pytest.mark.parametrize("bad", [dict(gpu_memory_gb=float("inf")), dict(gpu_memory_gb=float("nan")),
+                                 dict(host_memory_gb=0), dict(host_memory_gb=float("inf")),
+                                 dict(gradient_checkpointing=True, selective_checkpointing=True)])
+def test_bad_memory_inputs(bad):
+    with pytest.raises(UserError):
+        estimate(ModelInfo("x", 10**9), Inputs(**bad))
+
+
+def test_zero3_gathers_a_moe_block_whole():
+    """With the MoE block a ZeRO-3 leaf module, its router and every expert are gathered together."""
+    from disttune.estimate.models import count_params, moe_block_params
+    from disttune.estimate.presets import PRESETS
+
+    spec = PRESETS["Qwen/Qwen3-30B-A3B"]
+    block = moe_block_params(spec)
+    assert block == 128 * 2048 + 128 * 2 * 768 * 2048 + 128 * 2048 * 768  # router, gate_up, down
+    model = ModelInfo(spec.name, count_params(spec).total, spec)
+    z3 = estimate(model, Inputs(num_processes=8), ("zero3",))[0]
+    assert z3.buffers["gathered_params"] == 2 * (block + int(0.9 * 2048**2))
+    assert z3.buffers["unreduced_grad"] == 2 * count_params(spec).largest_tensor  # one tensor's .grad

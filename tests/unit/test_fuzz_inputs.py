@@ -98,10 +98,12 @@ TRAIN_WORDS = ["--max_steps", "--learning_rate", "--per_device_train_batch_size"
 @pytest.fixture(scope="module")
 def train_parser_env(tmp_path_factory):
     """Parse in a clean, non-distributed environment (imports done once, outside the deadline)."""
-    import trl  # noqa: F401
+    from disttune.train.main import parse_arguments
 
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
-    yield tmp_path_factory.mktemp("train-fuzz")
+    folder = tmp_path_factory.mktemp("train-fuzz")
+    parse_arguments(["--output_dir", str(folder / "out")])  # the first parse imports TRL/transformers: not timed
+    yield folder
     os.environ.update(saved)
 
 
@@ -117,3 +119,29 @@ def test_training_script_parser_on_random_argv(train_parser_env, argv, capsys):
     except SystemExit as exc:
         assert exc.code in (0, 2), (argv, exc.code)
     capsys.readouterr()
+
+
+@st.composite
+def _alias_yaml(draw):
+    """Documents of anchors whose bodies nest and refer to earlier (or their own) anchors."""
+    lines = []
+    for i in range(draw(st.integers(1, 10))):
+        refs = draw(st.lists(st.integers(0, i), min_size=1, max_size=12))  # i itself: a self-reference
+        nest = draw(st.integers(0, 80))
+        body = ", ".join(f"*a{r}" if r < i or draw(st.booleans()) else "x" for r in refs)
+        lines.append(f"k{i}: &a{i} " + "[" * nest + f"[{body}]" + "]" * nest)
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(text=_alias_yaml())
+def test_aliases_and_nesting_are_bounded(tmp_path, text):
+    import time
+
+    path = _write(tmp_path, "aliases.yaml", text)
+    start = time.perf_counter()
+    try:
+        check_config(path)
+    except UserError:
+        pass
+    assert time.perf_counter() - start < 1.0

@@ -25,6 +25,7 @@ COMMANDS = {
     "launch": "launch",
     "train": "train",
     "bench": "bench",
+    "report": "report",
 }
 
 

@@ -13,8 +13,9 @@ from disttune.errors import UserError
 HELP = "validate accelerate configs (and their DeepSpeed JSON) before you launch"
 EPILOG = (
     "Arguments after `--` are your training script's; they are compared with the config "
-    "(--gradient_accumulation_steps, --max_grad_norm, --bf16/--fp16/--mixed_precision, "
-    "--per_device_train_batch_size).\n"
+    "(--gradient_accumulation_steps, --max_grad_norm, --per_device_train_batch_size under DeepSpeed; "
+    "--bf16/--fp16 against the config's precision).\n"
+    "A file's kind (accelerate config or DeepSpeed JSON) is read from its keys, not its extension.\n"
     "examples:\n"
     "  disttune check accelerate_configs/deepspeed_zero3.yaml\n"
     "  disttune check my.yaml ds_config.json --num_processes 16 --strict\n"
@@ -36,29 +37,36 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+class _ItemsParser(argparse.ArgumentParser):
+    """Parses what follows ``check`` (configs and options, in any order); raises instead of exiting."""
+
+    def error(self, message):
+        raise UserError(f"disttune check: {message}", exit_code=2)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--num_processes needs a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _split(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Options given after the first config are parsed here (argparse stops at the first positional)."""
-    configs: list[str] = []
+    """(configs, script args): options may follow the configs; everything after the first ``--`` is the script's."""
     items = list(args.items)
-    while items:
-        item = items.pop(0)
-        if item == "--":
-            return configs, items
-        name, eq, value = item.partition("=")
-        if name == "--strict" and not eq:
-            args.strict = True
-        elif name == "--json" and not eq:
-            args.json = True
-        elif name == "--num_processes":
-            value = value if eq else (items.pop(0) if items else "")
-            if not value.isdigit() or int(value) < 1:
-                raise UserError(f"--num_processes needs a positive whole number, got {value!r}", exit_code=2)
-            args.num_processes = int(value)
-        elif item.startswith("-"):
-            raise UserError(f"unknown option {item!r}; script arguments go after `--`", exit_code=2)
-        else:
-            configs.append(item)
-    return configs, []
+    cut = items.index("--") if "--" in items else len(items)
+    parser = _ItemsParser(prog="disttune check", add_help=False, allow_abbrev=False)
+    parser.add_argument("configs", nargs="*")
+    parser.add_argument("--num_processes", type=_positive, default=None)
+    parser.add_argument("--strict", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    ours, unknown = parser.parse_known_intermixed_args(items[:cut])
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}; script arguments go after `--`", exit_code=2)
+    args.strict = args.strict or ours.strict
+    args.json = args.json or ours.json
+    if ours.num_processes is not None:
+        args.num_processes = ours.num_processes
+    return ours.configs, items[cut + 1 :]
 
 
 def render_text(report) -> str:
@@ -67,7 +75,8 @@ def render_text(report) -> str:
     for f in report.findings:
         where = f"{f.file}:{f.key}" if f.key else f.file
         value = "" if f.value is None else f" (value: {f.value!r})"
-        lines.append(f"{f.severity.upper()} {where}: {f.message}{value}\n  fix: {f.fix}")
+        said = f.message if not f.key and f.message.startswith(f.file) else f"{where}: {f.message}"  # file:line
+        lines.append(f"{f.severity.upper()} {said}{value}\n  fix: {f.fix}")
     lines += [f"note: {n}" for n in report.notes]
     e, w, k = report.errors, report.warnings, len(report.files)
     lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {k} file{'s' * (k != 1)}")

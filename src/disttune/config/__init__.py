@@ -1,7 +1,8 @@
 """The config model: load, validate and write accelerate configs and the DeepSpeed JSON they reference.
 
 Imports neither torch nor deepspeed nor transformers: the schema is written down as data (``schema.py``,
-``deepspeed_schema.py``), so ``disttune check`` answers instantly.
+``deepspeed_schema.py``; a test compares it with the installed packages), so ``disttune check`` answers
+instantly. Every config is read through ``bounded.py`` (size, depth, alias expansion and time bounded).
 """
 
 from disttune.config.check import CheckReport, check_config, check_files

@@ -13,9 +13,11 @@ HF Trainer (``HfTrainerDeepSpeedConfig``) replace it before DeepSpeed sees the c
 from __future__ import annotations
 
 from disttune.config.schema import (
+    ACCUMULATION,
     ANY,
     BOOL,
     BOOLISH,
+    CLIPPING,
     DICT,
     FLOATISH,
     INTISH,
@@ -87,7 +89,7 @@ _ZERO_INTS = (
 ZERO_OPTIMIZATION = {
     "stage": Key("intish", (0, 1, 2, 3), auto=True),
     **dict.fromkeys(_ZERO_BOOLS, BOOLISH),
-    **dict.fromkeys(_ZERO_INTS, INTISH),
+    **dict.fromkeys(_ZERO_INTS, Key("intish", minimum=0, why_minimum=": DeepSpeed refuses negative sizes")),
     # filled from the model's hidden size by HF Trainer / accelerate when "auto"
     "reduce_bucket_size": INT_AUTO,
     "stage3_prefetch_bucket_size": INT_AUTO,
@@ -178,10 +180,11 @@ def _strict(keys: dict[str, Key]) -> Key:
 
 DEEPSPEED_JSON = Section(
     {
-        "train_batch_size": Key("int", auto=True),
-        "train_micro_batch_size_per_gpu": Key("int", auto=True),
-        "gradient_accumulation_steps": Key("int", auto=True),
-        "gradient_clipping": Key("floatish", auto=True),
+        "train_batch_size": Key("int", auto=True, minimum=1, why_minimum=": DeepSpeed asserts it is above 0"),
+        "train_micro_batch_size_per_gpu": Key("int", auto=True, minimum=1,
+                                              why_minimum=": DeepSpeed asserts it is above 0"),  # fmt: skip
+        "gradient_accumulation_steps": Key("int", auto=True, minimum=1, why_minimum=ACCUMULATION.why_minimum),
+        "gradient_clipping": CLIPPING,
         "steps_per_print": INTISH,
         "wall_clock_breakdown": BOOL,
         "memory_breakdown": BOOL,

@@ -13,8 +13,9 @@ class Finding:
     """One problem in one file.
 
     Attributes:
-        severity: ``"error"`` (the run fails or does something other than what the file says) or
-            ``"warning"`` (legal, but silently ignored or risky).
+        severity: ``"error"`` when the run fails, or would run but not as written (a value silently
+            ignored, a count silently changed, a feature silently off); ``"warning"`` when it runs as
+            written but is probably not what the user wants.
         file: the file the problem is in (the accelerate YAML or the DeepSpeed JSON).
         key: dotted key path, e.g. ``deepspeed_config.zero_stage`` or ``zero_optimization.stage``.
         value: the offending value (``None`` when the key is missing).

@@ -1,7 +1,8 @@
-"""Safe loading of accelerate YAML and DeepSpeed JSON files, and the shipped configs by name."""
+"""Safe, bounded loading of accelerate configs and DeepSpeed JSON files, and the shipped configs by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from disttune.config.bounded import MAX_BYTES, Parsed, Refused, looks_like_json, parse_json, parse_yaml
 from disttune.errors import UserError
 
 SHIPPED_DIR = "accelerate_configs"
@@ -17,7 +19,12 @@ SHIPPED_DIR = "accelerate_configs"
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # at most one byte past the limit: /dev/zero or a huge file stops here
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise UserError(f"{path}: refused: larger than a config can be ({MAX_BYTES // 1024} KiB); "
+                            "is this the right file?")  # fmt: skip
+        return raw.decode("utf-8").replace("\r\n", "\n")
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found. Check the path (it is read relative to {Path.cwd()}).") from None
     except IsADirectoryError:
@@ -26,23 +33,74 @@ def _read_text(path: Path, what: str) -> str:
         raise UserError(f"{path}: cannot read the {what} ({exc}). Check its permissions and encoding.") from None
 
 
-def load_accelerate_config(path) -> dict:
-    """The accelerate YAML at ``path``, safe-loaded as a dict.
+def _yaml_error(where: str, exc: yaml.YAMLError) -> UserError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{where}:{mark.line + 1}" if mark is not None else where
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return UserError(
+        f"{where}: not valid YAML ({problem}). Fix the indentation or quoting on that line "
+        "(keys are `name: value`, nested keys indented by two spaces)."
+    )
 
-    Raises ``UserError`` (file, line, fix) when the file is missing, is not valid YAML, or is not a mapping.
+
+def _json_error(where: str, exc: json.JSONDecodeError) -> UserError:
+    return UserError(
+        f"{where}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}). JSON needs double quotes, "
+        "no trailing commas and no comments."
+    )
+
+
+def parse_config_text(text: str, where: str, syntax: str = "any") -> Parsed:
+    """Parse config text, bounded (``bounded.py``): JSON when it reads as JSON, else YAML.
+
+    ``syntax`` ``"json"`` accepts only JSON (DeepSpeed reads its config with ``json.load``), ``"yaml"`` only
+    YAML; ``"any"`` decides from the content. Raises ``UserError`` (what, where, fix) for text that is
+    refused or does not parse.
     """
-    path = Path(path)
-    text = _read_text(path, "accelerate config")
     try:
-        data = yaml.safe_load(text)
+        if syntax == "json":
+            return parse_json(text, where)
+        if syntax == "any" and looks_like_json(text):
+            try:
+                return parse_json(text, where)
+            except json.JSONDecodeError as exc:
+                json_error = exc
+            try:
+                parsed = parse_yaml(text, where)  # YAML flow style also starts with { or [
+            except yaml.YAMLError:
+                raise _json_error(where, json_error) from None
+            return dataclasses.replace(parsed, json_error=str(_json_error(where, json_error)))
+        return parse_yaml(text, where)
+    except Refused as exc:
+        raise UserError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise _json_error(where, exc) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(
-            f"{where}: not valid YAML ({problem}). Fix the indentation or quoting on that line "
-            "(keys are `name: value`, nested keys indented by two spaces)."
-        ) from None
+        raise _yaml_error(where, exc) from None
+
+
+def read_config(path, what: str = "config", syntax: str = "any") -> Parsed:
+    """Read and parse one config file (bounded); ``UserError`` when it cannot be read."""
+    path = Path(path)
+    return parse_config_text(_read_text(path, what), str(path), syntax)
+
+
+def load_mapping(path, what: str = "config", syntax: str = "any") -> dict:
+    """The mapping in the file at ``path`` (bounded); ``UserError`` (file, line, fix) otherwise."""
+    data = read_config(path, what, syntax).data
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise UserError(f"{path}: the {what} is {kind}; it must be a mapping of `name: value` keys.")
+    return data
+
+
+def load_accelerate_config(path) -> dict:
+    """The accelerate config at ``path`` (YAML, or JSON as accelerate also accepts), as a dict.
+
+    Raises ``UserError`` (file, line, fix) when the file is missing, does not parse, is refused (too large,
+    too deep, alias bombs) or is not a mapping.
+    """
+    data = read_config(path, "accelerate config").data
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
         raise UserError(
@@ -54,15 +112,7 @@ def load_accelerate_config(path) -> dict:
 
 def load_deepspeed_json(path) -> dict:
     """The DeepSpeed JSON at ``path`` as a dict; ``UserError`` (file, line, fix) if it cannot be used."""
-    path = Path(path)
-    text = _read_text(path, "DeepSpeed config")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}). JSON needs double quotes, "
-            "no trailing commas and no comments."
-        ) from None
+    data = read_config(path, "DeepSpeed config", syntax="json").data
     if not isinstance(data, dict):
         raise UserError(f"{path}: a DeepSpeed config is a JSON object ({{...}}), not a {type(data).__name__}.")
     return data

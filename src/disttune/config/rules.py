@@ -1,8 +1,8 @@
 """Cross-field rules of an accelerate YAML: each rule reads the whole config and returns findings.
 
-Every rule states the accelerate 1.15 behaviour it guards against; severities follow the consequence:
-``error`` when ``accelerate launch`` or the training processes fail (or do something other than what
-the file says), ``warning`` when a setting is legal but silently ignored.
+Every rule states the accelerate 1.15 behaviour it guards against. Severity: ``error`` when the run fails,
+or would run but not as written (a value silently ignored, a count silently changed, a feature silently
+off); ``warning`` when it runs as written but is probably not what the user wants.
 """
 
 from __future__ import annotations
@@ -14,43 +14,30 @@ from disttune.config.findings import Finding, error, warning
 from disttune.config.schema import (
     CONFIG_FILE_CONFLICTS,
     DISTRIBUTED_TYPES,
-    FALSE_STRINGS,
     MIXED_PRECISIONS,
     SAGEMAKER_DISTRIBUTED_TYPES,
-    TRUE_STRINGS,
 )
+from disttune.config.zero import as_int, rule_zero, truth, zero_from_yaml
 
 GPU_TYPES = ("MULTI_GPU", "DEEPSPEED", "FSDP", "MEGATRON_LM")
 
 
-def truth(value: object) -> bool | None:
-    """accelerate's reading of a boolean-ish value (``str_to_bool`` on ``str(value).lower()``)."""
-    if value is None:
-        return None
-    text = str(value).lower()
-    return True if text in TRUE_STRINGS else False if text in FALSE_STRINGS else None
-
-
-def as_int(value: object) -> int | None:
-    """``value`` as an int when it is one (or a whole number / digit string), else ``None``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 @dataclass
-class Yaml:
-    """An accelerate config with the derived values the rules share."""
+class Accelerate:
+    """The typed view of one loaded accelerate config, built once per file; every rule reads it.
+
+    Attributes:
+        data: the mapping as loaded.
+        file: the file, as findings name it.
+        num_processes: ``--num_processes`` given to ``disttune check`` (overrides the file's).
+        ds: ``deepspeed_config`` (``{}`` when absent or not a mapping).
+        fsdp: ``fsdp_config`` with every key under its ``fsdp_`` name, as accelerate's launcher reads it.
+    Properties: ``dtype`` (distributed_type as accelerate uses it), ``world``, ``machines``, ``sagemaker``.
+    """
 
     data: dict
     file: str
-    num_processes: int | None = None  # --num_processes given to `disttune check`
+    num_processes: int | None = None
     ds: dict = field(init=False)
     fsdp: dict = field(init=False)
 
@@ -63,7 +50,9 @@ class Yaml:
 
     @property
     def dtype(self) -> object:
-        return self.data.get("distributed_type")
+        """distributed_type as accelerate uses it: YAML's unquoted NO loads as False, which accelerate runs as NO."""
+        value = self.data.get("distributed_type")
+        return "NO" if value is False else value
 
     @property
     def world(self) -> int | None:
@@ -74,23 +63,25 @@ class Yaml:
 
     @property
     def machines(self) -> int:
-        return as_int(self.data.get("num_machines")) or 1
+        """num_machines when it is a usable number (the schema reports one below 1), else 1."""
+        n = as_int(self.data.get("num_machines"))
+        return n if n is not None and n >= 1 else 1
 
     @property
     def sagemaker(self) -> bool:
         return self.data.get("compute_environment") == "AMAZON_SAGEMAKER"
 
 
-def rule_distributed_type(y: Yaml) -> list[Finding]:
-    """distributed_type is required, and YAML reads an unquoted NO as false."""
+def rule_distributed_type(y: Accelerate) -> list[Finding]:
+    """distributed_type is required and one accelerate knows (an unquoted NO loads as false: accelerate runs NO)."""
     value = y.dtype
     if "distributed_type" not in y.data:
         return [error(y.file, "distributed_type", None, "missing: accelerate requires distributed_type",
                       "add distributed_type: MULTI_GPU (or DEEPSPEED, FSDP, 'NO', ...)")]  # fmt: skip
-    if isinstance(value, bool):
+    if value is True:
         return [error(y.file, "distributed_type", value,
-                      "YAML reads an unquoted NO as the boolean false, which accelerate rejects",
-                      "quote it: distributed_type: 'NO'")]  # fmt: skip
+                      "YAML reads an unquoted yes/true/on as the boolean true, which is no distributed type",
+                      "write a distributed type, e.g. distributed_type: MULTI_GPU")]  # fmt: skip
     allowed = SAGEMAKER_DISTRIBUTED_TYPES if y.sagemaker else DISTRIBUTED_TYPES
     if value not in allowed:
         close = difflib.get_close_matches(str(value).upper(), allowed, n=1)
@@ -99,7 +90,7 @@ def rule_distributed_type(y: Yaml) -> list[Finding]:
     return []
 
 
-def rule_mixed_precision(y: Yaml) -> list[Finding]:
+def rule_mixed_precision(y: Accelerate) -> list[Finding]:
     """mixed_precision is no|fp16|bf16|fp8; YAML reads an unquoted no as false and accelerate then crashes."""
     value = y.data.get("mixed_precision")
     if isinstance(value, bool):
@@ -113,7 +104,7 @@ def rule_mixed_precision(y: Yaml) -> list[Finding]:
     return []
 
 
-def rule_processes(y: Yaml) -> list[Finding]:
+def rule_processes(y: Accelerate) -> list[Finding]:
     """num_processes / num_machines / machine_rank / main process address must add up."""
     out: list[Finding] = []
     d, world, machines = y.data, y.world, y.machines
@@ -124,21 +115,19 @@ def rule_processes(y: Yaml) -> list[Finding]:
                          "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
                          "add num_processes: <total processes over all machines> (or pass --num_processes)"))  # fmt: skip
     if y.dtype == "NO" and world is not None and world > 1:
-        out.append(warning(y.file, "num_processes", world,
+        out.append(error(y.file, "num_processes", world,
                            f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
                            "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
                            "or set num_processes: 1"))  # fmt: skip
     mpirun = d.get("mpirun_config") if isinstance(d.get("mpirun_config"), dict) else {}
     if y.dtype == "MULTI_CPU" and world is not None and world > 1 and not mpirun.get("mpirun_hostfile"):
-        out.append(warning(y.file, "num_processes", world,
+        out.append(error(y.file, "num_processes", world,
                            f"distributed_type 'MULTI_CPU' without mpirun_hostfile: accelerate launch starts a single "
                            f"process, not {world}",
                            "use distributed_type: MULTI_GPU (on a machine without GPUs it runs N CPU processes "
                            "over gloo with the disttune training script), or set mpirun_config.mpirun_hostfile to launch with "
                            "mpirun"))  # fmt: skip
-    if machines < 1:
-        out.append(error(y.file, "num_machines", d.get("num_machines"), "must be at least 1", "set num_machines: 1"))
-    elif world is not None and world % machines != 0:
+    if world is not None and world >= 1 and world % machines != 0:
         out.append(error(y.file, "num_processes", world,
                          f"{world} processes cannot be split evenly over {machines} machines "
                          f"(accelerate starts num_processes // num_machines = {world // machines} per machine)",
@@ -152,7 +141,7 @@ def rule_processes(y: Yaml) -> list[Finding]:
     return out
 
 
-def _main_process(y: Yaml) -> list[Finding]:
+def _main_process(y: Accelerate) -> list[Finding]:
     out: list[Finding] = []
     d, machines = y.data, y.machines
     port = d.get("main_process_port")
@@ -165,14 +154,32 @@ def _main_process(y: Yaml) -> list[Finding]:
             out.append(error(y.file, "main_process_port", port,
                              "port 0 picks a random free port on each machine, so the machines cannot meet",
                              "use the same fixed port on every machine, e.g. 29500"))  # fmt: skip
+    # SLURM-style configs leave the address and the rank to the launch line: a warning, not an error.
     if machines > 1 and not d.get("main_process_ip"):
-        out.append(error(y.file, "main_process_ip", d.get("main_process_ip"),
-                         f"num_machines is {machines} but there is no main_process_ip: the machines cannot find rank 0",
-                         "set main_process_ip to the address of the machine with machine_rank 0"))  # fmt: skip
+        out.append(warning(y.file, "main_process_ip", d.get("main_process_ip"),
+                           f"num_machines is {machines} but there is no main_process_ip: the machines find rank 0 "
+                           "only if every launch line gives it",
+                           "pass --main_process_ip ADDR_OF_RANK_0 to accelerate launch on every machine (as a SLURM "
+                           "script does), or set main_process_ip here"))  # fmt: skip
+    if machines > 1 and "machine_rank" not in d:
+        out.append(warning(y.file, "machine_rank", None,
+                           f"num_machines is {machines} but there is no machine_rank: every machine would start as "
+                           "rank 0 unless its launch line says otherwise",
+                           "pass --machine_rank 0, 1, ... to accelerate launch on each machine (e.g. $SLURM_NODEID), "
+                           "or write one config per machine"))  # fmt: skip
     return out
 
 
-def rule_gpu_ids(y: Yaml) -> list[Finding]:
+def notes_processes(y: Accelerate) -> list[str]:
+    """Facts worth saying that are not problems: several "machines" on a loopback address (fine on one host)."""
+    ip = str(y.data.get("main_process_ip") or "")
+    if y.machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
+        return [f"{y.file}: main_process_ip {ip} is a loopback address: only processes on this host can join "
+                f"the {y.machines} machines (use the LAN/InfiniBand address of machine_rank 0 for real machines)"]
+    return []
+
+
+def rule_gpu_ids(y: Accelerate) -> list[Finding]:
     """gpu_ids is a string; its count must match the processes per machine."""
     value = y.data.get("gpu_ids")
     if value is None or y.sagemaker:
@@ -205,7 +212,7 @@ def rule_gpu_ids(y: Yaml) -> list[Finding]:
                                f"set num_processes to {len(ids) * y.machines}, or list {per} ids"))  # fmt: skip
     launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
-        out.append(warning(y.file, "gpu_ids", value,
+        out.append(error(y.file, "gpu_ids", value,
                            f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
                            "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
                            "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
@@ -213,23 +220,28 @@ def rule_gpu_ids(y: Yaml) -> list[Finding]:
     return out
 
 
-def rule_ignored_sections(y: Yaml) -> list[Finding]:
-    """deepspeed_config / fsdp_config only apply to their own distributed_type."""
+def rule_ignored_sections(y: Accelerate) -> list[Finding]:
+    """deepspeed_config / fsdp_config only apply to their own distributed_type: elsewhere silently ignored."""
     out: list[Finding] = []
     both = " (DeepSpeed and FSDP are both configured)" if y.ds and y.fsdp else ""
     if y.ds and y.dtype != "DEEPSPEED":
-        out.append(warning(y.file, "deepspeed_config", None,
+        out.append(error(y.file, "deepspeed_config", None,
                            f"distributed_type is {y.dtype!r}, so deepspeed_config is ignored{both}",
                            "set distributed_type: DEEPSPEED to use it, or remove deepspeed_config"))  # fmt: skip
     if y.fsdp and y.dtype != "FSDP":
-        out.append(warning(y.file, "fsdp_config", None,
+        out.append(error(y.file, "fsdp_config", None,
                            f"distributed_type is {y.dtype!r}, so fsdp_config is ignored{both}",
                            "set distributed_type: FSDP to use it, or remove fsdp_config"))  # fmt: skip
     return out
 
 
-def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
-    """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses."""
+def rule_deepspeed(y: Accelerate, ds_json: dict | None = None, ds_file: str = "") -> list[Finding]:
+    """ZeRO stage vs offload and ZeRO-3-only flags; deepspeed_config_file vs the keys accelerate refuses.
+
+    ``ds_json`` is the DeepSpeed JSON that ``deepspeed_config_file`` points at, when it loaded.
+    """
+    from disttune.config.deepspeed_rules import json_precision, json_zero_stage
+
     if y.dtype != "DEEPSPEED":
         return []
     out: list[Finding] = []
@@ -243,20 +255,15 @@ def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
                                  "`deepspeed_config_file`, the following accelerate config variables will be ignored)",
                                  f"remove it here and set `{json_key}` in the DeepSpeed JSON instead"))  # fmt: skip
         if y.data.get("mixed_precision") is not None:
+            precision, key = json_precision(ds_json) if ds_json is not None else (None, None)
+            mp = str(y.data["mixed_precision"]).lower()
+            also = f"; it also contradicts {ds_file} ({key} means {precision})" if precision not in (None, mp) else ""
             out.append(error(f, "mixed_precision", y.data["mixed_precision"],
                              "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
-                             "(it is one of the 'variables that will be ignored')",
+                             f"(it is one of the 'variables that will be ignored'){also}",
                              "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON"))  # fmt: skip
-        stage = json_stage
-    else:
-        stage = as_int(ds.get("zero_stage", 2))  # DeepSpeedPlugin's default stage is 2
-    out += _offload(y, stage, has_file)
-    if stage is not None and stage != 3:
-        for key in ("zero3_init_flag", "zero3_save_16bit_model"):
-            if truth(ds.get(key)) and not (has_file and key in CONFIG_FILE_CONFLICTS):
-                out.append(warning(f, p + key, ds[key],
-                                   f"only applies to ZeRO-3; with ZeRO stage {stage} it is ignored",
-                                   "remove it, or use zero_stage: 3"))  # fmt: skip
+    json_stage = json_zero_stage(ds_json) if has_file and ds_json is not None else None
+    out += rule_zero(zero_from_yaml(f, ds, json_stage, has_file, tuple(CONFIG_FILE_CONFLICTS) if has_file else ()))
     launcher = ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.machines > 1 and launcher != "standard" and not ds.get("deepspeed_hostfile"):
         out.append(error(f, p + "deepspeed_hostfile", None,
@@ -267,25 +274,4 @@ def rule_deepspeed(y: Yaml, json_stage: int | None = None) -> list[Finding]:
     return out
 
 
-def _offload(y: Yaml, stage: int | None, has_file: bool) -> list[Finding]:
-    out: list[Finding] = []
-    ds, f, p = y.ds, y.file, "deepspeed_config."
-    if has_file:
-        return out  # the JSON's offload settings are checked with the JSON
-    param = str(ds.get("offload_param_device") or "none").lower()
-    optim = str(ds.get("offload_optimizer_device") or "none").lower()
-    if param != "none" and stage is not None and stage != 3:
-        out.append(error(f, p + "offload_param_device", ds["offload_param_device"],
-                         f"parameter offload needs ZeRO-3; with zero_stage {stage} DeepSpeed keeps the parameters on the GPU",
-                         "use zero_stage: 3, or set offload_param_device: none"))  # fmt: skip
-    if optim != "none" and stage == 0:
-        out.append(error(f, p + "offload_optimizer_device", ds["offload_optimizer_device"],
-                         "optimizer offload needs ZeRO stage 1, 2 or 3; with zero_stage 0 it does nothing",
-                         "use zero_stage: 2 (or 3), or set offload_optimizer_device: none"))  # fmt: skip
-    for what, device in (("param", param), ("optimizer", optim)):
-        key = f"offload_{what}_nvme_path"
-        if device == "nvme" and not ds.get(key):
-            out.append(error(f, p + key, None,
-                             f"offload_{what}_device is nvme but {key} is missing (accelerate passes the path 'none')",
-                             f"set {key} to a folder on a fast local NVMe drive, e.g. /local_nvme"))  # fmt: skip
-    return out
+__all__ = ["Accelerate", "as_int", "truth"]

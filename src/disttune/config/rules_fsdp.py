@@ -9,8 +9,8 @@ FSDP1 ``fsdp_reshard_after_forward`` is never read; under FSDP2 the plugin ignor
 
 from __future__ import annotations
 
-from disttune.config.findings import Finding, error, warning
-from disttune.config.rules import Yaml, as_int, truth
+from disttune.config.findings import Finding, error
+from disttune.config.rules import Accelerate, as_int, truth
 from disttune.config.schema import FSDP_SHARDING_STRATEGIES
 
 _V2_IGNORED = {
@@ -31,7 +31,7 @@ def _strategy_name(value: object) -> str | None:
     return text if text in FSDP_SHARDING_STRATEGIES else None
 
 
-def rule_fsdp(y: Yaml) -> list[Finding]:
+def rule_fsdp(y: Accelerate) -> list[Finding]:
     """Version-specific keys, enum combinations and the launcher's own refusals."""
     if y.dtype != "FSDP":
         return []
@@ -48,14 +48,14 @@ def rule_fsdp(y: Yaml) -> list[Finding]:
                              "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)"))  # fmt: skip
         for key, fix in _V2_IGNORED.items():
             if key in fs:
-                out.append(warning(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
+                out.append(error(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
         prefetch = fs.get("fsdp_backward_prefetch")
         if prefetch is not None and str(prefetch).upper() != "NO_PREFETCH":
-            out.append(warning(f, p + "fsdp_backward_prefetch", prefetch,
+            out.append(error(f, p + "fsdp_backward_prefetch", prefetch,
                                "FSDP2 does not support backward prefetch; accelerate sets it to None",
                                "remove it"))  # fmt: skip
         if truth(fs.get("fsdp_forward_prefetch")):
-            out.append(warning(f, p + "fsdp_forward_prefetch", fs["fsdp_forward_prefetch"],
+            out.append(error(f, p + "fsdp_forward_prefetch", fs["fsdp_forward_prefetch"],
                                "ignored under fsdp_version 2 (not implemented in FSDP2)", "remove it"))  # fmt: skip
         sdt = fs.get("fsdp_state_dict_type")
         if sdt is not None and str(sdt).upper() in ("LOCAL_STATE_DICT", "2"):
@@ -67,7 +67,7 @@ def rule_fsdp(y: Yaml) -> list[Finding]:
         if wanted is None and truth(reshard) is not None:
             wanted = "FULL_SHARD" if truth(reshard) else "SHARD_GRAD_OP"
         if reshard is not None and wanted != effective:
-            out.append(warning(f, p + "fsdp_reshard_after_forward", reshard,
+            out.append(error(f, p + "fsdp_reshard_after_forward", reshard,
                                f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
                                f"({effective}), which wins",
                                f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead"))  # fmt: skip
@@ -88,16 +88,16 @@ def rule_fsdp(y: Yaml) -> list[Finding]:
     return out
 
 
-def _wrap_policy(y: Yaml) -> list[Finding]:
+def _wrap_policy(y: Accelerate) -> list[Finding]:
     fs, f, p = y.fsdp, y.file, "fsdp_config."
     policy = str(fs.get("fsdp_auto_wrap_policy") or "NO_WRAP").upper()
     out: list[Finding] = []
     if fs.get("fsdp_transformer_layer_cls_to_wrap") is not None and policy != "TRANSFORMER_BASED_WRAP":
-        out.append(warning(f, p + "fsdp_transformer_layer_cls_to_wrap", fs["fsdp_transformer_layer_cls_to_wrap"],
+        out.append(error(f, p + "fsdp_transformer_layer_cls_to_wrap", fs["fsdp_transformer_layer_cls_to_wrap"],
                            f"only used with fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP; ignored with {policy}",
                            "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, or remove it"))  # fmt: skip
     if fs.get("fsdp_min_num_params") is not None and policy != "SIZE_BASED_WRAP":
-        out.append(warning(f, p + "fsdp_min_num_params", fs["fsdp_min_num_params"],
+        out.append(error(f, p + "fsdp_min_num_params", fs["fsdp_min_num_params"],
                            f"only used with fsdp_auto_wrap_policy SIZE_BASED_WRAP; ignored with {policy}",
                            "set fsdp_auto_wrap_policy: SIZE_BASED_WRAP, or remove it"))  # fmt: skip
     return out

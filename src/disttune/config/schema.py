@@ -33,6 +33,8 @@ class Key:
         fold: ``"upper"`` / ``"lower"`` when the consumer case-folds the value before comparing.
         auto: whether the string ``"auto"`` is legal (filled in later by accelerate or HF Trainer).
         section: the nested section when ``kind == "section"``.
+        minimum: the smallest number the consumer can run as written (``None``: not checked).
+        why_minimum: what happens below it, for the message.
     """
 
     kind: str = "any"
@@ -40,6 +42,8 @@ class Key:
     fold: str = ""
     auto: bool = False
     section: Section | None = None
+    minimum: float | None = None
+    why_minimum: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,12 @@ def enum(*choices: str, fold: str = "", auto: bool = False) -> Key:
 
 
 ANY, STR, BOOL, BOOLISH = Key("any"), Key("str"), Key("bool"), Key("boolish")
+
+# Numbers with a floor (shared by the accelerate config and the DeepSpeed JSON).
+ACCUMULATION = Key("intish", auto=True, minimum=1, why_minimum=": every optimizer step needs at least one micro-batch")
+CLIPPING = Key("floatish", auto=True, minimum=0, why_minimum=(
+    ": DeepSpeed clips only when it is above 0, so a negative value silently turns clipping off (0 means off)"))
+PROCESSES = Key("int", minimum=1, why_minimum=": accelerate needs at least one process to run")
 INT, INTISH, FLOAT, FLOATISH, LIST, DICT = Key("int"), Key("intish"), Key("float"), Key("floatish"), Key("list"), Key("dict")
 
 # accelerate/utils/dataclasses.py DistributedType, ComputeEnvironment, PrecisionType, SageMakerDistributedType.
@@ -110,8 +120,8 @@ DEEPSPEED_CONFIG = Section(
         "offload_param_device": enum(*OFFLOAD_DEVICES, fold="lower"),
         "offload_optimizer_nvme_path": STR,
         "offload_param_nvme_path": STR,
-        "gradient_accumulation_steps": Key("intish", auto=True),
-        "gradient_clipping": Key("floatish", auto=True),
+        "gradient_accumulation_steps": ACCUMULATION,
+        "gradient_clipping": CLIPPING,
         "zero3_init_flag": BOOLISH,
         "zero3_save_16bit_model": BOOLISH,
         "deepspeed_hostfile": STR,
@@ -229,9 +239,9 @@ _TOP_UNKNOWN = "accelerate launch refuses a config with unknown top-level keys (
 CLUSTER_CONFIG = Section(
     {
         **_BASE,
-        "num_processes": INT,
+        "num_processes": PROCESSES,
         "machine_rank": INT,
-        "num_machines": INT,
+        "num_machines": Key("int", minimum=1, why_minimum=": a run takes place on at least one machine"),
         "gpu_ids": ANY,  # a string ("all" or "0,1"); checked in rules.py
         "main_process_ip": STR,
         "main_process_port": ANY,  # checked in rules.py
@@ -266,7 +276,7 @@ SAGEMAKER_CONFIG = Section(
         "image_uri": STR,
         "profile": STR,
         "region": STR,
-        "num_machines": INT,
+        "num_machines": Key("int", minimum=1, why_minimum=": a run takes place on at least one machine"),
         "gpu_ids": ANY,
         "base_job_name": STR,
         "pytorch_version": STR,

@@ -3,13 +3,18 @@
 Under DeepSpeed, HF Trainer / TRL compare the DeepSpeed config with their TrainingArguments and stop with
 "Please correct the following DeepSpeed config values that mismatch TrainingArguments" when both give a
 value and they differ. A config value without a script value is fine (the training script adopts it).
+
+Precision has one source, the config: ``mixed_precision`` (or, with a ``deepspeed_config_file``, the JSON's
+``bf16.enabled`` / ``fp16.enabled`` when they are not "auto"). The training script takes it from there and
+stops on an explicit ``--bf16`` / ``--fp16`` that disagrees; ``check`` reports the same conflict first.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from disttune.config.findings import Finding, error, warning
+from disttune.config.findings import Finding, error
 from disttune.config.schema import FALSE_STRINGS, TRUE_STRINGS
 
 _INT_FLAGS = ("gradient_accumulation_steps", "per_device_train_batch_size")
@@ -24,54 +29,72 @@ class ScriptArgs:
     gradient_accumulation_steps: int | None = None
     per_device_train_batch_size: int | None = None
     max_grad_norm: float | None = None
-    mixed_precision: str | None = None
+    bf16: bool | None = None
+    fp16: bool | None = None
     raw: dict | None = None
 
 
-def parse_script_args(argv: list[str] | None) -> ScriptArgs:
-    """Read the few flags that can collide with the config, leniently.
+class _Lenient(argparse.ArgumentParser):
+    """An argparse parser that raises instead of exiting (the script's own parser judges the rest)."""
 
-    Accepts ``--flag value``, ``--flag=value``, dashes or underscores, and bare ``--bf16`` / ``--fp16``
-    (optionally followed by true/false). Everything else is skipped.
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _parser() -> _Lenient:
+    # The flags as HF's parser reads them: underscores or dashes, `--flag value` or `--flag=value`, and a
+    # boolean flag alone means true (nargs="?", const="true", like HfArgumentParser).
+    parser = _Lenient(add_help=False, allow_abbrev=False)
+    for name in _INT_FLAGS + _FLOAT_FLAGS:
+        parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name)
+    for name in _BOOL_FLAGS:
+        parser.add_argument(f"--{name}", dest=name, nargs="?", const="true")
+    return parser
+
+
+def _shown(argv: list[str], name: str, value: str) -> str:
+    """The flag as the user wrote it (``--bf16``, ``--bf16 false``, ``--bf16=True``, ``--gradient-accumulation-steps 4``)."""
+    spellings = (f"--{name}", f"--{name.replace('_', '-')}")
+    for index in range(len(argv) - 1, -1, -1):
+        token = argv[index]
+        flag, eq, _ = token.partition("=")
+        if flag in spellings:
+            if eq:
+                return token
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            return f"{token} {following}" if following == value else token
+    return f"--{name} {value}"
+
+
+def parse_script_args(argv: list[str] | None) -> ScriptArgs:
+    """Read the few flags that can collide with the config, with argparse; everything else is left alone.
+
+    A value that does not parse (``--gradient_accumulation_steps x``, a flag without its value) is skipped:
+    the training script's own parser reports it.
     """
+    argv = list(argv or [])
+    try:
+        namespace, _ = _parser().parse_known_args(argv)
+    except ValueError:
+        return ScriptArgs(raw={})
     found: dict = {}
     raw: dict = {}
-    argv = list(argv or [])
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
-        if not token.startswith("--"):
+    for name in _INT_FLAGS + _FLOAT_FLAGS + _BOOL_FLAGS:
+        value = getattr(namespace, name)
+        if value is None:
             continue
-        name, eq, value = token[2:].partition("=")
-        name = name.replace("-", "_")
-        if name not in _INT_FLAGS + _FLOAT_FLAGS + _BOOL_FLAGS + ("mixed_precision",):
-            continue
-        shown = token
-        if not eq:
-            nxt = argv[i] if i < len(argv) else None
-            takes = nxt is not None and not nxt.startswith("--")
-            if name in _BOOL_FLAGS:
-                takes = takes and nxt.lower() in TRUE_STRINGS + FALSE_STRINGS
-            if takes:
-                value, i, shown = nxt, i + 1, f"{token} {nxt}"
-            elif name in _BOOL_FLAGS:
-                value = "true"
-            else:
-                continue
-        raw[name] = shown
         try:
             if name in _INT_FLAGS:
                 found[name] = int(value)
             elif name in _FLOAT_FLAGS:
                 found[name] = float(value)
-            elif name == "mixed_precision":
-                found["mixed_precision"] = value.lower()
-            elif value.lower() in TRUE_STRINGS and "mixed_precision" not in found:
-                found["mixed_precision"] = name
-                raw["mixed_precision"] = raw[name]
+            elif value.lower() in TRUE_STRINGS + FALSE_STRINGS:
+                found[name] = value.lower() in TRUE_STRINGS
+            else:
+                continue
         except ValueError:
             continue
+        raw[name] = _shown(argv, name, value)
     return ScriptArgs(**found, raw=raw)
 
 
@@ -91,13 +114,11 @@ def _same(a: object, b: object) -> bool:
         return str(a).lower() == str(b).lower()
 
 
-def check_script_args(
-    args: ScriptArgs, settings: dict[str, Setting], deepspeed: bool
-) -> list[Finding]:
-    """Findings for each setting given both in the config and on the script's command line, differently.
+def check_script_args(args: ScriptArgs, settings: dict[str, Setting]) -> list[Finding]:
+    """Under DeepSpeed: an error for each setting the config and the script's command line both give, differently.
 
-    ``settings`` maps ``gradient_accumulation_steps`` / ``max_grad_norm`` / ``mixed_precision`` /
-    ``per_device_train_batch_size`` to the config's concrete value.
+    ``settings`` maps ``gradient_accumulation_steps`` / ``max_grad_norm`` / ``per_device_train_batch_size`` to
+    the DeepSpeed config's concrete value.
     """
     out: list[Finding] = []
     raw = args.raw or {}
@@ -106,15 +127,38 @@ def check_script_args(
         if given is None or setting.value is None or _same(given, setting.value):
             continue
         flag = raw.get(name, f"--{name} {given}")
-        if deepspeed:
-            out.append(error(setting.file, setting.key, setting.value,
-                             f"the config says {setting.value} but the script is given {flag}: HF Trainer / TRL stop with "
-                             "'DeepSpeed config values that mismatch TrainingArguments'",
-                             f"drop {flag} (the script adopts the config's value), or set {setting.key} "
-                             f"to {given} (or \"auto\" in a DeepSpeed JSON)"))  # fmt: skip
-        else:
-            out.append(warning(setting.file, setting.key, setting.value,
-                               f"the config says {setting.value} but the script is given {flag}; the script's "
-                               "value wins and the config's is ignored",
-                               f"drop {flag}, or set {setting.key} to {given}"))  # fmt: skip
+        out.append(error(setting.file, setting.key, setting.value,
+                         f"the config says {setting.value} but the script is given {flag}: HF Trainer / TRL stop with "
+                         "'DeepSpeed config values that mismatch TrainingArguments'",
+                         f"drop {flag} (the script adopts the config's value), or set {setting.key} "
+                         f"to {given} (or \"auto\" in a DeepSpeed JSON)"))  # fmt: skip
+    return out
+
+
+def check_precision_args(args: ScriptArgs, sources: list[Setting]) -> list[Finding]:
+    """An error for each explicit ``--bf16`` / ``--fp16`` that disagrees with a precision the config pins.
+
+    ``sources``: the precisions the config pins (``"no"``, ``"fp16"``, ``"bf16"``), each with its file and
+    key: the YAML's ``mixed_precision``, and the DeepSpeed JSON's ``bf16.enabled`` / ``fp16.enabled``.
+    """
+    out: list[Finding] = []
+    raw = args.raw or {}
+    wanted = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    for source in sources:
+        precision = str(source.value).lower()
+        for flag_name in _BOOL_FLAGS:
+            given = getattr(args, flag_name)
+            if given is None or given == (precision == flag_name):
+                continue
+            flag = raw.get(flag_name, f"--{flag_name}")
+            if source.key == "mixed_precision":
+                fix_config = f"set mixed_precision: {wanted} in the config"
+            else:
+                fix_config = f"set {wanted if wanted != 'no' else flag_name}.enabled to " \
+                             f"{'true' if wanted != 'no' else 'false'} (or \"auto\") in {source.file}"
+            out.append(error(source.file, source.key, source.value,
+                             f"the config sets the precision to {precision} ({source.file}: {source.key}) but the "
+                             f"script is given {flag}: the training script takes the precision from the config and "
+                             "stops on an explicit flag that disagrees",
+                             f"drop {flag} (the script takes the precision from the config), or {fix_config}"))  # fmt: skip
     return out

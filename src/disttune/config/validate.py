@@ -6,12 +6,14 @@ Every problem becomes a ``Finding``; nothing stops at the first one.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 
-from disttune.config.findings import ERROR, Finding, error, warning
+from disttune.config.findings import Finding, error, warning
+from disttune.config.renamed import Renamed
 from disttune.config.schema import FALSE_STRINGS, TRUE_STRINGS, Key, Section
 
-# An unknown key this close to a known key that the section lacks is a typo: the setting the user
-# meant silently keeps its default, so it is reported as an error even where unknown keys are ignored.
+# An unknown key this close to a known key that the section lacks is a typo: the message says that the
+# setting the user meant silently keeps its default.
 TYPO_RATIO = 0.85
 
 _KIND_WORDS = {
@@ -74,7 +76,7 @@ def _fold(value: object, how: str) -> str:
     return text.upper() if how == "upper" else text.lower() if how == "lower" else text
 
 
-def check_value(value: object, key: Key, file: str, dotted: str) -> list[Finding]:
+def check_value(value: object, key: Key, file: str, dotted: str, context: Context | None = None) -> list[Finding]:
     """Findings for one value against its spec (``None`` means unset and is always fine)."""
     if value is None:
         return []
@@ -112,18 +114,43 @@ def check_value(value: object, key: Key, file: str, dotted: str) -> list[Finding
             close = difflib.get_close_matches(str(folded), [str(c) for c in names], n=1)
             fix = f"use one of: {', '.join(map(str, names))}" + (f" (did you mean {close[0]}?)" if close else "")
             return [error(file, dotted, value, f"{value!r} is not an allowed value", fix)]
+    if key.minimum is not None:
+        number = _number(value)
+        if number is not None and number < key.minimum:
+            return [error(file, dotted, value, f"must be at least {key.minimum:g}{key.why_minimum}",
+                          f"set {dotted.rsplit('.', 1)[-1]} to {key.minimum:g} or more")]  # fmt: skip
     if key.kind == "section" and key.section is not None:
-        return check_section(value, key.section, file, dotted)  # type: ignore[arg-type]
+        return check_section(value, key.section, file, dotted, context)  # type: ignore[arg-type]
     return []
 
 
-def check_section(
-    data: dict, section: Section, file: str, prefix: str = "", hints: dict[str, str] | None = None
-) -> list[Finding]:
-    """Findings for every key of ``data``: unknown keys (with a "did you mean"), types, values.
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
-    ``hints`` maps a known-elsewhere key name to the advice to give when it appears here.
+
+@dataclass(frozen=True)
+class Context:
+    """What a check of one file knows beyond the schema, attached to findings where they are made.
+
+    Attributes:
+        renamed: dotted key path -> ``Renamed`` (renamed.py) for this kind of file.
+        hints: dotted key path of an unknown key -> (what to add to the message, the fix).
     """
+
+    renamed: dict = field(default_factory=dict)
+    hints: dict = field(default_factory=dict)
+
+
+def check_section(
+    data: dict, section: Section, file: str, prefix: str = "", context: Context | None = None
+) -> list[Finding]:
+    """Findings for every key of ``data``: unknown keys (with a "did you mean"), renamed keys, types, values."""
+    context = context or Context()
     findings: list[Finding] = []
     known = list(section.keys)
     for name, value in data.items():
@@ -131,30 +158,44 @@ def check_section(
         name = str(name)
         if section.skip_underscore and name.startswith("_"):
             continue
+        full = name if not section.prefix or name.startswith(section.prefix) else section.prefix + name
+        renamed = context.renamed.get(f"{prefix}.{full}" if prefix else full)
+        if renamed is not None:
+            findings.append(_renamed(renamed, name, value, file, dotted))
+            if not renamed.read:
+                continue
         key = section.lookup(name)
         if key is not None:
-            findings += check_value(value, key, file, dotted)
+            findings += check_value(value, key, file, dotted, context)
             continue
         if section.unknown == "open":
             continue
-        findings.append(_unknown(name, value, data, section, file, dotted, known, (hints or {}).get(name)))
+        findings.append(_unknown(name, value, data, section, file, dotted, known, context.hints.get(dotted)))
     return findings
+
+
+def _renamed(renamed: Renamed, name: str, value: object, file: str, dotted: str) -> Finding:
+    fix = f"rename it to {renamed.new}"
+    if renamed.read:
+        return warning(file, dotted, value, f"{name!r} was renamed to {renamed.new!r} in {renamed.since}; the old "
+                       "name still works but is deprecated", fix)  # fmt: skip
+    return error(file, dotted, value, f"{name!r} was renamed to {renamed.new!r} in {renamed.since} and is no longer "
+                 "read, so the setting has no effect", fix)  # fmt: skip
 
 
 def _unknown(name, value, data, section, file, dotted, known, hint) -> Finding:
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    severity = section.unknown
     message = f"unknown key {name!r}: {section.unknown_why}"
     if match:
         ratio = difflib.SequenceMatcher(None, name, match[0]).ratio()
         present = match[0] in data or (section.prefix and match[0].removeprefix(section.prefix) in data)
         if ratio >= TYPO_RATIO and not present:
-            severity = ERROR
             message += f", and {match[0]!r}, which it looks like, keeps its default"
         fix = f"did you mean {match[0]!r}? Rename the key (or remove it)"
     else:
         fix = "remove it (check the spelling against the documentation)"
     if hint:
-        fix = hint
-    make = error if severity == ERROR else warning
-    return make(file, dotted, value, message, fix)
+        message, fix = message + hint[0], hint[1]
+    # An unknown key is either refused (the run fails) or silently ignored (the run is not as written):
+    # an error either way.
+    return error(file, dotted, value, message, fix)

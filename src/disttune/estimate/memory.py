@@ -9,6 +9,11 @@ real stacks agree with it, and the real stacks where they do not. P = parameters
     zero2  2P + 14P/N    (grads partitioned: 2P/N)
     zero3  16P/N         (everything partitioned; the fp32 master is a clone even when w=4, measured)
     fsdp2  16P/N         (fp32 sharded params 4P/N + grads 4P/N + Adam 8P/N)
+    offload variants     (the partitions named ``cpu.`` live in host RAM; see ``model_state_breakdown``)
+
+Beyond the model states (``buffer_breakdown``, ``activation_bytes``, ``logits_bytes``,
+``runtime_breakdown``): what the implementations, autograd and the CUDA runtime hold at the peak. Each
+term is a named allocation with a source, never a factor fitted to measurements (docs/memory.md).
 
 Term names are ``<category>.<what>``; category is params / grads / optim; a ``cpu.`` prefix marks host
 memory under offload. ``TERM_SOURCES`` says which file allocates each term.
@@ -16,7 +21,13 @@ memory under offload. ``TERM_SOURCES`` says which file allocates each term.
 
 from __future__ import annotations
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_all", "fsdp2")
+import math
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_params",
+              "zero3_offload_all", "fsdp2")
+GIB = 1024**3
+CUDA_CONTEXT_BYTES = GIB // 2  # CUDA context + loaded kernels + cuBLAS handles, lazy module loading (CUDA >= 11.7)
+NCCL_BYTES = GIB // 2  # one communicator: 2 ring peers x up to 32 channels x (Simple 4 MiB + LL128 ~4.6 MiB)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 
@@ -67,18 +78,32 @@ TERM_SOURCES = {
     "cpu.optim.exp_avg": "deepspeed/ops/adam/cpu_adam.py DeepSpeedCPUAdam: first moment, fp32",
     "cpu.optim.exp_avg_sq": "deepspeed/ops/adam/cpu_adam.py DeepSpeedCPUAdam: second moment, fp32",
     "cpu.params.partition": f"{S3}: ds_tensor partitions on the CPU (offload_param)",
+    "cpu.params.bit16_partition": f"{S3}: ds_tensor partitions on the CPU (offload_param only; optimizer on GPU)",
     # buffers
     "ddp_reducer_buckets": "torch DDP Reducer: flat bucket copy of every grad (gradient_as_bucket_view=False, "
                            "accelerate's default)",
     "ipg_bucket": f"{S12} setup_buckets / {S3} _setup_for_real_optimizer: reduce_bucket_size elements",
     "fp32_grad_partition_at_step": f"{S12} step: flat_grad_partition.to(fp32), transient",
-    "fp32_grad_subgroup": f"{S3} initialize_optimizer_states: gradient_buffer, min(sub_group_size, T/N) fp32",
+    "fp32_grad_subgroup": f"{S3} _prepare_fp32_grad_for_sub_group: flatten(averaged_gradients) (w) .to(fp32) (4), "
+                          "one sub group of min(sub_group_size, T/N) at a time, during step",
+    # allocator reserve: freed blocks the caching allocator keeps but cannot hand to a later, larger request
+    "logits_forward_block": "torch caching allocator: the 16-bit lm_head output, freed after ForCausalLMLoss's "
+                            "upcast; every later request of the loss is a 4-byte one, larger, so it stays cached",
+    "phase_segments": "torch caching allocator: the step's flat fp32 gradient is larger than any block backward "
+                      "freed (a request never spans two blocks), so the two phases take separate segments",
     "gathered_params": f"{S3}/partitioned_param_coordinator.py: the module being computed (largest weight) + "
                        "stage3_prefetch_bucket_size, capped by stage3_max_live_parameters",
     "offload_grad_staging": f"{S12}: temp_grad_buffer_for_gpu_offload (largest param)",
     "unsharded_params": "torch FSDP2: root unit (embeddings, lm_head) + current and prefetched layer, all-gathered",
     "unsharded_grads": "torch FSDP2: one layer's unsharded grads before reduce-scatter",
+    "unreduced_grad": f"{S12}/{S3}: the largest parameter's 16-bit .grad, whole on the GPU until it is copied "
+                      "into the reduce bucket (DeepSpeed's estimator: 4 bytes x largest layer = this + the "
+                      "gathered 16-bit weight)",
+    # runtime (outside torch's caching allocator: nvidia-smi shows it, torch.cuda.max_memory_reserved does not)
+    "cuda_context": "CUDA driver: context, the kernels loaded so far and cuBLAS/cuDNN handles (~0.3-1 GiB)",
+    "nccl_buffers": "NCCL: per-peer, per-channel protocol buffers of the communicator (NCCL_BUFFSIZE 4 MiB)",
 }
+STEP_BUFFERS = ("fp32_grad_partition_at_step", "fp32_grad_subgroup")  # exist only during optimizer.step()
 
 
 def _per_rank(n: int, world: int) -> int:
@@ -134,6 +159,10 @@ def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mi
         terms = {"params.bit16_flat": w * P, "cpu.params.bit16_buffer": w * Tn, "cpu.grads.fp32_partition": 4 * Tn,
                  "cpu.optim.fp32_master_partition": 4 * Tn}
         terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    elif strategy == "zero3_offload_params":  # parameters in host RAM, gradients and optimizer on the GPU
+        terms = {"cpu.params.bit16_partition": w * Pn, "params.persistent": w * persistent_params,
+                 "grads.partition": w * Tn, "optim.fp32_master_partition": 4 * Tn}
+        terms.update(_optimizer_terms(Tn, optimizer))
     else:  # zero3_offload, zero3_offload_all
         params_key = "params.partition" if strategy == "zero3_offload" else "cpu.params.partition"
         terms = {params_key: w * Pn, "params.persistent": w * persistent_params, "cpu.grads.partition": w * Tn,
@@ -156,13 +185,16 @@ def summarize(terms: dict[str, int]) -> dict[str, int]:
 def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
                      trainable_params: int | None = None, largest_tensor: int | None = None,
                      layer_params: int | None = None, root_params: int | None = None,
-                     deepspeed: dict[str, int] | None = None) -> dict[str, int]:
+                     deepspeed: dict[str, int] | None = None, largest_trainable: int | None = None,
+                     largest_gathered: int | None = None) -> dict[str, int]:
     """Per-rank GPU bytes the implementations hold beyond the paper's model states.
 
     ddp_reducer_buckets = 4T; ZeRO-1/2: ipg_bucket = reduce_bucket_size x w, fp32_grad_partition_at_step
-    = 4T/N; ZeRO-3: ipg_bucket, fp32_grad_subgroup = 4 min(sub_group_size, T/N), gathered_params =
-    w min(max_live, largest + prefetch_bucket); FSDP2: unsharded_params = w (root + 2 layers),
-    unsharded_grads = w x layer. Shape-dependent terms are left out when the shapes are unknown (None).
+    = 4T/N; ZeRO-2/3: unreduced_grad = w x largest trainable tensor; ZeRO-3: ipg_bucket, fp32_grad_subgroup = (w + 4) min(sub_group_size,
+    T/N), gathered_params = w min(max_live, largest + prefetch_bucket) (largest: a tensor, or a MoE block
+    gathered whole as a leaf module); FSDP2: unsharded_params = w (root + 2
+    layers), unsharded_grads = w x layer. ``STEP_BUFFERS`` exist only inside ``optimizer.step()``, after
+    backward freed the activations. Shape-dependent terms are left out when the shapes are unknown (None).
     ZeRO-1/2's allgather after the step writes in place into bit16_groups_flat (runtime/utils.py
     all_gather_dp_groups), so allgather_bucket_size costs no memory.
     """
@@ -182,45 +214,81 @@ def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_p
         out["ipg_bucket"] = w * ds["reduce_bucket_size"]
         if strategy in ("zero1", "zero2"):
             out["fp32_grad_partition_at_step"] = 4 * Tn
-        elif strategy == "zero2_offload" and largest_tensor is not None:
-            out["offload_grad_staging"] = w * largest_tensor
-        if strategy == "zero3":
-            out["fp32_grad_subgroup"] = 4 * min(ds["sub_group_size"], Tn)
+        largest_grad = largest_tensor if largest_trainable is None else largest_trainable
+        if strategy == "zero2_offload" and largest_grad is not None:
+            out["offload_grad_staging"] = w * largest_grad
+        if strategy != "zero1" and largest_grad is not None:
+            out["unreduced_grad"] = w * largest_grad
+        if strategy in ("zero3", "zero3_offload_params"):  # flatten (w) then .to(fp32) (4, a no-op in fp32)
+            out["fp32_grad_subgroup"] = (w + 4 if w != 4 else 4) * min(ds["sub_group_size"], Tn)
         if strategy.startswith("zero3"):
-            fetched = ds["stage3_prefetch_bucket_size"] + (largest_tensor or 0)
+            fetched = ds["stage3_prefetch_bucket_size"] + max(largest_tensor or 0, largest_gathered or 0)
             out["gathered_params"] = w * min(ds["stage3_max_live_parameters"], fetched, P)
     return out
 
 
+def runtime_breakdown(num_processes: int) -> dict[str, int]:
+    """Per-GPU bytes outside torch's caching allocator: the CUDA context, and NCCL's buffers when N > 1.
+
+    Both are allocated by the driver / NCCL directly, so nvidia-smi counts them and
+    ``torch.cuda.max_memory_reserved`` does not. Fixed sizes from the runtimes' defaults, not measured here.
+    """
+    return {"cuda_context": CUDA_CONTEXT_BYTES, **({"nccl_buffers": NCCL_BYTES} if num_processes > 1 else {})}
+
+
 def activation_bytes(per_device_batch: int, max_length: int, hidden_size: int, num_hidden_layers: int,
-                     intermediate_size: int, q_dim: int, kv_dim: int, mixed_precision: str,
+                     intermediate_size: float, q_dim: int, kv_dim: int, mixed_precision: str,
                      gradient_checkpointing: bool = False, num_attention_heads: int | None = None,
-                     attention: str = "sdpa") -> int:
-    """Saved activations of the decoder stack (logits excluded), per rank.
+                     attention: str = "sdpa", selective_checkpointing: bool = False, norms_per_layer: int = 2,
+                     mlp_gated: bool = True) -> int:
+    """Saved activations of the decoder stack (logits excluded), per rank, at the start of backward.
 
     Per layer and token, in elements of the compute dtype (w bytes), what autograd keeps for a Llama-style
     layer with SDPA/flash attention (no s^2 term; Korthikanti et al. 2022 count 34sbh for GPT with its
     4h MLP and dropout, 5as^2b more without flash):
-        two RMSNorms: input h + fp32 upcast 2h (HF norms compute in fp32), normed output h  -> 2 x 4h
+        each RMSNorm: input h + fp32 upcast 2h (HF norms compute in fp32), normed output h  -> 4h per norm
         attention: q, k, v (q + 2kv) and the attention output q                              -> 2q + 2kv
-        SwiGLU MLP: gate, up, silu(gate), gate*up (i each)                                    -> 4i
-    total = w s b (8h + 2q + 2kv + 4i) L. Eager attention adds a s^2 b (4 + w) per layer (fp32
-    softmax and its cast). With full gradient checkpointing only each layer's input (w s b h) is kept,
-    plus one layer recomputed during backward.
+        SwiGLU MLP: gate, up, silu(gate), gate*up (i each; GPT-2's GELU MLP: 2i)             -> 4i
+    total = w s b (4h x norms + 2q + 2kv + 4i) L. Eager attention adds a s^2 b (4 + w) per layer (fp32
+    softmax and its cast). Full gradient checkpointing keeps each layer's input (w s b h); selective
+    checkpointing (torchtitan's op policy: every other matmul output and the attention output) keeps
+    w s b (2h + 2q + kv + i): the input, q, v, the attention output, gate and down. Either way one layer is
+    recomputed whole during backward. For MoE, i is k x the expert width (+ the shared expert's).
     """
     w = 2 if mixed_precision in ("fp16", "bf16") else 4
-    s, b, h = max_length, per_device_batch, hidden_size
-    per_layer = w * s * b * (8 * h + 2 * q_dim + 2 * kv_dim + 4 * intermediate_size)
+    s, b, h, i = max_length, per_device_batch, hidden_size, intermediate_size
+    per_layer = int(w * s * b * (4 * h * norms_per_layer + 2 * q_dim + 2 * kv_dim + (4 if mlp_gated else 2) * i))
     if attention == "eager":
         per_layer += (num_attention_heads or 0) * s * s * b * (4 + w)
     if gradient_checkpointing:
         return num_hidden_layers * w * s * b * h + per_layer
+    if selective_checkpointing:
+        return num_hidden_layers * int(w * s * b * (2 * h + 2 * q_dim + kv_dim + i)) + per_layer
     return num_hidden_layers * per_layer
 
 
 def logits_bytes(per_device_batch: int, max_length: int, vocab_size: int, mixed_precision: str) -> int:
-    """b s V x (w for lm_head's output + 4 for ForCausalLMLoss's ``logits.float()`` when w=2 + 4 for the
-    fp32 log-softmax cross_entropy saves for backward)."""
+    """12 b s V: the cross-entropy's peak, inside ``log_softmax``'s backward, where the decoder's saved
+    activations are all still alive.
+
+    transformers' ForCausalLMLoss upcasts the logits (``logits.float()``) and ``cross_entropy`` saves its
+    fp32 log-probabilities (4 bytes); backward then holds them, nll_loss's dense fp32 gradient (4) and
+    log_softmax's fp32 input gradient (4) at once. The forward peak is lower (w + 4 + 4: the lm_head output,
+    its upcast, the log-probabilities), so the same 12 bytes hold in fp32 and bf16.
+    """
+    return per_device_batch * max_length * vocab_size * 12
+
+
+def fused_cross_entropy_bytes(per_device_batch: int, max_length: int, vocab_size: int, hidden_size: int,
+                              mixed_precision: str, lm_head_trainable: bool = True) -> int:
+    """Liger's fused linear cross-entropy (``--use_liger_kernel``): the logits are never whole.
+
+    liger_kernel/ops/fused_linear_cross_entropy.py computes chunks of C = next_pow2(ceil(bs / ceil(V/h)))
+    tokens (logits chunk, w C V) and writes the gradients during the forward: grad_input (w b s h) and, when
+    the lm_head trains, grad_weight (w V h, the whole gathered weight under ZeRO-3/FSDP).
+    """
     w = 2 if mixed_precision in ("fp16", "bf16") else 4
-    upcast = 4 if w != 4 else 0
-    return per_device_batch * max_length * vocab_size * (w + upcast + 4)
+    tokens = per_device_batch * max_length
+    chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(vocab_size / hidden_size))))))
+    return w * (min(chunk, tokens) * vocab_size + tokens * hidden_size
+                + (vocab_size * hidden_size if lm_head_trainable else 0))

@@ -1,20 +1,24 @@
 """Decoder architectures as config fields, exact parameter counts, and ``config.json`` reading.
 
-Counts follow the transformers modules for Llama / Mistral / Qwen2 / Qwen3 (``modeling_*.py``):
-embeddings V*h; per layer q h*(a*d), k and v h*(kv*d) each, o (a*d)*h, gate/up h*i each, down i*h,
-two RMSNorms 2h (Qwen3 adds q_norm/k_norm 2d); biases on q,k,v for Qwen2, on q,k,v,o with Llama's
-``attention_bias``; a final norm h; lm_head V*h unless ``tie_word_embeddings``.
+Counts follow the transformers 5 modules (``modeling_*.py``) for Llama / Mistral / Qwen2 / Qwen3 / Gemma
+1-3 / Phi-3 / GPT-2 and the mixture-of-experts Mixtral / Qwen2-MoE / Qwen3-MoE: embeddings V*h; per layer
+q h*(a*d), k and v h*(kv*d) each (Phi-3 and GPT-2 fuse them into one tensor), o (a*d)*h, a gated MLP
+gate/up h*i each and down i*h (GPT-2: fc and proj, not gated), 2 norms of h (Gemma 2/3: 4; GPT-2's
+LayerNorm also has a bias), Qwen3 / Gemma 3 q_norm and k_norm of d; biases as each config says; a final
+norm h; lm_head V*h unless ``tie_word_embeddings`` (a tied weight is one tensor, counted once).
+A mixture-of-experts layer has a router E*h and its E experts as two fused tensors (E, 2i, h) and
+(E, h, i) (transformers 5's layout), plus Qwen2-MoE's shared expert and its 1*h gate.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from disttune.errors import UserError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -26,7 +30,7 @@ class ModelSpec:
     model_type: str
     vocab_size: int
     hidden_size: int
-    intermediate_size: int
+    intermediate_size: int  # dense MLP width (Mixtral: each expert's)
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
@@ -35,7 +39,19 @@ class ModelSpec:
     qkv_bias: bool = False  # Qwen2: always; Llama: attention_bias
     o_bias: bool = False  # Llama/Qwen3: attention_bias
     mlp_bias: bool = False  # Llama: mlp_bias
-    qk_norm: bool = False  # Qwen3: RMSNorm(head_dim) on q and k
+    qk_norm: bool = False  # Qwen3 / Gemma 3: RMSNorm(head_dim) on q and k
+    norms_per_layer: int = 2  # Gemma 2/3: pre and post norms around attention and MLP
+    norm_bias: bool = False  # GPT-2's LayerNorm
+    mlp_gated: bool = True  # SwiGLU/GeGLU (3 matrices) or GPT-2's fc + proj (2)
+    fused_qkv: bool = False  # Phi-3 qkv_proj, GPT-2 c_attn: one tensor
+    fused_gate_up: bool = False  # Phi-3 gate_up_proj
+    position_embeddings: int = 0  # GPT-2's learned positions (n_positions rows)
+    num_experts: int = 0  # routed experts per MoE layer (0: dense model)
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0  # each routed expert's width
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE
+    shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate h -> 1
+    num_moe_layers: int = 0  # layers whose MLP is the MoE block (the rest are dense)
 
     @property
     def q_dim(self) -> int:
@@ -45,6 +61,13 @@ class ModelSpec:
     def kv_dim(self) -> int:
         return self.num_key_value_heads * self.head_dim
 
+    @property
+    def mlp_width_per_token(self) -> float:
+        """MLP width one token runs through, averaged over layers: i, or k x expert width + shared width."""
+        moe = self.num_experts_per_tok * self.moe_intermediate_size + self.shared_expert_intermediate_size
+        dense_layers = self.num_hidden_layers - self.num_moe_layers
+        return (dense_layers * self.intermediate_size + self.num_moe_layers * moe) / self.num_hidden_layers
+
 
 @dataclass(frozen=True)
 class ParamCount:
@@ -53,110 +76,182 @@ class ParamCount:
     total: int  # as ``sum(p.numel() for p in model.parameters())`` (a tied lm_head counted once)
     embedding: int
     lm_head: int  # 0 when tied
-    per_layer: int
+    per_layer: int  # the largest decoder layer (an FSDP2 unit)
     largest_tensor: int  # numel of the biggest single weight (ZeRO-3 gathers module by module)
     small_tensors: int  # numel in tensors under DeepSpeed's 1e5 persistence threshold (norms, biases)
+    active: int  # parameters one token passes through (MoE: k of E experts); = total for dense models
 
 
-def layer_tensors(spec: ModelSpec) -> list[int]:
-    """numel of every parameter tensor of one decoder layer."""
-    h, i, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
-    out = [h * q, h * kv, h * kv, q * h, h * i, h * i, i * h, h, h]
+def _attention_tensors(spec: ModelSpec) -> list[int]:
+    h, q, kv = spec.hidden_size, spec.q_dim, spec.kv_dim
+    out = [h * (q + 2 * kv)] if spec.fused_qkv else [h * q, h * kv, h * kv]
     if spec.qkv_bias:
-        out += [q, kv, kv]
+        out += [q + 2 * kv] if spec.fused_qkv else [q, kv, kv]
+    out.append(q * h)
     if spec.o_bias:
         out.append(h)
-    if spec.mlp_bias:
-        out += [i, i, h]
     if spec.qk_norm:
         out += [spec.head_dim, spec.head_dim]
+    out += [h] * (spec.norms_per_layer * (2 if spec.norm_bias else 1))
     return out
+
+
+def _dense_mlp_tensors(spec: ModelSpec, i: int) -> list[int]:
+    h = spec.hidden_size
+    if not spec.mlp_gated:
+        return [h * i, i * h] + ([i, h] if spec.mlp_bias else [])
+    out = [2 * h * i] if spec.fused_gate_up else [h * i, h * i]
+    out.append(i * h)
+    if spec.mlp_bias:
+        out += [2 * i] if spec.fused_gate_up else [i, i]
+        out.append(h)
+    return out
+
+
+def _moe_tensors(spec: ModelSpec) -> list[int]:
+    h, e, i = spec.hidden_size, spec.num_experts, spec.moe_intermediate_size
+    out = [e * h, e * 2 * i * h, e * h * i]  # router, experts.gate_up_proj, experts.down_proj
+    if spec.shared_expert_intermediate_size:
+        out += _dense_mlp_tensors(spec, spec.shared_expert_intermediate_size)
+    if spec.shared_expert_gate:
+        out.append(h)
+    return out
+
+
+def moe_block_params(spec: ModelSpec) -> int:
+    """Parameters of one MoE block (router, all experts, shared expert): what ZeRO-3 gathers at once when the
+    block is a leaf module (``deepspeed.utils.set_z3_leaf_modules``, needed so that routing does not hang)."""
+    return sum(_moe_tensors(spec)) if spec.num_moe_layers else 0
+
+
+def layer_tensors(spec: ModelSpec, moe: bool = False) -> list[int]:
+    """numel of every parameter tensor of one decoder layer (a MoE layer when ``moe``)."""
+    mlp = _moe_tensors(spec) if moe else _dense_mlp_tensors(spec, spec.intermediate_size)
+    return _attention_tensors(spec) + mlp
 
 
 def count_params(spec: ModelSpec, persistence_threshold: int = 100_000) -> ParamCount:
     """Exact parameter count of ``spec`` (see the module docstring for the terms)."""
-    layer = layer_tensors(spec)
+    dense, moe = layer_tensors(spec), layer_tensors(spec, moe=True) if spec.num_moe_layers else []
+    n_dense, n_moe = spec.num_hidden_layers - spec.num_moe_layers, spec.num_moe_layers
     embed = spec.vocab_size * spec.hidden_size
     lm_head = 0 if spec.tie_word_embeddings else embed
-    per_layer = sum(layer)
-    total = embed + spec.num_hidden_layers * per_layer + spec.hidden_size + lm_head
-    small = spec.num_hidden_layers * sum(n for n in layer if n <= persistence_threshold)
-    small += spec.hidden_size if spec.hidden_size <= persistence_threshold else 0
-    small += embed if embed <= persistence_threshold else 0
-    small += lm_head if 0 < lm_head <= persistence_threshold else 0
-    return ParamCount(total, embed, lm_head, per_layer, max(max(layer), embed), small)
+    positions = spec.position_embeddings * spec.hidden_size
+    final_norm = spec.hidden_size * (2 if spec.norm_bias else 1)
+    total = embed + positions + n_dense * sum(dense) + n_moe * sum(moe) + final_norm + lm_head
+    extra = [embed, positions, lm_head] + [spec.hidden_size] * (2 if spec.norm_bias else 1)
+    small = (n_dense * sum(n for n in dense if n <= persistence_threshold)
+             + n_moe * sum(n for n in moe if n <= persistence_threshold)
+             + sum(n for n in extra if 0 < n <= persistence_threshold))
+    idle_experts = n_moe * (spec.num_experts - spec.num_experts_per_tok) * 3 * spec.moe_intermediate_size * spec.hidden_size
+    per_layer = max(sum(dense) if n_dense else 0, sum(moe) if n_moe else 0)
+    largest = max([*(dense if n_dense else []), *moe, embed, positions])
+    return ParamCount(total, embed, lm_head, per_layer, largest, small, total - idle_experts)
 
 
 def lora_params(spec: ModelSpec, r: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
-    """Trainable LoRA parameters: r x (in + out) per adapted matrix (A is r x in, B is out x r)."""
-    h, i, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
-    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-    return spec.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
+    """Trainable LoRA parameters: r x (in + out) per adapted matrix (A is r x in, B is out x r).
+
+    Every linear layer of attention and the dense / shared-expert MLP, as PEFT adapts them by name (fused
+    tensors as one matrix). transformers 5 keeps the routed experts as 3-D parameters, not ``nn.Linear``,
+    so PEFT's ``target_modules`` do not reach them and they stay frozen.
+    """
+    h, q, kv = spec.hidden_size, spec.q_dim, spec.kv_dim
+
+    def mlp(i: int) -> int:
+        if not spec.mlp_gated:
+            return r * (h + i) * 2
+        gate_up = r * (h + 2 * i) if spec.fused_gate_up else sum(r * (h + i) for t in ("gate_proj", "up_proj")
+                                                                   if t in targets)
+        return gate_up + (r * (i + h) if "down_proj" in targets else 0)
+
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
+    attention = (r * (h + q + 2 * kv) + r * (q + h) if spec.fused_qkv
+                 else sum(r * sum(shapes[t]) for t in targets if t in shapes))
+    n_moe = spec.num_moe_layers
+    dense = (spec.num_hidden_layers - n_moe) * mlp(spec.intermediate_size)
+    shared = n_moe * mlp(spec.shared_expert_intermediate_size) if spec.shared_expert_intermediate_size else 0
+    return spec.num_hidden_layers * attention + dense + shared
 
 
-def _spec(name, model_type, v, h, i, n, a, kv, tie, d=None) -> ModelSpec:
-    qwen2 = model_type == "qwen2"
-    return ModelSpec(name, model_type, v, h, i, n, a, kv, d or h // a, tie, qkv_bias=qwen2,
-                     qk_norm=model_type == "qwen3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
+               "mixtral", "qwen2_moe", "qwen3_moe")
+_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
-# Shapes from each model's published config.json on the Hugging Face Hub.
-PRESETS: dict[str, ModelSpec] = {s.name: s for s in [
-    _spec("meta-llama/Llama-3.2-1B", "llama", 128256, 2048, 8192, 16, 32, 8, True),
-    _spec("meta-llama/Llama-3.2-3B", "llama", 128256, 3072, 8192, 28, 24, 8, True),
-    _spec("meta-llama/Llama-3.1-8B", "llama", 128256, 4096, 14336, 32, 32, 8, False),
-    _spec("meta-llama/Llama-3.1-70B", "llama", 128256, 8192, 28672, 80, 64, 8, False),
-    _spec("mistralai/Mistral-7B-v0.3", "mistral", 32768, 4096, 14336, 32, 32, 8, False),
-    _spec("Qwen/Qwen2.5-0.5B", "qwen2", 151936, 896, 4864, 24, 14, 2, True),
-    _spec("Qwen/Qwen2.5-1.5B", "qwen2", 151936, 1536, 8960, 28, 12, 2, True),
-    _spec("Qwen/Qwen2.5-3B", "qwen2", 151936, 2048, 11008, 36, 16, 2, True),
-    _spec("Qwen/Qwen2.5-7B", "qwen2", 152064, 3584, 18944, 28, 28, 4, False),
-    _spec("Qwen/Qwen2.5-14B", "qwen2", 152064, 5120, 13824, 48, 40, 8, False),
-    _spec("Qwen/Qwen2.5-32B", "qwen2", 152064, 5120, 27648, 64, 40, 8, False),
-    _spec("Qwen/Qwen2.5-72B", "qwen2", 152064, 8192, 29568, 80, 64, 8, False),
-    _spec("Qwen/Qwen3-0.6B", "qwen3", 151936, 1024, 3072, 28, 16, 8, True, d=128),
-    _spec("Qwen/Qwen3-8B", "qwen3", 151936, 4096, 12288, 36, 32, 8, False, d=128),
-]}
-
-
-def _preset_key(name: str) -> str | None:
-    """Match ``Qwen/Qwen2.5-7B``, ``qwen2.5-7b`` or ``Qwen2.5-7B-Instruct`` (same shapes) to a preset."""
-    want = name.lower().removesuffix("-instruct")
-    for key in PRESETS:
-        if want in (key.lower(), key.split("/")[1].lower()):
-            return key
-    return None
+def _whole(config: dict, key: str, name: str, default=None, minimum: int = 1) -> int:
+    value = config.get(key)
+    value = default if value is None else value
+    if value is None:
+        raise UserError(f"{name}: missing key {key!r}; is this a transformers config.json?")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < minimum:
+        raise UserError(f"{name}: {key} is {value!r}; it must be a whole number >= {minimum}. Fix the "
+                        f"config.json (or pass the model's published config).")
+    return int(value)
 
 
 def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
-    """A ``ModelSpec`` from a parsed transformers ``config.json`` (Llama/Mistral/Qwen2/Qwen3 decoders)."""
+    """A ``ModelSpec`` from a parsed transformers ``config.json`` (the decoders in ``MODEL_TYPES``)."""
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in MODEL_TYPES:
+        hint = (" It is a multimodal config: point --model at its text decoder's config, or use --num_params."
+                if "text_config" in config else "")
         raise UserError(f"{name}: model_type {model_type!r} is not supported; estimate knows "
-                        f"{', '.join(SUPPORTED_MODEL_TYPES)}. Use --num_params N (with --hidden_size and "
+                        f"{', '.join(MODEL_TYPES)}.{hint} Use --num_params N (with --hidden_size and "
                         f"--num_hidden_layers for activations) for other models.")
-    try:
-        h, a = int(config["hidden_size"]), int(config["num_attention_heads"])
-        attention_bias = bool(config.get("attention_bias", False))
-        return ModelSpec(
-            name=name, model_type=model_type, vocab_size=int(config["vocab_size"]), hidden_size=h,
-            intermediate_size=int(config["intermediate_size"]), num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=a, num_key_value_heads=int(config.get("num_key_value_heads") or a),
-            head_dim=int(config.get("head_dim") or h // a),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or (model_type in ("llama", "qwen3") and attention_bias),
-            o_bias=model_type in ("llama", "qwen3") and attention_bias,
-            mlp_bias=model_type == "llama" and bool(config.get("mlp_bias", False)),
-            qk_norm=model_type == "qwen3")
-    except KeyError as exc:
-        raise UserError(f"{name}: missing key {exc.args[0]!r}; is this a transformers config.json?") from None
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{name}: a shape field is not a number ({exc}).") from None
+    if model_type == "gpt2":  # GPT-2 names its fields differently
+        config = {**config, "vocab_size": config.get("vocab_size"), "hidden_size": config.get("n_embd"),
+                  "num_hidden_layers": config.get("n_layer"), "num_attention_heads": config.get("n_head")}
+        if config.get("n_inner") is None and isinstance(config["hidden_size"], int):
+            config["intermediate_size"] = 4 * config["hidden_size"]
+        else:
+            config["intermediate_size"] = config.get("n_inner")
+    v, h, n, a = (_whole(config, key, name) for key in _SHAPE_KEYS)
+    i = _whole(config, "intermediate_size", name, minimum=0 if model_type == "qwen3_moe" else 1)
+    kv = _whole(config, "num_key_value_heads", name, default=a)
+    if a % kv:
+        raise UserError(f"{name}: num_attention_heads {a} is not a multiple of num_key_value_heads {kv}.")
+    if config.get("head_dim") is None and h % a:
+        raise UserError(f"{name}: hidden_size {h} is not divisible by num_attention_heads {a}; give head_dim.")
+    d = _whole(config, "head_dim", name, default=h // a)
+    attention_bias = bool(config.get("attention_bias", False))
+    moe = {}
+    if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
+        # config.json says num_local_experts (Mixtral) or num_experts (Qwen); transformers 5 may write either
+        experts_key = "num_local_experts" if config.get("num_local_experts") is not None else "num_experts"
+        e = _whole(config, experts_key, name)
+        k = _whole(config, "num_experts_per_tok", name)
+        if k > e:
+            raise UserError(f"{name}: num_experts_per_tok {k} exceeds {experts_key} {e}.")
+        step = _whole(config, "decoder_sparse_step", name, default=1)
+        dense_only = config.get("mlp_only_layers") or []
+        if not isinstance(dense_only, list):
+            raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
+        dense_only = set(dense_only)
+        moe_layers = sum(1 for j in range(n) if j not in dense_only and (j + 1) % step == 0)
+        shared = _whole(config, "shared_expert_intermediate_size", name, minimum=0) if model_type == "qwen2_moe" else 0
+        moe = dict(num_experts=e, num_experts_per_tok=k, num_moe_layers=moe_layers,
+                   moe_intermediate_size=i if model_type == "mixtral" else _whole(config, "moe_intermediate_size", name),
+                   shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared))
+    gemma = model_type in ("gemma2", "gemma3_text")
+    return ModelSpec(
+        name=name, model_type=model_type, vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
+        num_attention_heads=a, num_key_value_heads=kv, head_dim=d,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", model_type.startswith(("gemma", "gpt2")))),
+        qkv_bias=model_type in ("qwen2", "qwen2_moe", "gpt2") or attention_bias,
+        o_bias=model_type == "gpt2" or (model_type not in ("qwen2", "qwen2_moe") and attention_bias),
+        mlp_bias=model_type == "gpt2" or bool(config.get("mlp_bias", False)),
+        qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"), norms_per_layer=4 if gemma else 2,
+        norm_bias=model_type == "gpt2", mlp_gated=model_type != "gpt2", fused_qkv=model_type in ("phi3", "gpt2"),
+        fused_gate_up=model_type == "phi3",
+        position_embeddings=_whole(config, "n_positions", name) if model_type == "gpt2" else 0, **moe)
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
     """A preset name, a ``config.json`` file, or a folder holding one -> ``ModelSpec``."""
+    from disttune.estimate.presets import PRESETS, preset_key
+
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         path = path / "config.json"
@@ -166,12 +261,12 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     if path.is_file():
         try:
             config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"--model {path}: cannot read it as JSON ({exc}).") from None
         if not isinstance(config, dict):
             raise UserError(f"--model {path}: expected a JSON object (a transformers config.json).")
         return spec_from_config(config, str(path))
-    key = _preset_key(name_or_path)
+    key = preset_key(name_or_path)
     if key is not None:
         return PRESETS[key]
     if "/" in name_or_path and name_or_path.count("/") > 1 or name_or_path.endswith(".json"):

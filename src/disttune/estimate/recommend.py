@@ -6,8 +6,11 @@ from dataclasses import dataclass, replace
 
 from disttune.estimate.strategies import GIB, HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
 
-# Fastest first: less communication and no PCIe traffic win (FSDP2 and ZeRO-3 are about even).
-SPEED_ORDER = ("ddp", "zero1", "zero2", "fsdp2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_all")
+# Fastest first: less communication and no PCIe traffic win (FSDP2 and ZeRO-3 are about even). Parameter
+# offload moves every layer's weights over PCIe at each forward and backward, so it comes last.
+SPEED_ORDER = ("ddp", "zero1", "zero2", "fsdp2", "zero3", "zero2_offload", "zero3_offload",
+               "zero3_offload_params", "zero3_offload_all")
+OFFLOAD = frozenset(s for s in SPEED_ORDER if "offload" in s)
 RULE_OF_THUMB = {"zero2": 0.30, "zero3": 0.50}  # the seed's "~30%" and "~50%" saving vs DDP
 
 
@@ -26,25 +29,33 @@ def _gib(n: int) -> str:
 
 def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
               inputs: Inputs | None = None) -> Recommendation:
-    """Fastest (``SPEED_ORDER``) strategy that fits with headroom; otherwise changes that would make one fit.
+    """Fastest (``SPEED_ORDER``) strategy that fits the GPU and the host RAM; otherwise what would fit.
 
     With ``model`` and ``inputs`` the suggestions are checked by re-estimating: gradient checkpointing,
-    per-device batch 1, LoRA r=16, and the smallest power-of-two process count (up to 1024) that fits.
+    per-device batch 1, LoRA r=16, more nodes of the same size, and ZeRO-3 without offload on more GPUs.
     """
     by_name = {r.name: r for r in results}
     ranked = [by_name[s] for s in SPEED_ORDER if s in by_name]
     budget = (1 - HEADROOM) * inputs.gpu_memory_gb * GIB if inputs else None
+    host_short = [r for r in ranked if r.gpu_fits and r.host_fits is False]
+    host_note = "".join(f" {r.name} would fit the GPUs but {r.why}." for r in host_short)
     for r in ranked:
         if r.fits:
             slower = [s.name for s in ranked if s.name != r.name and s.fits]
             why = (f"{r.name} is the fastest strategy that fits: {_gib(r.total_bytes)} per GPU"
                    + (f" of the {_gib(int(budget))} usable ({int(HEADROOM * 100)}% headroom kept)" if budget else "")
+                   + (f", {_gib(r.cpu_bytes_per_node)} host RAM per node" if r.cpu_bytes_per_node else "")
                    + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
-                   + (f" Also fits: {', '.join(slower)}." if slower else ""))
+                   + (f" Also fits: {', '.join(slower)}." if slower else "") + host_note)
             return Recommendation(r.name, why)
     smallest = min(ranked, key=lambda r: r.total_bytes) if ranked else None
-    reason = "Nothing fits" + (f": the smallest is {smallest.name} at {_gib(smallest.total_bytes)}" if smallest else "")
-    reason += f" per GPU against {_gib(int(budget))} usable." if budget else "."
+    if host_short:
+        reason = "Nothing fits: every strategy that fits the GPUs needs more host RAM than the node has."
+    else:
+        reason = "Nothing fits" + (f": the smallest is {smallest.name} at {_gib(smallest.total_bytes)}"
+                                   if smallest else "")
+        reason += f" per GPU against {_gib(int(budget))} usable." if budget else "."
+    reason += host_note
     return Recommendation(None, reason, tuple(_suggestions(model, inputs, [r.name for r in ranked]))
                           if model and inputs else ())
 
@@ -54,10 +65,20 @@ def _first_fit(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> Strat
     return next((results[s] for s in SPEED_ORDER if s in results and results[s].fits), None)
 
 
+def _needs(hit: StrategyEstimate) -> str:
+    host = f" and {_gib(hit.cpu_bytes_per_node)} host RAM per node" if hit.cpu_bytes_per_node else ""
+    return f"{hit.name} then needs {_gib(hit.total_bytes)} per GPU{host}"
+
+
+def _scaled(inputs: Inputs, procs: int) -> Inputs:
+    per_node = inputs.num_processes // inputs.num_machines
+    return replace(inputs, num_processes=procs, num_machines=max(1, procs // per_node))
+
+
 def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> list[str]:
     out = []
     tries = []
-    if not inputs.gradient_checkpointing:
+    if not (inputs.gradient_checkpointing or inputs.selective_checkpointing):
         tries.append(("turn on --gradient_checkpointing", replace(inputs, gradient_checkpointing=True)))
     if inputs.per_device_train_batch_size > 1:
         tries.append(("use --per_device_train_batch_size 1 (raise --gradient_accumulation_steps to keep the "
@@ -67,16 +88,24 @@ def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> lis
     for text, changed in tries:
         hit = _first_fit(model, changed, strategies)
         if hit:
-            out.append(f"{text}: {hit.name} then needs {_gib(hit.total_bytes)} per GPU.")
-    per_node = inputs.num_processes // inputs.num_machines
-    procs = inputs.num_processes
-    while procs < 1024:
+            out.append(f"{text}: {_needs(hit)}.")
+    procs, hit = inputs.num_processes, None
+    while procs < 1024 and hit is None:
         procs *= 2
-        more = replace(inputs, num_processes=procs, num_machines=max(1, procs // per_node))
+        more = _scaled(inputs, procs)
         hit = _first_fit(model, more, strategies)
         if hit:
-            out.append(f"use {procs} GPUs: {hit.name} then needs {_gib(hit.total_bytes)} per GPU.")
-            break
+            nodes = f" ({more.num_machines} nodes of {procs // more.num_machines})" if more.num_machines > 1 else ""
+            out.append(f"use {procs} GPUs{nodes}: {_needs(hit)}.")
+    plain = [s for s in strategies if s not in OFFLOAD]
+    if (hit is None or hit.name in OFFLOAD) and plain:
+        procs = inputs.num_processes
+        while procs < 1024:
+            procs *= 2
+            no_offload = _first_fit(model, _scaled(inputs, procs), plain)
+            if no_offload:
+                out.append(f"without offload (no host RAM needed), on {procs} GPUs: {_needs(no_offload)}.")
+                break
     if not out:
         out.append("combine the above (LoRA, gradient checkpointing, batch 1) or use GPUs with more memory.")
     return out

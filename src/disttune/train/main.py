@@ -16,8 +16,11 @@ from disttune.errors import UserError
 
 
 def _explicit_names(argv: list[str]) -> set[str]:
-    """Argument names the user set, on the command line or in the ``--config`` recipe."""
-    import yaml
+    """Argument names the user set, on the command line or in the ``--config`` recipe.
+
+    The recipe is read with the bounded config reader (depth, aliases, size, time) before TRL reads it.
+    """
+    from disttune.config.load import read_config
 
     names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     if "--config" in argv:
@@ -28,12 +31,12 @@ def _explicit_names(argv: list[str]) -> set[str]:
         if not path.is_file():
             raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
         try:
-            recipe = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"--config {path}: not valid YAML: {exc}") from exc
+            recipe = read_config(path, "recipe", syntax="yaml").data
+        except UserError as exc:
+            raise UserError(f"--config {exc}") from None
         if not isinstance(recipe, dict):
             raise UserError(f"--config {path}: must be a mapping of argument names to values.")
-        names |= set(recipe)
+        names |= {str(name) for name in recipe}
     return names
 
 
@@ -219,9 +222,11 @@ def build_trainer(script_args, training_args, model_args):
 
     from disttune.train.data import load_train_dataset
     from disttune.train.metrics import MetricsCallback
+    from disttune.train.strategy import zero3_moe_leaf_modules
 
     set_seed(training_args.seed)  # the same initial weights under every strategy
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.seed, training_args.trust_remote_code)
+    zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
     dataset, fmt = load_train_dataset(
         script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, seed=training_args.seed
     )
@@ -249,16 +254,20 @@ def build_trainer(script_args, training_args, model_args):
 
 
 def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
-    """Prove the saved model (or adapter) is complete; with --merge_lora also write ``final_merged/``."""
-    from disttune.train.measure import full_param_count
-    from disttune.train.save import check_saved, save_merged_lora
+    """Write ``final/`` and prove it loads back as the trained weights; with --merge_lora also ``final_merged/``.
+
+    Every rank must call it (the weights are gathered from all of them); the checks run on the main process.
+    """
+    from disttune.train.save import check_adapter, check_final_model, save_final, save_merged_lora
     from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
-    model = trainer.accelerator.unwrap_model(trainer.model_wrapped or trainer.model)
-    if not model_args.use_peft:
-        check_saved(final_dir, full_param_count(model), "the final model")
+    trained = save_final(trainer, final_dir)
+    if not trainer.accelerator.is_main_process:
         return
-    check_saved(final_dir, full_param_count(model, trainable_only=True), "the LoRA adapter")
+    if not model_args.use_peft:
+        check_final_model(final_dir, trained, training_args.trust_remote_code)
+        return
+    check_adapter(final_dir, trained)
     if script_args.merge_lora:
         base = model_args.model_name_or_path
         if base == TINY_NAME:
@@ -290,9 +299,7 @@ def fit(trainer, metrics, training_args, script_args, model_args, notes: list[st
 
     measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
-    trainer.save_model(str(final_dir))
-    if accelerator.is_main_process:
-        save_outputs(trainer, final_dir, script_args, model_args, training_args)
+    save_outputs(trainer, final_dir, script_args, model_args, training_args)
     summary = {
         **info,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,

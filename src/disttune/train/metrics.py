@@ -5,6 +5,10 @@ Only the main process writes. Per log line: the total tokens/s (the trainer's ow
 forward pre-hook without a device sync, over its own clock), MFU where the GPU's peak is known
 (``measure.PEAK_FLOPS``; null on CPU) and each rank's peak memory. The callback also installs the
 ``StepProbe`` that measures model-state bytes around one optimizer step (``measure.py``).
+
+With ``--report_to tensorboard`` the same figures go to TensorBoard as ``disttune/*`` scalars, in a run of
+their own beside transformers' (``<output_dir>/runs/disttune-<run_id>``): transformers calls the report
+integrations' ``on_log`` before a user callback's, so figures added to its ``logs`` would arrive too late.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class MetricsCallback(TrainerCallback):
         self.peak: float | None = None
         self.world_size = 1
         self.device_name: str | None = None
+        self.tb_writer = None  # rank 0's TensorBoard writer with --report_to tensorboard
 
     def _count(self, module, args, kwargs):
         if not module.training:
@@ -74,6 +79,10 @@ class MetricsCallback(TrainerCallback):
             self.device_name = torch.cuda.get_device_name(args.device)
             self.peak = peak_flops(self.device_name)
         self.world_size = args.world_size
+        if state.is_world_process_zero and "tensorboard" in (args.report_to or ()):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb_writer = SummaryWriter(log_dir=str(tensorboard_dir(args.output_dir, self.run_id)))
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen or 0
 
@@ -132,6 +141,15 @@ class MetricsCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.tb_writer is not None:
+            for tag, value in tensorboard_scalars(record).items():
+                self.tb_writer.add_scalar(tag, value, record["step"])
+            self.tb_writer.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -157,12 +175,42 @@ def _round(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
+def tensorboard_dir(output_dir: str | Path, run_id: str | None) -> Path:
+    """Where disttune's TensorBoard scalars go: beside transformers' run folders, one per launch."""
+    return Path(output_dir) / "runs" / f"disttune-{run_id or 'run'}"
+
+
+def tensorboard_scalars(record: dict) -> dict[str, float]:
+    """disttune's figures of one ``metrics.jsonl`` record as TensorBoard tags (unknown values left out).
+
+    ``disttune/tokens_per_second`` (all ranks), ``disttune/tokens_per_second/rankN``, ``disttune/mfu``
+    (GPU with a known peak only) and ``disttune/peak_memory_MiB/rankN`` (bytes / 2**20).
+    """
+    tags = {"disttune/tokens_per_second": record.get("tokens_per_second"), "disttune/mfu": record.get("mfu")}
+    for rank, value in enumerate(record.get("tokens_per_second_per_rank") or []):
+        tags[f"disttune/tokens_per_second/rank{rank}"] = value
+    for rank, value in enumerate(record.get("peak_memory_bytes") or []):
+        tags[f"disttune/peak_memory_MiB/rank{rank}"] = value / 2**20 if value is not None else None
+    return {tag: value for tag, value in tags.items() if value is not None}
+
+
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    """The records ``MetricsCallback`` wrote to ``<output_dir>/metrics.jsonl`` (``[]`` when there is none)."""
+    """The records ``MetricsCallback`` wrote to ``<output_dir>/metrics.jsonl`` (``[]`` when there is none).
+
+    A line that is not JSON raises ``ValueError`` naming the file and the line number.
+    """
     path = Path(output_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}): {line[:80]!r}") from exc
+    return records
 
 
 def write_json(path: Path, data: dict) -> None:

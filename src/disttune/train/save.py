@@ -1,48 +1,152 @@
-"""Saving the final model and proving the files are complete.
+"""Saving the final model, and proving that what was saved loads back as the trained weights.
 
-Under ZeRO-3 a model file can silently come out empty or partial (weights not gathered); a run that
-says "saved" must have written every parameter. LoRA runs save the adapter, and on request a merged
-model built from the base weights on disk.
+The trained weights are gathered once (every rank takes part: ZeRO-3 and FSDP2 hold shards), written
+with each tied weight once (as ``save_pretrained`` does for an unsharded model), and then the folder is
+loaded back the way a user will load it (``from_pretrained``; PEFT's own loader for an adapter) and
+compared tensor by tensor with the gathered weights. A tensor missing from the files, one that
+transformers initialised or re-tied on load to something else, or one that differs from the trained
+value stops the run with the names of those tensors. LoRA runs save the adapter, and on request a
+merged model built from the base weights on disk.
+
+Why the gathered weights are re-tied here: accelerate's gathered state dicts under ZeRO-1/2 and FSDP2
+hold a separate copy of each tied tensor (``clone_tensors_for_torch_save``, DTensor ``full_tensor``), so
+transformers no longer sees them as one and writes both, e.g. ``lm_head.weight`` beside
+``model.embed_tokens.weight`` for Qwen2, Gemma or GPT-2.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def saved_numel(folder: Path) -> int:
-    """Total tensor elements in the safetensors files of ``folder`` (read from headers only)."""
-    from safetensors import safe_open
-
-    total = 0
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                count = 1
-                for dim in shape:
-                    count *= dim
-                total += count
-    return total
+ZERO3_GATHER_FIX = (
+    "set deepspeed_config.zero3_save_16bit_model: true in the accelerate config (stage3_gather_16bit_weights_"
+    "on_model_save: true in a DeepSpeed JSON) so the full weights are gathered on save"
+)
 
 
-def check_saved(folder: Path, expected_numel: int, what: str) -> None:
-    """Raise ``RuntimeError`` unless ``folder`` holds ``expected_numel`` tensor elements.
+def tied_weight_keys(model) -> dict[str, str]:
+    """``{tied name: source name}`` that transformers re-ties on load (empty when the config unties them)."""
+    expand = getattr(model, "get_expanded_tied_weights_keys", None)
+    return dict(expand(all_submodels=True)) if callable(expand) else {}
 
-    Tied weights are stored once, so a saved count may be lower by exactly the tied tensors: the caller
-    passes the count of distinct parameters.
+
+def without_tied_copies(state: dict, tied: dict[str, str]) -> dict:
+    """``state`` minus each tied name whose source is present: the file then holds every tied weight once."""
+    return {name: tensor for name, tensor in state.items() if not (name in tied and tied[name] in state)}
+
+
+def gathered_state_dict(trainer, adapter_only: bool = False) -> dict | None:
+    """The full trained weights on the main process (``None`` elsewhere). Every rank must call it.
+
+    Mirrors ``Trainer.save_model``: accelerate's ``get_state_dict`` (ZeRO-3 gathers one layer at a time,
+    FSDP2 a full state dict on rank 0); with LoRA under ZeRO-3 only the trainable parameters.
     """
-    found = saved_numel(folder)
-    if found != expected_numel:
-        raise RuntimeError(
-            f"{what} in {folder} holds {found:,} tensor elements, expected {expected_numel:,}: the saved "
-            "files are incomplete. Under DeepSpeed ZeRO-3 set deepspeed_config.zero3_save_16bit_model: true "
-            "in the accelerate config so the full weights are gathered on save."
-        )
+    accelerator = trainer.accelerator
+    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    if trainer.is_deepspeed_enabled and model.zero_optimization_partition_weights():
+        if not model.zero_gather_16bit_weights_on_model_save():
+            raise RuntimeError(f"ZeRO-3 cannot write a loadable final model as configured: {ZERO3_GATHER_FIX}.")
+        state = model._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=adapter_only)
+    else:
+        state = accelerator.get_state_dict(trainer.model if accelerator.is_fsdp2 else model)
+    return state if accelerator.is_main_process else None
+
+
+def compare_weights(expected: dict, loaded: dict, folder: Path, what: str, never_loaded: list[str] = (),
+                    tied: dict[str, str] | None = None) -> None:
+    """Raise ``RuntimeError`` unless ``loaded`` holds every tensor of ``expected`` with the same values.
+
+    ``expected``: the trained (gathered) weights; ``loaded``: what loading ``folder`` produced;
+    ``never_loaded``: names the loader reported missing from the files (it initialised them itself);
+    ``tied``: the loader's ``{tied name: source}``, to name the cause when training moved a tied pair apart.
+    Values are compared exactly (in the trained dtype): both sides come from the same tensors.
+    """
+    import torch
+
+    missing = sorted(set(expected) - set(loaded))
+    never_loaded = sorted(set(never_loaded) & set(expected))
+    differing = []
+    for name in sorted(set(expected) & set(loaded)):
+        want, got = expected[name], loaded[name]
+        if want.shape != got.shape:
+            differing.append(f"{name} (shape {tuple(got.shape)}, trained {tuple(want.shape)})")
+        elif not torch.equal(got.to(want.dtype), want):
+            diff = (got.to(torch.float32) - want.to(torch.float32)).abs().max().item()
+            differing.append(f"{name} (max |difference| {diff:.3g})")
+    if not (missing or never_loaded or differing):
+        return
+    problems = []
+    if missing:
+        problems.append(f"absent after loading: {_names(missing)}")
+    if never_loaded:
+        problems.append(f"not in the saved files, so the loader initialised them itself: {_names(never_loaded)}")
+    stale = [d for d in differing if d.split(" ")[0] not in never_loaded]
+    if stale:
+        problems.append(f"loaded with values other than the trained ones: {_names(stale)}")
+    tied = tied or {}
+    untied = [f"{name} -> {tied[name]}" for name in sorted(tied)
+              if name in expected and tied[name] in expected and not _same(expected[name], expected[tied[name]])]
+    cause = (
+        f" The model's config ties {_names(untied)} (tie_word_embeddings), so transformers re-ties them on load, "
+        "but the trained values differ: training did not keep them tied. Set tie_word_embeddings to false in "
+        "config.json before training to train them apart, or keep them one parameter while training."
+        if untied else
+        " The files on disk are not the model that was trained; do not use them, and report this with the "
+        "accelerate config and the model."
+    )
+    raise RuntimeError(f"{what} in {folder} does not load back as the trained weights: " + "; ".join(problems) + "." + cause)
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and torch.equal(a, b.to(a.dtype))
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_final_model(folder: Path, expected: dict, trust_remote_code: bool = False,
+                      what: str = "the final model") -> None:
+    """Load ``folder`` with ``AutoModelForCausalLM.from_pretrained`` and compare it with ``expected``."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # load whole on this process, not through ZeRO-3's zero.Init
+    model, info = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=trust_remote_code, dtype="auto", output_loading_info=True
+    )
+    compare_weights(expected, model.state_dict(), folder, what, info.get("missing_keys", []), tied_weight_keys(model))
+
+
+def check_adapter(folder: Path, expected: dict) -> None:
+    """Load the saved LoRA adapter with PEFT's loader and compare it with ``expected`` (adapter names)."""
+    from peft.utils import load_peft_weights
+
+    compare_weights(expected, load_peft_weights(str(folder), device="cpu"), folder, "the LoRA adapter")
+
+
+def save_final(trainer, folder: Path) -> dict | None:
+    """Gather, write ``folder`` once (tied weights once) and return the gathered weights (main process only).
+
+    Every rank must call it. With LoRA the adapter is written (PEFT keeps only its own tensors) and the
+    returned weights are the adapter's, under PEFT's names.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped or trainer.model)
+    is_peft = isinstance(model, PeftModel)
+    state = gathered_state_dict(trainer, adapter_only=is_peft)
+    if state is None:
+        return None
+    trainer._save(str(folder), state_dict=without_tied_copies(state, tied_weight_keys(model)))  # + tokenizer, args
+    return get_peft_model_state_dict(model, state_dict=state) if is_peft else state
 
 
 def save_merged_lora(base_name_or_path: str, adapter_dir: Path, output_dir: Path, trust_remote_code: bool = False) -> Path:
-    """Load the base model from disk (or hub), apply the saved adapter, merge it, and save the result.
+    """Load the base model from disk (or hub), apply the saved adapter, merge it, save, and check the result.
 
     Runs on one process after training; DeepSpeed's ZeRO-3 construction hooks are switched off first
     so the base model loads whole on this rank.
@@ -56,4 +160,5 @@ def save_merged_lora(base_name_or_path: str, adapter_dir: Path, output_dir: Path
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(output_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(output_dir)
+    check_final_model(output_dir, merged.state_dict(), trust_remote_code, what="the merged LoRA model")
     return output_dir

@@ -96,3 +96,37 @@ def deepspeed_auto_sizes(training_args) -> list[str]:
     for key in filled:
         zero[key] = "auto"
     return filled
+
+
+def sparse_moe_blocks(model) -> list[str]:
+    """Class names of the model's sparse mixture-of-experts blocks: the modules with a child named ``experts``.
+
+    That is how transformers lays out every MoE family (Mixtral, Qwen2/3-MoE, DeepSeek, OLMoE, DBRX, Jamba,
+    GPT-OSS, ...): a block holding the router and its ``experts``.
+    """
+    return sorted({type(module).__name__ for module in model.modules() if "experts" in dict(module.named_children())})
+
+
+def zero3_moe_leaf_modules(model) -> str | None:
+    """Under ZeRO-3, make each sparse MoE block a DeepSpeed leaf module; returns a note (None when not needed).
+
+    ZeRO-3 fetches a module's parameters in hooks, in the order it recorded; with experts as separate
+    modules, a rank whose tokens reach other experts than its peers' issues other all-gathers, and the run
+    hangs. A leaf module is gathered whole on entry (``deepspeed.utils.set_z3_leaf_modules``, DeepSpeed's
+    recommendation for MoE). DeepSpeed 0.19's default ``zero_optimization.leaf_module`` names Mixtral's and
+    Qwen2/3-MoE's blocks only; this covers every block ``sparse_moe_blocks`` finds, and says so. Call it
+    after loading the model, before the trainer prepares it. Prints the note on rank 0.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    blocks = sparse_moe_blocks(model)
+    if not blocks or not is_deepspeed_zero3_enabled():
+        return None
+    from deepspeed.utils import set_z3_leaf_modules
+
+    marked = set_z3_leaf_modules(model, blocks)
+    note = (f"ZeRO-3: {len(marked)} mixture-of-experts blocks ({', '.join(blocks)}) are DeepSpeed leaf modules: "
+            "each is gathered whole, so ranks routing tokens to different experts stay in step")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"disttune: {note}", flush=True)
+    return note

@@ -1,0 +1,139 @@
+"""``disttune estimate`` against per-GPU memory that others measured on real GPUs and published.
+
+The rows are /work/shared/reference/memory_measurements.md (torchtitan, Qwen, ms-swift), with each source's
+own settings. Nothing here is fitted: the estimate's terms each name what allocates the bytes
+(docs/memory.md). Two checks: the median of |estimate / measured - 1| is at most 10%, and no wrong call:
+where a source ran, the estimate must not need more than the card holds; where it ran out, ``fits`` must
+be False (the estimate's own 10% headroom included).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import pytest
+
+from disttune.estimate.models import ModelSpec, count_params
+from disttune.estimate.presets import PRESETS
+from disttune.estimate.strategies import GIB, Inputs, ModelInfo, estimate_strategy
+
+GB = 10**9 / GIB  # the Qwen README writes "G" for GB: 81.0 G on an 80 GiB card can only be 81.0e9 bytes
+
+
+def _qwen1(name, v, h, i, n, a) -> ModelSpec:
+    # Qwen (v1) config.json shapes as the reference gives them: MHA, untied, c_attn = fused q,k,v with bias
+    return ModelSpec(name, "qwen", v, h, i, n, a, a, h // a, False, qkv_bias=True, fused_qkv=True)
+
+
+QWEN_7B = _qwen1("Qwen/Qwen-7B", 151936, 4096, 11008, 32, 32)
+QWEN_1_8B = _qwen1("Qwen/Qwen-1_8B", 151936, 2048, 5504, 24, 16)
+QWEN_72B = _qwen1("Qwen/Qwen-72B", 152064, 8192, 24576, 80, 64)
+LLAMA_8B = PRESETS["meta-llama/Llama-3.1-8B"]
+QWEN25_7B = PRESETS["Qwen/Qwen2.5-7B"]
+TORCHTITAN = "pytorch/torchtitan docs/performance.md (H100 95 GiB; logs torch.cuda.max_memory_reserved)"
+QWEN = "QwenLM/Qwen README.md, Profiling of Memory and Speed (A100-SXM4-80G, flash attention 2)"
+SWIFT = "modelscope/ms-swift examples/train/multi-gpu (swift logs torch.cuda.max_memory_reserved)"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One published measurement and the setup it was measured under."""
+
+    id: str
+    source: str
+    spec: ModelSpec
+    strategy: str
+    num_processes: int
+    batch: int
+    seq: int
+    checkpointing: str  # "full" or "selective"
+    measured_gib: float | None  # per GPU; None: the source reports only whether it ran
+    measured_as: str  # "reserved" (torch.cuda.max_memory_reserved) or "device" (the whole GPU, nvidia-smi)
+    capacity_gib: float
+    ran: bool = True
+    lora_r: int | None = None
+    fused_cross_entropy: bool = False
+
+
+ROWS = [
+    Row("torchtitan-8gpu", f"{TORCHTITAN}, table 1, FSDP row: batch 2, seq 8192, selective op checkpointing",
+        LLAMA_8B, "fsdp2", 8, 2, 8192, "selective", 82.4, "reserved", 95),
+    Row("torchtitan-128gpu", f"{TORCHTITAN}, table 3, FSDP row (16 nodes)",
+        LLAMA_8B, "fsdp2", 128, 2, 8192, "selective", 67.0, "reserved", 95),
+    Row("torchtitan-32k", f"{TORCHTITAN}, table 2, FSDP 8 CP 1: seq 32768, full checkpointing (torch.compile "
+        "and float8 linears, not modelled)", LLAMA_8B, "fsdp2", 8, 1, 32768, "full", 83.9, "reserved", 95),
+    Row("qwen-7b-256", f"{QWEN}: Qwen-7B full-parameter, 2 GPUs, 139.2 G total", QWEN_7B, "zero3", 2, 1, 256,
+        "full", 139.2 / 2 * GB, "device", 80),
+    Row("qwen-7b-512", f"{QWEN}: 148.0 G total", QWEN_7B, "zero3", 2, 1, 512, "full", 148.0 / 2 * GB, "device", 80),
+    Row("qwen-7b-1024", f"{QWEN}: 162.0 G total", QWEN_7B, "zero3", 2, 1, 1024, "full", 162.0 / 2 * GB,
+        "device", 80),
+    Row("qwen-7b-2048", f"{QWEN}: not reported, 'due to the limitation of GPU memory'", QWEN_7B, "zero3", 2, 1,
+        2048, "full", None, "device", 80, ran=False),
+    Row("qwen-1.8b", f"{QWEN}: Qwen-1.8B full-parameter, 1 GPU, seq 2048: 43.5 G", QWEN_1_8B, "zero3", 1, 1,
+        2048, "full", 43.5 * GB, "device", 80),
+    Row("qwen-72b-lora-256", f"{QWEN}: Qwen-72B LoRA + ZeRO-3, 4 GPUs: 215.4 G total", QWEN_72B, "zero3", 4, 1,
+        256, "full", 215.4 / 4 * GB, "device", 80, lora_r=64),
+    Row("qwen-72b-lora-8192", f"{QWEN}: 289.2 G total", QWEN_72B, "zero3", 4, 1, 8192, "full", 289.2 / 4 * GB,
+        "device", 80, lora_r=64),
+    Row("swift-lora-ddp", f"{SWIFT}/ddp/train.sh: '27.5GiB * 2', LoRA r=8, short samples", QWEN25_7B, "ddp", 2,
+        1, 512, "full", 27.5, "reserved", 80, lora_r=8),
+    Row("swift-lora-zero2", f"{SWIFT}/deepspeed/train_zero2.sh: '18GiB * 2'", QWEN25_7B, "zero2", 2, 1, 512,
+        "full", 18.0, "reserved", 80, lora_r=8),
+    Row("swift-lora-zero3", f"{SWIFT}/deepspeed/train_zero3.sh: '16GiB * 2'", QWEN25_7B, "zero3", 2, 1, 512,
+        "full", 16.0, "reserved", 80, lora_r=8),
+    Row("swift-32b-full", "modelscope/ms-swift examples/train/full/qwen2_5_32b.sh: '8 * 80GiB', seq 8192 packed, "
+        "liger kernel, flash attention, gradient checkpointing (swift's default)", PRESETS["Qwen/Qwen2.5-32B"],
+        "zero3", 8, 1, 8192, "full", None, "device", 80, fused_cross_entropy=True),
+]
+# A wrong call the physical terms cannot explain, kept visible rather than tuned away: Qwen's own figures grow
+# 14.5 MB per token from 256 to 1024 tokens (10.6 GiB), 6x what a checkpointed Qwen-7B holds per token
+# (layer inputs + one recomputed layer + the cross-entropy: 2.3 MB), so their 2048-token run ran out at a
+# size the estimate puts at 65 GiB of the 72 usable. Remove it here once the estimate explains it.
+KNOWN_WRONG_CALLS = {"qwen-7b-2048"}
+
+
+def _estimate(row: Row):
+    model = ModelInfo(row.spec.name, count_params(row.spec).total, row.spec)
+    inputs = Inputs(num_processes=row.num_processes, per_device_train_batch_size=row.batch, max_length=row.seq,
+                    gradient_checkpointing=row.checkpointing == "full",
+                    selective_checkpointing=row.checkpointing == "selective", lora_r=row.lora_r,
+                    fused_cross_entropy=row.fused_cross_entropy, gpu_memory_gb=row.capacity_gib)
+    return estimate_strategy(row.strategy, model, inputs)
+
+
+def _as_measured(row: Row, est) -> float:
+    """The estimate in the source's own unit of account, GiB."""
+    return (est.reserved_bytes + (est.runtime_bytes if row.measured_as == "device" else 0)) / GIB
+
+
+def test_qwen1_shapes_match_the_published_totals():
+    assert count_params(QWEN_7B).total / 1e9 == pytest.approx(7.72, abs=0.005)
+    assert count_params(QWEN_72B).total / 1e9 == pytest.approx(72.29, abs=0.005)
+
+
+def test_median_error_within_ten_percent():
+    ratios = {row.id: _as_measured(row, _estimate(row)) / row.measured_gib for row in ROWS if row.measured_gib}
+    errors = sorted(abs(r - 1) for r in ratios.values())
+    print("\n".join(f"{k:20s} estimate/measured = {v:.2f}" for k, v in ratios.items()))
+    assert len(errors) == 12
+    assert statistics.median(errors) <= 0.10, ratios
+    # every row is off by less than half: a term missing for a whole strategy would show here first
+    assert max(errors) < 0.5, ratios
+
+
+def test_no_wrong_call():
+    wrong = set()
+    for row in ROWS:
+        est = _estimate(row)
+        if row.ran and est.total_bytes > row.capacity_gib * GIB:  # claims more than the card holds
+            wrong.add(row.id)
+        if not row.ran and est.fits:  # says it fits where the source ran out
+            wrong.add(row.id)
+    assert wrong == KNOWN_WRONG_CALLS
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_rows_cite_a_source(row):
+    assert row.source.split()[0] in ("pytorch/torchtitan", "QwenLM/Qwen", "modelscope/ms-swift")
+    assert (row.measured_gib is None) == (row.id in ("qwen-7b-2048", "swift-32b-full"))
