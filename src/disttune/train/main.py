@@ -15,29 +15,32 @@ from pathlib import Path
 from disttune.errors import UserError
 
 
-def _explicit_names(argv: list[str]) -> set[str]:
-    """Argument names the user set, on the command line or in the ``--config`` recipe.
-
-    The recipe is read with the bounded config reader (depth, aliases, size, time) before TRL reads it.
-    """
+def read_recipe(argv: list[str]) -> dict:
+    """The ``--config`` recipe's mapping ({} without one), read with the bounded config reader (depth,
+    aliases, size, time) before TRL reads it."""
     from disttune.config.load import read_config
 
+    if "--config" not in argv:
+        return {}
+    index = argv.index("--config") + 1
+    if index >= len(argv):
+        raise UserError("--config needs a file: --config recipe.yaml")
+    path = Path(argv[index])
+    if not path.is_file():
+        raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
+    try:
+        recipe = read_config(path, "recipe", syntax="yaml").data
+    except UserError as exc:
+        raise UserError(f"--config {exc}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"--config {path}: must be a mapping of argument names to values.")
+    return recipe
+
+
+def _explicit_names(argv: list[str], recipe: dict | None = None) -> set[str]:
+    """Argument names the user set, on the command line or in the ``--config`` recipe (read when not given)."""
     names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
-    if "--config" in argv:
-        index = argv.index("--config") + 1
-        if index >= len(argv):
-            raise UserError("--config needs a file: --config recipe.yaml")
-        path = Path(argv[index])
-        if not path.is_file():
-            raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
-        try:
-            recipe = read_config(path, "recipe", syntax="yaml").data
-        except UserError as exc:
-            raise UserError(f"--config {exc}") from None
-        if not isinstance(recipe, dict):
-            raise UserError(f"--config {path}: must be a mapping of argument names to values.")
-        names |= {str(name) for name in recipe}
-    return names
+    return names | {str(name) for name in (read_recipe(argv) if recipe is None else recipe)}
 
 
 def parse_arguments(argv: list[str], defaults: dict | None = None):
@@ -101,15 +104,6 @@ def messages_to_prompt_completion(dataset):
     return dataset.map(split, remove_columns=["messages"])
 
 
-def _recipe(argv: list[str]) -> dict:
-    """The ``--config`` recipe's mapping ({} without one); ``_explicit_names`` has already validated it."""
-    import yaml
-
-    if "--config" not in argv:
-        return {}
-    return yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
-
-
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     import torch
@@ -130,10 +124,11 @@ def setup(argv: list[str]):
     )
 
     cuda = torch.cuda.is_available()
-    explicit = _explicit_names(argv)
+    recipe = read_recipe(argv)
+    explicit = _explicit_names(argv, recipe)
     # Precision has one source, the launch (config file or --mixed_precision): --bf16/--fp16 may only agree.
     launched = os.environ.get(MP_ENV)
-    argv_rest, user_precision = split_precision_flags(argv, _recipe(argv))
+    argv_rest, user_precision = split_precision_flags(argv, recipe)
     reconcile_precision(user_precision, launched)
     defaults, notes = cpu_distributed_defaults(cuda)
     if cuda:
