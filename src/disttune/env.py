@@ -80,14 +80,15 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def default_accelerate_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Where the default accelerate config lives, whether it exists, and its settings (flattened)."""
-    import yaml
+    from disttune.config.load import read_config
+    from disttune.errors import UserError
 
     path = default_accelerate_config_path(environ)
     info: dict[str, Any] = {"path": str(path), "exists": path.is_file(), "settings": None, "error": None}
     if info["exists"]:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+        try:  # the bounded reader: this file can come from anywhere (deep nesting, alias bombs, huge files)
+            loaded = read_config(path, "default accelerate config", syntax="yaml").data
+        except UserError as exc:
             info["error"] = f"cannot read it: {exc}".splitlines()[0]
         else:
             if isinstance(loaded, Mapping):

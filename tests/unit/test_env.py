@@ -138,3 +138,17 @@ def test_fingerprint_changes_with_any_version(fake_torch, tmp_path):
 def test_torch_facts_on_this_machine_never_raises():
     facts = env.torch_facts()
     assert set(facts) >= {"cuda", "nccl", "cuda_available", "gpus"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: " + "[" * 5000 + "]" * 5000 + "\n", "a: &a [*a, *a]\n"],
+    ids=["nested-5000", "self-alias"],
+)
+def test_a_hostile_default_config_is_one_line_not_a_crash(tmp_path, text):
+    cfg = tmp_path / "accelerate" / "default_config.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(text)
+    info = env.default_accelerate_config({"HF_HOME": str(tmp_path)})
+    assert info["settings"] is None
+    assert info["error"].startswith("cannot read it: ") and "refused" in info["error"] and "\n" not in info["error"]

@@ -256,6 +256,18 @@ class StepProbe:
                 "moment_totals": {moment: t["total"] for moment, t in totals.items()}}
 
 
+def reserved_memory_bytes(device) -> int | None:
+    """``torch.cuda.max_memory_reserved``: what the caching allocator held at its peak (None off CUDA).
+
+    This, not the live-tensor peak, is what nvidia-smi and published per-GPU figures report.
+    """
+    import torch
+
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    return int(torch.cuda.max_memory_reserved(device))
+
+
 def measure_run(trainer) -> dict:
     """Per-rank measurements for ``run_summary.json``; every rank must call it (it gathers).
 
@@ -276,6 +288,7 @@ def measure_run(trainer) -> dict:
         "local_param_numel": gather(local_param_numel(model)),
         "peak_memory_bytes": gather(peak),
         "peak_memory_kind": peak_kind,
+        "peak_memory_reserved_bytes": gather(reserved_memory_bytes(trainer.accelerator.device)),
         "model_state_bytes": gather(state),
         **_throughput(metrics),
     }
