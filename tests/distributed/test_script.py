@@ -110,10 +110,21 @@ def test_conflicting_accumulation_stops_naming_both_places(tmp_path, cache):
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_a_precision_flag_contradicting_the_launch_stops_naming_both_places(tmp_path, cache):
+    out = tmp_path / "out"
+    result = launch("deepspeed_zero2", out, *SHORT, "--bf16", mixed_precision="no", cache_dir=cache)
+    assert result.returncode != 0
+    assert "the script is given --bf16 but the launch resolved mixed_precision 'no'" in result.stderr
+    assert "fix: drop --bf16" in result.stderr
+    assert no_traceback_from_our_code(result)
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
     out = tmp_path / "out"
     result = launch(
         "single_gpu", out, *SHORT, "--learning_rate", "0.001", "--lr_scaling", "sqrt", "--base_global_batch_size", "1",
+        "--fp16",  # agrees with the launch: accepted, and falls back to bf16 with it
         num_processes=1, mixed_precision="fp16", cache_dir=cache,
     )
     assert result.returncode == 0, explain(result)
