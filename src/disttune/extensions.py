@@ -162,6 +162,12 @@ def _waits_and_builds() -> list[tuple[str, str]]:
     return found
 
 
+def _print_on_local_main(line: str) -> None:
+    """Print on each machine's first process only: every rank waits on the same lock, one line says it."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(line, flush=True)
+
+
 class OpBuildNotice:
     """A background thread that says, every ``every_s`` seconds, what an op build keeps this process waiting
     for: the lock it waits on (its age, whether anything holds it, the file to delete) or the build it runs.
@@ -169,7 +175,7 @@ class OpBuildNotice:
 
     def __init__(self, every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None):
         self.every_s = every_s
-        self.log = log or (lambda line: print(line, flush=True))
+        self.log = log or _print_on_local_main
         self._stop = threading.Event()
         self._since: dict[tuple[str, str], float] = {}
         self._thread = threading.Thread(target=self._run, name="disttune-op-build-notice", daemon=True)
@@ -224,5 +230,8 @@ class OpBuildNotice:
 
 def notify_op_builds(every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None) -> OpBuildNotice:
     """Start saying what an op build keeps this process waiting for (see ``OpBuildNotice``); call ``stop()`` on
-    the result, or use it in a ``with`` block around the code that builds the DeepSpeed engine."""
+    the result, or use it as a ``with`` block. Start it before the arguments are parsed: on CPU, DeepSpeed
+    builds its ``deepspeed_shm_comm`` op in ``init_distributed``, which transformers' ``TrainingArguments``
+    reaches while it is being built; ``cpu_adam`` (offload) and ``fused_adam`` (GPU) come later, in
+    ``deepspeed.initialize``. By default only each machine's first process (LOCAL_RANK 0) prints."""
     return OpBuildNotice(every_s, log)

@@ -173,3 +173,18 @@ def test_notice_says_nothing_without_a_build_and_stops():
     assert notice.tick() == []
     notice.stop()
     assert not notice._thread.is_alive()
+
+
+@pytest.mark.parametrize(("local_rank", "printed"), [(None, True), ("0", True), ("1", False)])
+def test_by_default_one_process_per_machine_prints(monkeypatch, capsys, local_rank, printed):
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(extensions, "_waits_and_builds", lambda: [("build", "fused_adam")])
+    notice = extensions.notify_op_builds(every_s=3600)
+    notice.tick()
+    time.sleep(0.01)
+    notice.tick()
+    notice.stop()
+    assert ("disttune: DeepSpeed is building op fused_adam" in capsys.readouterr().out) == printed
