@@ -206,11 +206,14 @@ class OpBuildNotice:
             info = inspect_lock(lock)
             if info is None:
                 continue  # released meanwhile
+            # Deleting the lock under a waiting launch makes it import an op nobody built: it must start again.
             others = [pid for pid in info.holders if pid != os.getpid()]
-            who = (f"by process {', '.join(map(str, others))}, still building" if others
-                   else "and no live process holds it")
+            if others:
+                state = f"by process {', '.join(map(str, others))}, still building; if that process is stuck"
+            else:
+                state = "and no live process holds it: a killed build left it"
             lines.append(f"disttune: waiting for DeepSpeed to build op {info.op} (lock {lock} held for "
-                         f"{_duration(info.age_s)} {who}) - if no build is running, delete {lock}")
+                         f"{_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)")
         for line in lines:
             self.log(line)
         return lines
