@@ -133,8 +133,9 @@ def check_extension_locks(environ: Mapping[str, str] | None = None):
         return Check("op build locks", "fail",
                      f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
                      "the op waits on it forever, printing nothing.",
-                     "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "` (if other machines "
-                     "share this cache, first make sure none of them is building that op).")
+                     "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
+                     "launch that is waiting on them (if other machines share this cache, first make sure none of "
+                     "them is building that op).")
     if locks:
         held = "; ".join(f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
                          if lock.holders else f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)"
