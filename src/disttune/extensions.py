@@ -133,8 +133,9 @@ def check_extension_locks(environ: Mapping[str, str] | None = None):
         return Check("op build locks", "fail",
                      f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
                      "the op waits on it forever, printing nothing.",
-                     "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "` (if other machines "
-                     "share this cache, first make sure none of them is building that op).")
+                     "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
+                     "launch that is waiting on them (if other machines share this cache, first make sure none of "
+                     "them is building that op).")
     if locks:
         held = "; ".join(f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
                          if lock.holders else f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)"
@@ -162,6 +163,12 @@ def _waits_and_builds() -> list[tuple[str, str]]:
     return found
 
 
+def _print_on_local_main(line: str) -> None:
+    """Print on each machine's first process only: every rank waits on the same lock, one line says it."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(line, flush=True)
+
+
 class OpBuildNotice:
     """A background thread that says, every ``every_s`` seconds, what an op build keeps this process waiting
     for: the lock it waits on (its age, whether anything holds it, the file to delete) or the build it runs.
@@ -169,7 +176,7 @@ class OpBuildNotice:
 
     def __init__(self, every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None):
         self.every_s = every_s
-        self.log = log or (lambda line: print(line, flush=True))
+        self.log = log or _print_on_local_main
         self._stop = threading.Event()
         self._since: dict[tuple[str, str], float] = {}
         self._thread = threading.Thread(target=self._run, name="disttune-op-build-notice", daemon=True)
@@ -200,11 +207,14 @@ class OpBuildNotice:
             info = inspect_lock(lock)
             if info is None:
                 continue  # released meanwhile
+            # Deleting the lock under a waiting launch makes it import an op nobody built: it must start again.
             others = [pid for pid in info.holders if pid != os.getpid()]
-            who = (f"by process {', '.join(map(str, others))}, still building" if others
-                   else "and no live process holds it")
+            if others:
+                state = f"by process {', '.join(map(str, others))}, still building; if that process is stuck"
+            else:
+                state = "and no live process holds it: a killed build left it"
             lines.append(f"disttune: waiting for DeepSpeed to build op {info.op} (lock {lock} held for "
-                         f"{_duration(info.age_s)} {who}) - if no build is running, delete {lock}")
+                         f"{_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)")
         for line in lines:
             self.log(line)
         return lines
@@ -224,5 +234,8 @@ class OpBuildNotice:
 
 def notify_op_builds(every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None) -> OpBuildNotice:
     """Start saying what an op build keeps this process waiting for (see ``OpBuildNotice``); call ``stop()`` on
-    the result, or use it in a ``with`` block around the code that builds the DeepSpeed engine."""
+    the result, or use it as a ``with`` block. Start it before the arguments are parsed: on CPU, DeepSpeed
+    builds its ``deepspeed_shm_comm`` op in ``init_distributed``, which transformers' ``TrainingArguments``
+    reaches while it is being built; ``cpu_adam`` (offload) and ``fused_adam`` (GPU) come later, in
+    ``deepspeed.initialize``. By default only each machine's first process (LOCAL_RANK 0) prints."""
     return OpBuildNotice(every_s, log)

@@ -152,8 +152,9 @@ def test_a_process_stuck_on_a_lock_says_so_and_names_the_file(cache, tmp_path, h
     assert not thread.is_alive()
     assert len(lines) == 2 and lines[0] == lines[1], lines  # said again at every look while the wait lasts
     assert lines[0].startswith(f"disttune: waiting for DeepSpeed to build op cpu_adam (lock {lock} held for 10 min ")
-    assert lines[0].endswith(f"- if no build is running, delete {lock}")
-    who = f"by process {holder.pid}, still building" if held else "and no live process holds it"
+    assert lines[0].endswith(f", stop this launch, delete {lock} and launch again)")
+    who = (f"by process {holder.pid}, still building; if that process is stuck" if held
+           else "and no live process holds it: a killed build left it")
     assert who in lines[0]
 
 
@@ -173,3 +174,18 @@ def test_notice_says_nothing_without_a_build_and_stops():
     assert notice.tick() == []
     notice.stop()
     assert not notice._thread.is_alive()
+
+
+@pytest.mark.parametrize(("local_rank", "printed"), [(None, True), ("0", True), ("1", False)])
+def test_by_default_one_process_per_machine_prints(monkeypatch, capsys, local_rank, printed):
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(extensions, "_waits_and_builds", lambda: [("build", "fused_adam")])
+    notice = extensions.notify_op_builds(every_s=3600)
+    notice.tick()
+    time.sleep(0.01)
+    notice.tick()
+    notice.stop()
+    assert ("disttune: DeepSpeed is building op fused_adam" in capsys.readouterr().out) == printed
