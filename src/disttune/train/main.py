@@ -336,6 +336,7 @@ def run(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
+    from disttune.extensions import notify_op_builds
     from disttune.train.faults import TrainingStopped
     from disttune.train.teardown import shutdown_distributed
 
@@ -345,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     stopped = None
     try:
-        run(argv)
+        # From the start: DeepSpeed builds its ops (and may wait on a stale build lock) while the arguments
+        # are parsed; every 30 s the first process of each machine says which op and for how long.
+        with notify_op_builds():
+            run(argv)
     except TrainingStopped as exc:  # SIGTERM/SIGINT: checkpoint saved; say how to go on
         stopped = str(exc)  # not the exception: its traceback would keep the trainer alive
     except UserError as exc:
