@@ -247,3 +247,15 @@ def test_save_steps_alone_turns_step_checkpoints_on(tmp_path, monkeypatch):
     assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
     _, args, _, _ = setup(["--output_dir", str(tmp_path / "c")])
     assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
+
+
+def test_a_missing_model_folder_is_named_as_such(tmp_path):
+    from types import SimpleNamespace
+
+    from disttune.train.main import load_model_and_tokenizer
+
+    args = SimpleNamespace(model_name_or_path=str(tmp_path / "Qwen2.5-7B"), model_revision=None, dtype=None,
+                           attn_implementation=None)
+    with pytest.raises(UserError, match=r"Qwen2.5-7B: no such folder") as err:
+        load_model_and_tokenizer(args)
+    assert "fix: give the folder" in str(err.value)

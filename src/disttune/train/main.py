@@ -69,6 +69,11 @@ def load_model_and_tokenizer(model_args, seed: int = 42, trust_remote_code: bool
     name = model_args.model_name_or_path
     if name == TINY_NAME:
         name = str(tiny_checkpoint(seed))
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise UserError(
+            f"--model_name_or_path {name}: no such folder (cwd: {Path.cwd()}).\n"
+            "  fix: give the folder that holds the model's config.json and weights, a hub id, or 'tiny'."
+        )
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
     try:
         tokenizer = AutoTokenizer.from_pretrained(
