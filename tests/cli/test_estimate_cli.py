@@ -30,7 +30,7 @@ def test_json_shape(capsys):
     assert set(data) >= {"model", "inputs", "strategies", "recommendation"}
     assert data["model"]["num_params"] == 494_032_768
     assert [s["name"] for s in data["strategies"]] == ["ddp", "zero1", "zero2", "zero3", "zero2_offload",
-                                                      "zero3_offload", "zero3_offload_params", "zero3_offload_all",
+                                                      "zero3_offload_optimizer", "zero3_offload_params", "zero3_offload",
                                                       "fsdp2"]
     for s in data["strategies"]:
         assert BYTE_KEYS <= set(s) and isinstance(s["fits"], bool)
@@ -179,15 +179,15 @@ def test_host_ram_short_marks_offload_not_fitting(capsys):
             "--host_memory_gb", "1024"]
     assert main([*argv, "--json"]) == 0
     by_name = {s["name"]: s for s in json.loads(capsys.readouterr().out)["strategies"]}
-    z3o = by_name["zero3_offload"]
+    z3o = by_name["zero3_offload_optimizer"]
     assert z3o["gpu_fits"] and z3o["host_fits"] is False and z3o["fits"] is False
     assert z3o["cpu_bytes_per_node"] / 2**30 == pytest.approx(1182.7, abs=0.1)
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "zero3_offload: needs 1183 GiB of host RAM per node" in out and "no (host)" in out
+    assert "zero3_offload_optimizer: needs 1183 GiB of host RAM per node" in out and "no (host)" in out
     assert "2 nodes of 8" in out and "without offload" in out and "LoRA" in out
     assert main([*argv[:-1], "2048", "--json"]) == 0  # enough RAM: the offload strategy fits
-    assert {s["name"]: s for s in json.loads(capsys.readouterr().out)["strategies"]}["zero3_offload"]["fits"]
+    assert {s["name"]: s for s in json.loads(capsys.readouterr().out)["strategies"]}["zero3_offload_optimizer"]["fits"]
 
 
 def test_help_prints_a_plain_percent(capsys):
