@@ -125,6 +125,7 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     return {
         "strategy": strategy,
         "estimate_strategy": strategy,  # the same row of disttune/strategies.py
+        "ran_as": summary.get("strategy"),  # the table row the running job matched (train.strategy.describe)
         "world_size": summary["world_size"],
         "mixed_precision": summary["mixed_precision"],
         "global_batch_size": summary["global_batch_size"],
