@@ -148,3 +148,16 @@ def identify(distributed_type: str, zero_stage: int | None = None, fsdp_version:
                 kind, zero_stage, fsdp_version, offload_optimizer, offload_params):
             return row.name
     return None
+
+
+def start_from(name: str) -> str | None:
+    """For a row without a shipped file: which shipped file to copy and what to change in it (None otherwise)."""
+    row = BY_NAME[ALIASES.get(name, name)]
+    if row.config_file or row.zero_stage is None:
+        return None
+    base = next(s for s in SHIPPED if (s.distributed_type, s.zero_stage) == (row.distributed_type, row.zero_stage))
+    changes = [f"{key}: {'cpu' if want else 'none'}" for key, want, has in (
+        ("offload_optimizer_device", row.offload_optimizer, base.offload_optimizer),
+        ("offload_param_device", row.offload_params, base.offload_params)) if want != has]
+    return (f"{row.name} has no shipped config: copy accelerate_configs/{base.config_file} and set "
+            f"{' and '.join(changes)} under deepspeed_config")

@@ -150,6 +150,29 @@ def test_recommend_follows_the_speed_rank_and_refuses_a_strategy_without_one():
         recommend([*results, replace(results[0], name="zero9")])
 
 
+def test_an_estimate_only_row_says_how_to_configure_it():
+    from disttune.config.new import NewConfig, render_yaml
+    from disttune.estimate.recommend import recommend
+    from disttune.estimate.strategies import Inputs, ModelInfo, estimate
+
+    for row in STRATEGIES:
+        how = strategies.start_from(row.name)
+        assert (how is None) == bool(row.config_file), row.name
+        if how:  # applying the change to the named file gives the row's facts
+            base = next(s for s in SHIPPED if s.config_file in how)
+            data = yaml.safe_load(render_yaml(NewConfig(base.name, 4)))
+            for key in ("offload_optimizer_device", "offload_param_device"):
+                if f"{key}: " in how:
+                    data["deepspeed_config"][key] = how.split(f"{key}: ")[1].split()[0]
+            assert _facts(data) == _row_facts(row)
+    assert strategies.start_from("zero3_offload_optimizer") == (
+        "zero3_offload_optimizer has no shipped config: copy accelerate_configs/deepspeed_zero3.yaml and set "
+        "offload_optimizer_device: cpu under deepspeed_config")
+    model, inputs = ModelInfo("8b", 8 * 10**9), Inputs(num_processes=8, gpu_memory_gb=24)
+    rec = recommend(estimate(model, inputs, ("zero3", "zero3_offload_optimizer")), model, inputs)
+    assert rec.strategy == "zero3_offload_optimizer" and "copy accelerate_configs/deepspeed_zero3.yaml" in rec.reason
+
+
 def test_running_setups_map_to_rows_and_checkpoint_layouts():
     assert strategies.identify("MULTI_CPU") == strategies.identify("MULTI_GPU") == "ddp"
     assert strategies.identify("DEEPSPEED", 3, None, True, True) == "zero3_offload"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from disttune.estimate.strategies import GIB, HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
-from disttune.strategies import NAMES, STRATEGIES, speed_rank
+from disttune.strategies import NAMES, STRATEGIES, speed_rank, start_from
 
 # Fastest first, by the table's speed_rank (disttune/strategies.py says why each row sits where it does).
 SPEED_ORDER = tuple(sorted(NAMES, key=speed_rank))
@@ -45,7 +45,8 @@ def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
                    + (f", {_gib(r.cpu_bytes_per_node)} host RAM per node" if r.cpu_bytes_per_node else "")
                    + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
                    + (f" Also fits: {', '.join(slower)}." if slower else "") + host_note)
-            return Recommendation(r.name, why)
+            how = start_from(r.name)
+            return Recommendation(r.name, why + (f" {how}." if how else ""))
     smallest = min(ranked, key=lambda r: r.total_bytes) if ranked else None
     if host_short:
         reason = "Nothing fits: every strategy that fits the GPUs needs more host RAM than the node has."
