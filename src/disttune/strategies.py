@@ -155,7 +155,10 @@ def start_from(name: str) -> str | None:
     row = BY_NAME[ALIASES.get(name, name)]
     if row.config_file or row.zero_stage is None:
         return None
-    base = next(s for s in SHIPPED if (s.distributed_type, s.zero_stage) == (row.distributed_type, row.zero_stage))
+    base = next((s for s in SHIPPED if (s.distributed_type, s.zero_stage) == (row.distributed_type, row.zero_stage)),
+                None)
+    if base is None:
+        return None
     changes = [f"{key}: {'cpu' if want else 'none'}" for key, want, has in (
         ("offload_optimizer_device", row.offload_optimizer, base.offload_optimizer),
         ("offload_param_device", row.offload_params, base.offload_params)) if want != has]
