@@ -17,16 +17,10 @@ import time
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.strategies import SHIPPED, resolve
 
-# bench strategy -> (shipped accelerate config, disttune estimate strategy)
-STRATEGIES = {
-    "ddp": ("multi_gpu_ddp.yaml", "ddp"),
-    "zero1": ("deepspeed_zero1.yaml", "zero1"),
-    "zero2": ("deepspeed_zero2.yaml", "zero2"),
-    "zero3": ("deepspeed_zero3.yaml", "zero3"),
-    "zero3_offload": ("deepspeed_zero3_offload.yaml", "zero3_offload_all"),  # params and optimizer on CPU
-    "fsdp2": ("fsdp2.yaml", "fsdp2"),
-}
+# The strategies with a shipped accelerate config (disttune/strategies.py); each is estimated under its own name.
+STRATEGIES = {s.name: s for s in SHIPPED}
 # variant -> extra training-script arguments (a free default is shown by measuring it, not asserted)
 VARIANTS = {
     "default": [],
@@ -46,7 +40,7 @@ def free_port() -> int:
 
 def config_path(strategy: str) -> Path:
     """The shipped accelerate config of ``strategy`` (package data)."""
-    return Path(__file__).parent / "accelerate_configs" / STRATEGIES[strategy][0]
+    return Path(__file__).parent / "accelerate_configs" / STRATEGIES[strategy].config_file
 
 
 def find_script(script: str | None = None) -> Path:
@@ -62,11 +56,9 @@ def find_script(script: str | None = None) -> Path:
 def parse_strategies(text: str) -> list[str]:
     """``"ddp,zero2"`` -> ``["ddp", "zero2"]``; unknown names raise a ``UserError`` naming the choices."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown or not names:
-        raise UserError(f"--strategies: unknown {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(STRATEGIES)}.")
-    return names
+    if not names:
+        raise UserError(f"--strategies: unknown (none given); choose from {', '.join(STRATEGIES)}.")
+    return resolve(names, tuple(STRATEGIES))
 
 
 def launch_command(config: str | Path, script: Path, out_dir: Path, num_processes: int, mixed_precision: str | None,
@@ -115,7 +107,7 @@ def estimated_state(strategy: str, model_dir: str, num_processes: int, mixed_pre
     counts = count_params(spec)
     inputs = Inputs(num_processes=num_processes, mixed_precision=mixed_precision,
                     per_device_train_batch_size=per_device_batch, max_length=max_length)
-    est = estimate_strategy(STRATEGIES[strategy][1], ModelInfo(spec.name, counts.total, spec), inputs)
+    est = estimate_strategy(strategy, ModelInfo(spec.name, counts.total, spec), inputs)
     sums = summarize(est.terms)
     return {"total": sum(est.terms.values()), "terms": est.terms, "buffers": est.buffers, **sums,
             "gpu_total_bytes": est.total_bytes, "reserved_bytes": est.reserved_bytes,
@@ -132,7 +124,8 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     reserved = [r for r in summary.get("peak_memory_reserved_bytes") or [] if r is not None] or None
     return {
         "strategy": strategy,
-        "estimate_strategy": STRATEGIES[strategy][1],
+        "estimate_strategy": strategy,  # the same row of disttune/strategies.py
+        "ran_as": summary.get("strategy"),  # the table row the running job matched (train.strategy.describe)
         "world_size": summary["world_size"],
         "mixed_precision": summary["mixed_precision"],
         "global_batch_size": summary["global_batch_size"],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.strategies import DATA_PARALLEL_TYPES
 
 METRICS = "metrics.jsonl"
 SUMMARY = "run_summary.json"
@@ -128,7 +129,7 @@ def strategy_name(summary: dict) -> str:
         return f"ZeRO-{summary.get('zero_stage')}"
     if kind == "FSDP":
         return f"FSDP{summary.get('fsdp_version') or ''}"
-    if kind in ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU"):
+    if kind in DATA_PARALLEL_TYPES:
         return "DDP"
     return "single process" if kind == "NO" else str(kind)
 

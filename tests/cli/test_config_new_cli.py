@@ -6,9 +6,10 @@ import pytest
 
 from disttune.cli import main
 from disttune.config import check_config
+from disttune.strategies import SHIPPED
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp2"])
+@pytest.mark.parametrize("strategy", [s.name for s in SHIPPED])  # names pinned in test_strategies_table.py
 def test_new_writes_a_config_that_passes_check(tmp_path, capsys, strategy):
     out = tmp_path / f"{strategy}.yaml"
     assert main(["config", "new", "--strategy", strategy, "--num_processes", "4", "--output", str(out)]) == 0

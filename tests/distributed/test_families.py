@@ -19,19 +19,14 @@ import json
 import pytest
 from launching import explain, launch, read_metrics, read_summary
 
+from disttune.strategies import SHIPPED
 from disttune.train.families import FAMILIES
 
 pytestmark = pytest.mark.distributed
 
-STRATEGIES = {
-    # config name: (distributed_type, zero_stage)
-    "multi_gpu_ddp": ("MULTI_CPU", None),
-    "deepspeed_zero1": ("DEEPSPEED", 1),
-    "deepspeed_zero2": ("DEEPSPEED", 2),
-    "deepspeed_zero3": ("DEEPSPEED", 3),
-    "deepspeed_zero3_offload": ("DEEPSPEED", 3),
-    "fsdp2": ("FSDP", None),
-}
+# config name -> (distributed_type on CPU, zero_stage), from the strategy table (DDP reports MULTI_CPU on CPU)
+STRATEGIES = {row.config_file.removesuffix(".yaml"): ("MULTI_CPU" if row.distributed_type == "MULTI_GPU"
+                                                      else row.distributed_type, row.zero_stage) for row in SHIPPED}
 REFERENCE = "deepspeed_zero3"
 # CI's share (9 launches, about 42 CPU-seconds each): the families that differ from the built-in Llama
 # (test_strategies.py runs that one under every strategy; Mistral has its layout) under ZeRO-3 and FSDP2,

@@ -12,17 +12,13 @@ from __future__ import annotations
 import pytest
 from launching import explain, launch, read_metrics, read_summary
 
+from disttune.strategies import SHIPPED
+
 pytestmark = pytest.mark.distributed
 
 COMMON = ("--max_steps", "6", "--logging_steps", "1", "--per_device_train_batch_size", "8", "--max_length", "96")
-STRATEGIES = {
-    # config name: (distributed_type, zero_stage, fsdp_version)
-    "multi_gpu_ddp": ("MULTI_CPU", None, None),
-    "deepspeed_zero2": ("DEEPSPEED", 2, None),
-    "deepspeed_zero3": ("DEEPSPEED", 3, None),
-    "deepspeed_zero3_offload": ("DEEPSPEED", 3, None),
-    "fsdp2": ("FSDP", None, 2),
-}
+# config name -> its row of the strategy table (zero1 runs in test_shipped_configs.py and test_families.py)
+STRATEGIES = {row.config_file.removesuffix(".yaml"): row for row in SHIPPED if row.name != "zero1"}
 DEBUG_EXIT = {"DISTTUNE_DEBUG_EXIT": "1"}  # each rank reports the torch modules still alive at exit
 REL_TOL = 1e-5  # float noise from different reduction orders; a real difference in the update is >> 1e-4
 
@@ -53,10 +49,11 @@ def _ok(runs, name):
 @pytest.mark.parametrize("config", list(STRATEGIES))
 def test_strategy_really_runs_distributed(runs, config):
     summary = read_summary(_ok(runs, config))
-    distributed_type, zero_stage, fsdp_version = STRATEGIES[config]
-    assert summary["distributed_type"] == distributed_type
-    assert summary["zero_stage"] == zero_stage
-    assert summary["fsdp_version"] == fsdp_version
+    row = STRATEGIES[config]
+    assert summary["distributed_type"] == ("MULTI_CPU" if row.distributed_type == "MULTI_GPU" else row.distributed_type)
+    assert summary["zero_stage"] == row.zero_stage
+    assert summary["fsdp_version"] == row.fsdp_version
+    assert summary["strategy"] == row.name  # offload devices too, as accelerate set them up
     assert summary["world_size"] == 2
     assert summary["mixed_precision"] == "no"  # the launch's precision, not TRL's bf16=True default
     assert summary["global_batch_size"] == 16  # 8 per device x 2 processes x 1 accumulation

@@ -26,8 +26,8 @@ def test_every_strategy_has_a_shipped_config_and_an_estimate():
     from disttune.bench import config_path
     from disttune.estimate.memory import STRATEGIES as ESTIMATED
 
-    for name, (_, est) in STRATEGIES.items():
-        assert config_path(name).is_file() and est in ESTIMATED
+    for name in STRATEGIES:  # bench estimates each under its own name (the table's row)
+        assert config_path(name).is_file() and name in ESTIMATED
 
 
 def test_launch_command_uses_localhost_and_a_free_port(tmp_path):

@@ -66,7 +66,7 @@ def test_offload_moves_optimizer_to_cpu():
     z2o = memory.summarize(memory.model_state_breakdown("zero2_offload", P, N, "bf16"))
     assert z2o["params"] == 2 * P and z2o["grads"] == 0 and z2o["optimizer"] == 0
     assert z2o["cpu"] == pytest.approx(P * 18 / N, rel=1e-6)  # 4 master + 4 fp32 grads + 8 Adam + 2 bit16
-    z3all = memory.summarize(memory.model_state_breakdown("zero3_offload_all", P, N, "bf16"))
+    z3all = memory.summarize(memory.model_state_breakdown("zero3_offload", P, N, "bf16"))  # params + optimizer
     assert z3all["params"] == 0 and z3all["cpu"] == pytest.approx(P * 20 / N, rel=1e-6)  # 2 params + 2 grads + 4 fp32 grads + 4 master + 8 Adam
 
 
@@ -169,7 +169,7 @@ def test_offload_gpu_side_matches_deepspeeds_estimator():
     its 16-bit gradient. Ours names both (gathered_params adds the prefetch bucket, which DeepSpeed leaves out)."""
     stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
     largest, prefetch = 10**8, 50_000_000
-    for strategy, offload_params in (("zero3_offload_all", True), ("zero3_offload", False)):
+    for strategy, offload_params in (("zero3_offload", True), ("zero3_offload_optimizer", False)):
         terms = memory.summarize(memory.model_state_breakdown(strategy, P, N, "bf16"))
         buf = memory.buffer_breakdown(strategy, P, N, "bf16", largest_tensor=largest)
         ours = terms["params"] + buf["unreduced_grad"] + buf["gathered_params"] - 2 * prefetch
@@ -192,14 +192,14 @@ def test_peak_phase_is_the_larger_of_backward_and_step():
 def test_host_ram_decides_offload_fits():
     model = ModelInfo("70b", 70_553_706_496)
     one = Inputs(num_processes=8, gpu_memory_gb=79.6, host_memory_gb=1024)
-    z3o = estimate(model, one, ("zero3_offload",))[0]
+    z3o = estimate(model, one, ("zero3_offload_optimizer",))[0]
     assert z3o.gpu_fits and z3o.host_fits is False and not z3o.fits
     assert z3o.cpu_bytes_per_node == 8 * 18 * -(-70_553_706_496 // 8)  # 18 bytes/param on the node
     assert "host RAM per node" in z3o.why and "1024" in z3o.why
     two = estimate(model, Inputs(num_processes=16, num_machines=2, gpu_memory_gb=79.6, host_memory_gb=1024),
-                   ("zero3_offload",))[0]
+                   ("zero3_offload_optimizer",))[0]
     assert two.fits and two.cpu_bytes_per_node == z3o.cpu_bytes_per_node // 2
-    unchecked = estimate(model, Inputs(num_processes=8, gpu_memory_gb=79.6), ("zero3_offload",))[0]
+    unchecked = estimate(model, Inputs(num_processes=8, gpu_memory_gb=79.6), ("zero3_offload_optimizer",))[0]
     assert unchecked.host_fits is None and unchecked.fits
 
 

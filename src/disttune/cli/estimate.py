@@ -22,6 +22,8 @@ def _strategies(text: str) -> tuple[str, ...]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``estimate`` to the ``disttune`` parser."""
+    from disttune.strategies import NAMES
+
     p = subparsers.add_parser(
         "estimate", help="GPU memory per strategy (DDP, ZeRO-1/2/3, offload, FSDP2) and a recommendation",
         description="Per-GPU memory for each strategy: parameters, gradients, optimizer states, activations, "
@@ -55,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list_gpus", action="store_true", help="list the known cards and their memory, and exit")
     p.add_argument("--host_memory_gb", type=float,
                    help="RAM per node in GiB (`free -g`); offload strategies must fit it (default: not checked)")
-    p.add_argument("--strategies", type=_strategies, help="comma-separated subset, e.g. ddp,zero2,zero3")
+    p.add_argument("--strategies", type=_strategies,
+                   help=f"comma-separated subset of {', '.join(NAMES)} (default: all), e.g. ddp,zero2,zero3")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on stdout")
     p.set_defaults(run=run)
 

@@ -11,25 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.strategies import BY_NAME, SHIPPED
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp2")
+STRATEGIES = tuple(s.name for s in SHIPPED)  # the rows of disttune/strategies.py that ship a YAML
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 SCRIPT = "07_distributed_training.py"
-
-_ABOUT = {
-    "ddp": ("DDP (data parallel): every GPU holds a full copy of the model, optimizer and gradients.",
-            "Pick it when the model fits on one GPU with room to spare (fastest, simplest)."),
-    "zero1": ("DeepSpeed ZeRO-1: optimizer states are sharded across GPUs; parameters and gradients are replicated.",
-              "Pick it when DDP almost fits: saves most of the optimizer memory at nearly DDP speed."),
-    "zero2": ("DeepSpeed ZeRO-2: optimizer states and gradients are sharded across GPUs; parameters are replicated.",
-              "Pick it for 1B-7B models that do not fit under DDP; slightly slower than DDP, much less memory."),
-    "zero3": ("DeepSpeed ZeRO-3: parameters, gradients and optimizer states are all sharded across GPUs.",
-              "Pick it for models above ~7B, or whenever ZeRO-2 does not fit; more communication than ZeRO-2."),
-    "zero3_offload": ("DeepSpeed ZeRO-3 + CPU offload: everything sharded, optimizer states AND parameters in CPU RAM.",
-                      "Pick it when even ZeRO-3 runs out of GPU memory; much slower (PCIe traffic), needs lots of CPU RAM."),
-    "fsdp2": ("PyTorch FSDP2 (fully_shard): parameters, gradients and optimizer states sharded, like ZeRO-3.",
-              "Pick it for large models when you prefer native PyTorch to DeepSpeed (needs accelerate >= 1.7)."),
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,14 +104,14 @@ def validate(cfg: NewConfig, slurm: bool = False) -> None:
 
 def render_yaml(cfg: NewConfig, config_name: str = "CONFIG.yaml") -> str:
     """The accelerate YAML for ``cfg``: the shipped configs' keys and comments."""
-    what, when = _ABOUT[cfg.strategy]
+    row = BY_NAME[cfg.strategy]
     lines = [
-        f"# {what}",
-        f"# {when}",
+        f"# {row.what}",
+        f"# {row.pick_when}",
         f"# Launch:  accelerate launch --config_file {config_name} {SCRIPT}",
         "# Written by `disttune config new`; check it with `disttune check`.",
         "compute_environment: LOCAL_MACHINE",
-        "distributed_type: " + {"ddp": "MULTI_GPU", "fsdp2": "FSDP"}.get(cfg.strategy, "DEEPSPEED"),
+        f"distributed_type: {row.distributed_type}",
         f"num_processes: {cfg.num_processes}          # total processes over all machines",
         f"machine_rank: {cfg.machine_rank}           # this machine's rank (0 = main node)",
         f"num_machines: {cfg.num_machines}",
@@ -142,30 +128,28 @@ def render_yaml(cfg: NewConfig, config_name: str = "CONFIG.yaml") -> str:
         "main_training_function: main",
         "use_cpu: false",
     ]
-    if cfg.strategy.startswith("zero"):
-        stage = 1 if cfg.strategy == "zero1" else 2 if cfg.strategy == "zero2" else 3
-        offload = "cpu" if cfg.strategy == "zero3_offload" else "none"
+    if row.zero_stage is not None:
         lines += [
             "deepspeed_config:",
-            f"  zero_stage: {stage}",
-            f"  offload_optimizer_device: {offload}",
-            f"  offload_param_device: {offload}",
+            f"  zero_stage: {row.zero_stage}",
+            f"  offload_optimizer_device: {'cpu' if row.offload_optimizer else 'none'}",
+            f"  offload_param_device: {'cpu' if row.offload_params else 'none'}",
             "  gradient_accumulation_steps: 1",
             "  gradient_clipping: 1.0",
         ]
-        if stage == 3:
+        if row.zero_stage == 3:
             lines += [
                 "  zero3_init_flag: true          # build/load the model already sharded (no full copy per GPU)",
                 "  zero3_save_16bit_model: true   # gather the full 16-bit weights when saving",
             ]
         lines.append("  deepspeed_multinode_launcher: standard   # run accelerate launch on every machine")
-    elif cfg.strategy == "fsdp2":
+    elif row.fsdp_version is not None:
         lines += [
             "fsdp_config:",
-            "  fsdp_version: 2",
+            f"  fsdp_version: {row.fsdp_version}",
             "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP   # one shard unit per decoder layer",
             "  fsdp_reshard_after_forward: true                # ZeRO-3-like; false = ZeRO-2-like",
-            "  fsdp_offload_params: false",
+            f"  fsdp_offload_params: {'true' if row.offload_params else 'false'}",
             "  fsdp_cpu_ram_efficient_loading: true",
             "  fsdp_state_dict_type: FULL_STATE_DICT           # save one full, loadable checkpoint",
             "  fsdp_activation_checkpointing: false",

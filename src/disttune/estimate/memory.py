@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "zero3_offload_params",
-              "zero3_offload_all", "fsdp2")
+from disttune.strategies import NAMES
+
+STRATEGIES = NAMES  # every row of disttune/strategies.py; each has a formula below (a test checks)
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = GIB // 2  # CUDA context + loaded kernels + cuBLAS handles, lazy module loading (CUDA >= 11.7)
 NCCL_BYTES = GIB // 2  # one communicator: 2 ring peers x up to 32 channels x (Simple 4 MiB + LL128 ~4.6 MiB)
@@ -163,11 +164,13 @@ def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mi
         terms = {"cpu.params.bit16_partition": w * Pn, "params.persistent": w * persistent_params,
                  "grads.partition": w * Tn, "optim.fp32_master_partition": 4 * Tn}
         terms.update(_optimizer_terms(Tn, optimizer))
-    else:  # zero3_offload, zero3_offload_all
-        params_key = "params.partition" if strategy == "zero3_offload" else "cpu.params.partition"
+    elif strategy in ("zero3_offload_optimizer", "zero3_offload"):  # optimizer (and, zero3_offload, params) on CPU
+        params_key = "cpu.params.partition" if strategy == "zero3_offload" else "params.partition"
         terms = {params_key: w * Pn, "params.persistent": w * persistent_params, "cpu.grads.partition": w * Tn,
                  "cpu.grads.fp32_subgroup": 4 * Tn, "cpu.optim.fp32_master_partition": 4 * Tn}
         terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    else:
+        raise ValueError(f"strategy {strategy!r} has a row in disttune/strategies.py but no memory formula here")
     return terms
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from disttune.estimate.strategies import GIB, HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
+from disttune.strategies import NAMES, STRATEGIES, speed_rank, start_from
 
-# Fastest first: less communication and no PCIe traffic win (FSDP2 and ZeRO-3 are about even). Parameter
-# offload moves every layer's weights over PCIe at each forward and backward, so it comes last.
-SPEED_ORDER = ("ddp", "zero1", "zero2", "fsdp2", "zero3", "zero2_offload", "zero3_offload",
-               "zero3_offload_params", "zero3_offload_all")
-OFFLOAD = frozenset(s for s in SPEED_ORDER if "offload" in s)
+# Fastest first, by the table's speed_rank (disttune/strategies.py says why each row sits where it does).
+SPEED_ORDER = tuple(sorted(NAMES, key=speed_rank))
+OFFLOAD = frozenset(s.name for s in STRATEGIES if s.offloads)
 RULE_OF_THUMB = {"zero2": 0.30, "zero3": 0.50}  # the seed's "~30%" and "~50%" saving vs DDP
 
 
@@ -29,13 +28,12 @@ def _gib(n: int) -> str:
 
 def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
               inputs: Inputs | None = None) -> Recommendation:
-    """Fastest (``SPEED_ORDER``) strategy that fits the GPU and the host RAM; otherwise what would fit.
+    """Fastest (lowest ``speed_rank``) strategy that fits the GPU and the host RAM; otherwise what would fit.
 
     With ``model`` and ``inputs`` the suggestions are checked by re-estimating: gradient checkpointing,
     per-device batch 1, LoRA r=16, more nodes of the same size, and ZeRO-3 without offload on more GPUs.
     """
-    by_name = {r.name: r for r in results}
-    ranked = [by_name[s] for s in SPEED_ORDER if s in by_name]
+    ranked = sorted(results, key=lambda r: speed_rank(r.name))  # a name without a rank raises, never drops out
     budget = (1 - HEADROOM) * inputs.gpu_memory_gb * GIB if inputs else None
     host_short = [r for r in ranked if r.gpu_fits and r.host_fits is False]
     host_note = "".join(f" {r.name} would fit the GPUs but {r.why}." for r in host_short)
@@ -47,7 +45,8 @@ def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
                    + (f", {_gib(r.cpu_bytes_per_node)} host RAM per node" if r.cpu_bytes_per_node else "")
                    + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
                    + (f" Also fits: {', '.join(slower)}." if slower else "") + host_note)
-            return Recommendation(r.name, why)
+            how = start_from(r.name)
+            return Recommendation(r.name, why + (f" {how}." if how else ""))
     smallest = min(ranked, key=lambda r: r.total_bytes) if ranked else None
     if host_short:
         reason = "Nothing fits: every strategy that fits the GPUs needs more host RAM than the node has."
@@ -61,8 +60,8 @@ def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
 
 
 def _first_fit(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> StrategyEstimate | None:
-    results = {r.name: r for r in estimate(model, inputs, tuple(strategies))}
-    return next((results[s] for s in SPEED_ORDER if s in results and results[s].fits), None)
+    results = sorted(estimate(model, inputs, tuple(strategies)), key=lambda r: speed_rank(r.name))
+    return next((r for r in results if r.fits), None)
 
 
 def _needs(hit: StrategyEstimate) -> str:

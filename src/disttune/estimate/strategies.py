@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from disttune.errors import UserError
 from disttune.estimate import memory
 from disttune.estimate.models import ModelSpec, count_params, lora_params, moe_block_params
+from disttune.strategies import resolve
 
 GIB = memory.GIB
 # Kept free on the GPU and in host RAM for what the estimate does not model: allocator fragmentation
@@ -210,9 +211,6 @@ def allocator_reserve(model: ModelInfo, inputs: Inputs, step_bytes: int, smaller
 
 def estimate(model: ModelInfo, inputs: Inputs,
              strategies: tuple[str, ...] = memory.STRATEGIES) -> list[StrategyEstimate]:
-    """``estimate_strategy`` for each of ``strategies`` (validated first)."""
+    """``estimate_strategy`` for each of ``strategies`` (validated first; the rows of disttune/strategies.py)."""
     validate(inputs)
-    unknown = [s for s in strategies if s not in memory.STRATEGIES]
-    if unknown:
-        raise UserError(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(memory.STRATEGIES)}.")
-    return [estimate_strategy(s, model, inputs) for s in strategies]
+    return [estimate_strategy(s, model, inputs) for s in resolve(strategies)]  # old names (ALIASES) too

@@ -12,19 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.strategies import checkpoint_layout
 
 GIB = 1024**3
 
 
 def current_layout(environ=os.environ) -> dict:
-    """World size and strategy this launch runs with, as the launcher announced them."""
+    """World size and checkpoint layout (``strategies.checkpoint_layout``) as the launcher announced them."""
     if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        strategy = f"deepspeed-zero{environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+        kind, stage = "DEEPSPEED", environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     elif environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        strategy = "fsdp"
+        kind, stage = "FSDP", None
     else:
-        strategy = "ddp"
-    return {"world_size": int(environ.get("WORLD_SIZE", "1")), "strategy": strategy}
+        kind, stage = "MULTI_GPU", None
+    return {"world_size": int(environ.get("WORLD_SIZE", "1")), "strategy": checkpoint_layout(kind, stage)}
 
 
 def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: bool) -> None:

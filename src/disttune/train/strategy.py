@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import os
 
+from disttune.strategies import identify
+
 
 def describe(accelerator) -> dict:
-    """Strategy, ZeRO stage, world size and precision as the running accelerator sees them."""
+    """Strategy, ZeRO stage, world size and precision as the running accelerator sees them.
+
+    ``strategy`` is the row of ``disttune/strategies.py`` that this setup matches (None for one process, or
+    for a combination the table does not hold, such as FSDP with offload).
+    """
     state = accelerator.state
-    zero_stage = None
+    zero_stage, offload_optimizer, offload_params = None, False, False
     if state.deepspeed_plugin is not None:
         zero_stage = int(state.deepspeed_plugin.zero_stage)
+        zero = state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        offload_optimizer = _offloaded(zero.get("offload_optimizer"))
+        offload_params = _offloaded(zero.get("offload_param"))
     fsdp_version = None
     if getattr(state, "fsdp_plugin", None) is not None:
         fsdp_version = int(getattr(state.fsdp_plugin, "fsdp_version", 1))
+        policy = getattr(state.fsdp_plugin, "cpu_offload", None)  # FSDP1: CPUOffload; FSDP2: an OffloadPolicy
+        offload_params = bool(getattr(policy, "offload_params", type(policy).__name__ == "CPUOffloadPolicy"))
+    distributed_type = str(state.distributed_type).split(".")[-1]
     return {
-        "distributed_type": str(state.distributed_type).split(".")[-1],
+        "strategy": identify(distributed_type, zero_stage, fsdp_version, offload_optimizer, offload_params),
+        "distributed_type": distributed_type,
         "zero_stage": zero_stage,
         "fsdp_version": fsdp_version,
         "world_size": int(state.num_processes),
@@ -26,6 +39,11 @@ def describe(accelerator) -> dict:
         "device": str(accelerator.device),
         "backend": getattr(state, "backend", None),
     }
+
+
+def _offloaded(section) -> bool:
+    """Whether a DeepSpeed ``offload_optimizer`` / ``offload_param`` section moves the states off the GPU."""
+    return isinstance(section, dict) and str(section.get("device", "none")).lower() not in ("none", "")
 
 
 def world_size_from_env() -> int:
