@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The demo uses every visible GPU, or 2 CPU processes when there is none.
 NPROC   ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-families lint clean
+.PHONY: install demo test test-full test-families lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything, the opt-in tiers included (families matrix, full strategy matrices): about an hour on 2 cores.
+test-full: install
+	$(BIN)/python -m pytest -q -m "full or families or not (full or families)"
 
 # The full model-family x strategy matrix (about 30 two-process runs; CI runs a cut of it in `make test`).
 test-families: install
