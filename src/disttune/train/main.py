@@ -257,23 +257,25 @@ def save_outputs(trainer, final_dir: Path, script_args, model_args, training_arg
     """Write ``final/`` and prove it loads back as the trained weights; with --merge_lora also ``final_merged/``.
 
     Every rank must call it (the weights are gathered from all of them); the checks run on the main process.
+    With --push_to_hub the output folder is then pushed, as ``Trainer.save_model`` does.
     """
     from disttune.train.save import check_adapter, check_final_model, save_final, save_merged_lora
     from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
     trained = save_final(trainer, final_dir)
-    if not trainer.accelerator.is_main_process:
-        return
-    if not model_args.use_peft:
+    if trainer.accelerator.is_main_process and not model_args.use_peft:
         check_final_model(final_dir, trained, training_args.trust_remote_code)
-        return
-    check_adapter(final_dir, trained)
-    if script_args.merge_lora:
-        base = model_args.model_name_or_path
-        if base == TINY_NAME:
-            base = str(tiny_checkpoint(training_args.seed))
-        merged = save_merged_lora(base, final_dir, final_dir.parent / "final_merged", training_args.trust_remote_code)
-        print(f"disttune: merged LoRA model saved in {merged}", flush=True)
+    elif trainer.accelerator.is_main_process:
+        check_adapter(final_dir, trained)
+        if script_args.merge_lora:
+            base = model_args.model_name_or_path
+            if base == TINY_NAME:
+                base = str(tiny_checkpoint(training_args.seed))
+            merged = save_merged_lora(base, final_dir, final_dir.parent / "final_merged", training_args.trust_remote_code)
+            print(f"disttune: merged LoRA model saved in {merged}", flush=True)
+    del trained
+    if training_args.push_to_hub:  # what trainer.save_model did here; every rank takes part in its gather
+        trainer.push_to_hub(commit_message="Model save")
 
 
 def fit(trainer, metrics, training_args, script_args, model_args, notes: list[str], fmt: str) -> dict:
