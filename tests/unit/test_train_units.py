@@ -159,6 +159,16 @@ def test_plan_text_shows_the_global_batch_formula():
     assert "checkpoints             every 50 steps and at the end, keep all" in text
 
 
+def test_the_batch_plan_is_computed_once_from_the_arguments():
+    from disttune.train.main import batch_plan
+
+    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512,
+                           learning_rate=2e-5)
+    plan = batch_plan(args, world_size=4)
+    assert (plan.global_batch_size, plan.tokens_per_step, plan.num_processes) == (32, 32 * 512, 4)
+    assert batch_plan(SimpleNamespace(**{**vars(args), "max_length": None}), 1).tokens_per_step is None
+
+
 def test_an_unreachable_hub_dataset_is_a_user_error(monkeypatch):
     import datasets
 

@@ -5,7 +5,8 @@ rotates old checkpoints (``--save_total_limit``) *before* every rank has finishe
 its ``get_last_checkpoint`` takes the highest-numbered folder, complete or not. A crash during a save
 could therefore leave a half-written newest checkpoint and no complete one at all. Here:
 
-1. the trainer's ``_save_checkpoint`` runs with rotation switched off;
+1. the trainer's ``_save_checkpoint`` runs with rotation switched off (``DisttuneTrainer._save_checkpoint``
+   in ``trainer.py`` does steps 1-3 with the functions here);
 2. a barrier waits until every rank has written its part; rank 0 flushes the files to disk and writes
    ``disttune_complete.json`` (temporary file + ``os.replace``: the mark appears whole or not at all);
 3. only then are old checkpoints rotated, counting complete ones only, never the newest complete one.
@@ -118,44 +119,6 @@ def rotate(output_dir: str | os.PathLike, keep: int | None) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def install_complete_markers(trainer, describe_run: dict, test_hook=None) -> None:
-    """Wrap ``trainer._save_checkpoint``: save with rotation off, barrier, mark complete, then rotate.
-
-    ``describe_run`` goes into the mark (world size, strategy, run id) so that a resume can check that it
-    is compatible. ``test_hook(stage, step)`` lets the fault tests kill a rank mid-save.
-    """
-    original = trainer._save_checkpoint
-
-    def save_checkpoint(model, trial):
-        args = trainer.args
-        step = trainer.state.global_step
-        folder = Path(args.output_dir) / f"checkpoint-{step}"
-        if args.should_save and folder.is_dir() and not is_complete(folder):
-            shutil.rmtree(folder)  # a half-written leftover of a crashed run: never mix files into it
-        _barrier()
-        limit, args.save_total_limit = args.save_total_limit, None
-        try:
-            original(model, trial)
-        finally:
-            args.save_total_limit = limit
-        if test_hook is not None:
-            test_hook("after_write", step)
-        _barrier()  # every rank has written its part
-        if args.should_save:
-            write_marker(folder, {**describe_run, "step": step})
-            rotate(args.output_dir, limit)
-        _barrier()
-
-    trainer._save_checkpoint = save_checkpoint
 
 
 def resolve_resume(value: str | None, output_dir: str | os.PathLike) -> tuple[str | None, str | None]:

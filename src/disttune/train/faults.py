@@ -1,5 +1,7 @@
 """Faults during training: preemption signals, non-finite steps, hung ranks.
 
+``DisttuneTrainer`` (``trainer.py``) adds these callbacks and the per-step hooks they need.
+
 - ``StepGuard`` (a ``TrainerCallback``): once per optimizer step, one small all-reduce tells every rank
   (a) whether any rank received SIGTERM/SIGINT (then all save a checkpoint at this step's end and stop
   together; the signal may reach one rank only) and (b) which ranks saw a non-finite loss or gradient
@@ -63,7 +65,7 @@ def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
     return faults
 
 
-def _inject(stage: str, step: int) -> None:
+def inject_test_fault(stage: str, step: int) -> None:
     """Carry out an injected process fault for ``stage`` at ``step`` (tests only)."""
     faults = test_faults()
     if stage == "after_write" and faults.get(("sigkill_in_save", step)):
@@ -72,9 +74,6 @@ def _inject(stage: str, step: int) -> None:
         for action, sig in (("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL), ("sigstop", signal.SIGSTOP)):
             if faults.get((action, step)):
                 os.kill(os.getpid(), sig)
-
-
-checkpoint_test_hook = _inject
 
 
 def likely_cause(args) -> str:
@@ -104,40 +103,23 @@ def apply_collective_timeout(seconds: float) -> bool:
 
 
 class StepGuard(TrainerCallback):
-    """Signals and non-finite values, agreed on by every rank once per optimizer step."""
+    """Signals and non-finite values, agreed on by every rank once per optimizer step.
+
+    ``DisttuneTrainer.compute_loss`` sets ``nonfinite_local`` when this rank's training loss is not finite.
+    """
 
     def __init__(self, trainer, skip_nonfinite: bool = False):
         self.trainer = trainer
         self.skip_nonfinite = skip_nonfinite
         self.signal_name: str | None = None
         self._signal_time = 0.0
-        self._nonfinite_local = False
+        self.nonfinite_local = False
         self._consecutive_skips = 0
         self.skipped_steps: list[int] = []
         self.stopped_by: str | None = None
         self._previous_handlers: dict = {}
-        self._wrap_compute_loss()
 
     # --- per-rank observations -------------------------------------------------------------------
-    def _wrap_compute_loss(self) -> None:
-        import torch
-
-        original = self.trainer.compute_loss
-        guard = self
-
-        def compute_loss(model, inputs, *args, **kwargs):
-            result = original(model, inputs, *args, **kwargs)
-            loss = result[0] if isinstance(result, tuple) else result
-            step = guard.trainer.state.global_step + 1
-            if test_faults().get(("nan", step)):
-                loss = loss * float("nan")
-                result = (loss, *result[1:]) if isinstance(result, tuple) else loss
-            if model.training:
-                guard._nonfinite_local |= not bool(torch.isfinite(loss.detach()).all())
-            return result
-
-        self.trainer.compute_loss = compute_loss
-
     def _on_signal(self, signum, frame):
         name = signal.Signals(signum).name
         now = time.monotonic()
@@ -169,19 +151,22 @@ class StepGuard(TrainerCallback):
 
     def _agree(self, args) -> tuple[dict[int, str], list[int], list[int]]:
         """One all-reduce: the signal each rank got (by rank), the ranks with a non-finite loss, and those
-        with non-finite gradients (under DDP one rank's NaN loss reaches every rank's gradients)."""
-        import torch
-        import torch.distributed as dist
+        with non-finite gradients (under DDP one rank's NaN loss reaches every rank's gradients).
 
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
+        Each rank fills its own slot of a zero vector; a sum over ranks (accelerate's ``reduce``) gives
+        every rank every slot. (``set_trigger``/``check_trigger`` carry one bit, not who saw what.)
+        """
+        import torch
+        from accelerate.state import PartialState
+        from accelerate.utils import reduce
+
+        state = PartialState()
+        world, rank = state.num_processes, state.process_index
         flags = torch.zeros(3 * world, dtype=torch.int32, device=args.device)
         flags[rank] = int(signal.Signals[self.signal_name]) if self.signal_name else 0
-        flags[world + rank] = int(self._nonfinite_local)
+        flags[world + rank] = int(self.nonfinite_local)
         flags[2 * world + rank] = int(not self._local_grads_finite())
-        if world > 1:
-            dist.all_reduce(flags)
-        flags = flags.tolist()
+        flags = reduce(flags, reduction="sum").tolist()
         signalled = {r: signal.Signals(flags[r]).name for r in range(world) if flags[r]}
         return signalled, [r for r in range(world) if flags[world + r]], [r for r in range(world) if flags[2 * world + r]]
 
@@ -199,8 +184,8 @@ class StepGuard(TrainerCallback):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._nonfinite_local = False
-        _inject("step_begin", state.global_step + 1)
+        self.nonfinite_local = False
+        inject_test_fault("step_begin", state.global_step + 1)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1
@@ -280,30 +265,13 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
     )
 
 
-def wrap_training_step_errors(trainer) -> None:
-    """Let ``training_step`` turn DeepSpeed's loss-scale exception into a ``NonFiniteError``, and a
-    collective that timed out or lost its peer into one line naming this rank and the step (exit 1)."""
-    original = trainer.training_step
-
-    def training_step(*args, **kwargs):
-        try:
-            return original(*args, **kwargs)
-        except Exception as exc:
-            step = trainer.state.global_step + 1
-            translated = translate_deepspeed_error(exc, step, trainer.args)
-            if translated is not None:
-                raise translated from exc
-            message = collective_failure_message(exc, step, trainer.args.ddp_timeout)
-            if message is None:
-                raise
-            print(message, file=sys.stderr, flush=True)
-            raise SystemExit(1) from exc
-
-    trainer.training_step = training_step
-
-
 class HangWatchdog(TrainerCallback):
-    """Dump stacks and leave when no step completes for ``timeout_s`` seconds."""
+    """Dump stacks and leave when no step completes for ``timeout_s`` seconds.
+
+    The stacks come from ``faulthandler.dump_traceback``. Its timer (``dump_traceback_later(exit=True)``)
+    is not used: it runs no Python code when it fires, so it could neither name the ranks that stopped
+    answering (read from the heartbeats below) nor say so on stderr before leaving.
+    """
 
     HEARTBEAT_S = 1.0
 
@@ -390,15 +358,3 @@ class HangWatchdog(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._stop.set()
 
-
-def install(trainer, script_args, describe_run: dict) -> StepGuard:
-    """Everything above on one trainer: complete marks on checkpoints, the step guard, the watchdog."""
-    from disttune.train.checkpoints import install_complete_markers
-
-    install_complete_markers(trainer, describe_run, test_hook=checkpoint_test_hook)
-    wrap_training_step_errors(trainer)
-    guard = StepGuard(trainer, skip_nonfinite=script_args.skip_nonfinite_steps)
-    trainer.add_callback(guard)
-    if script_args.hang_dump_s and script_args.hang_dump_s > 0:
-        trainer.add_callback(HangWatchdog(script_args.hang_dump_s, trainer.args.output_dir))
-    return guard

@@ -2,7 +2,8 @@
 
 The script never branches on the strategy: the accelerate config picks DDP, ZeRO or FSDP, and TRL's
 ``SFTTrainer`` does the rest. What is ours: argument reconciliation, the plan printed before the first
-step, metrics files, and the checks that the saved model is complete.
+step, metrics files, the checks that the saved model is complete, and ``DisttuneTrainer`` (``trainer.py``):
+``SFTTrainer`` with fault handling and checkpoints marked complete.
 """
 
 from __future__ import annotations
@@ -10,16 +11,48 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
+
+from disttune.config.load import read_config
 from disttune.errors import UserError
+from disttune.extensions import notify_op_builds
+from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, with_derived
+from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
+from disttune.train.checkpoints import new_run_id
+from disttune.train.data import load_train_dataset
+from disttune.train.faults import TrainingStopped, apply_collective_timeout
+from disttune.train.measure import measure_run
+from disttune.train.metrics import MetricsCallback, write_json
+from disttune.train.preflight import check_trainer_disk, current_layout, prepare_run
+from disttune.train.reconcile import (
+    MP_ENV,
+    apply_precision,
+    cpu_mixed_precision_fallback,
+    reconcile_batch_settings,
+    reconcile_precision,
+    split_precision_flags,
+)
+from disttune.train.strategy import (
+    cpu_distributed_defaults,
+    deepspeed_auto_sizes,
+    describe,
+    promote_fsdp_on_cpu,
+    world_size_from_env,
+    zero3_moe_leaf_modules,
+)
+from disttune.train.teardown import release_trainer, shutdown_distributed
+from disttune.train.tiny import TINY_NAME, tiny_checkpoint
+from disttune.train.trainer import DisttuneTrainer
 
 
 def read_recipe(argv: list[str]) -> dict:
     """The ``--config`` recipe's mapping ({} without one), read with the bounded config reader (depth,
     aliases, size, time) before TRL reads it."""
-    from disttune.config.load import read_config
-
     if "--config" not in argv:
         return {}
     index = argv.index("--config") + 1
@@ -45,10 +78,6 @@ def _explicit_names(argv: list[str], recipe: dict | None = None) -> set[str]:
 
 def parse_arguments(argv: list[str], defaults: dict | None = None):
     """Parse ``argv`` into ``(DisttuneArguments, SFTConfig, ModelConfig, explicit_names)``."""
-    from trl import ModelConfig, SFTConfig, TrlParser
-
-    from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
-
     explicit = _explicit_names(argv)
     parser = TrlParser((DisttuneArguments, SFTConfig, ModelConfig), prog="07_distributed_training.py")
     parser.set_defaults(**{**SCRIPT_DEFAULTS, **(defaults or {})})
@@ -61,11 +90,6 @@ def parse_arguments(argv: list[str], defaults: dict | None = None):
 
 def load_model_and_tokenizer(model_args, seed: int = 42, trust_remote_code: bool = False):
     """The built-in ``tiny`` preset, or ``from_pretrained`` on a local folder or hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from disttune.train.tiny import TINY_NAME, tiny_checkpoint
-
     name = model_args.model_name_or_path
     if name == TINY_NAME:
         name = str(tiny_checkpoint(seed))
@@ -111,23 +135,6 @@ def messages_to_prompt_completion(dataset):
 
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
-    import torch
-
-    from disttune.train.reconcile import (
-        MP_ENV,
-        apply_precision,
-        cpu_mixed_precision_fallback,
-        reconcile_batch_settings,
-        reconcile_precision,
-        split_precision_flags,
-    )
-    from disttune.train.strategy import (
-        cpu_distributed_defaults,
-        deepspeed_auto_sizes,
-        promote_fsdp_on_cpu,
-        world_size_from_env,
-    )
-
     cuda = torch.cuda.is_available()
     recipe = read_recipe(argv)
     explicit = _explicit_names(argv, recipe)
@@ -156,14 +163,9 @@ def setup(argv: list[str]):
         training_args.include_num_input_tokens_seen = "non_padding"
     notes += reconcile_batch_settings(training_args, explicit)
     if script_args.lr_scaling != "none":
-        from disttune.plan import global_batch_size, scale_learning_rate
-
         if not script_args.base_global_batch_size:
             raise UserError("--lr_scaling needs --base_global_batch_size (the global batch the learning rate was tuned for).")
-        world = world_size_from_env()
-        batch = global_batch_size(
-            training_args.per_device_train_batch_size, world, training_args.gradient_accumulation_steps
-        )
+        batch = batch_plan(training_args, world_size_from_env()).global_batch_size
         lr = scale_learning_rate(
             training_args.learning_rate, batch, script_args.base_global_batch_size, script_args.lr_scaling
         )
@@ -172,12 +174,18 @@ def setup(argv: list[str]):
             f"global batch {batch} vs base {script_args.base_global_batch_size})"
         )
         training_args.learning_rate = lr
-    from disttune.train.faults import apply_collective_timeout
-    from disttune.train.preflight import prepare_run
-
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
     notes += prepare_run(script_args, training_args)
     return script_args, training_args, model_args, notes
+
+
+def batch_plan(training_args, world_size: int) -> BatchPlan:
+    """The run's batch layout: global batch = micro batch x world size x accumulation
+    (``plan.global_batch_size``); tokens per step <= global batch x max_length (``plan.with_derived``)."""
+    per_device, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
+    layout = BatchPlan(world_size, per_device, accumulation, global_batch_size(per_device, world_size, accumulation),
+                       training_args.learning_rate)
+    return with_derived(layout, training_args.max_length or None)
 
 
 def describe_checkpointing(training_args) -> str:
@@ -196,9 +204,7 @@ def describe_checkpointing(training_args) -> str:
 def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
     """The plan printed before the first step."""
     strategy = info["distributed_type"] + (f" ZeRO-{info['zero_stage']}" if info["zero_stage"] is not None else "")
-    global_batch = (
-        training_args.per_device_train_batch_size * info["world_size"] * training_args.gradient_accumulation_steps
-    )
+    global_batch = batch_plan(training_args, info["world_size"]).global_batch_size
     rows = [
         ("strategy", f"{strategy} on {info['device']} ({info['mixed_precision']} precision)"),
         ("world size", info["world_size"]),
@@ -215,15 +221,10 @@ def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
     return "disttune plan\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def build_trainer(script_args, training_args, model_args):
-    """Model, tokenizer, data and TRL's ``SFTTrainer``, plus our metrics callback."""
-    from transformers import set_seed
-    from trl import SFTTrainer, get_peft_config
-
-    from disttune.train.data import load_train_dataset
-    from disttune.train.metrics import MetricsCallback
-    from disttune.train.strategy import zero3_moe_leaf_modules
-
+def build_trainer(script_args, training_args, model_args) -> tuple[DisttuneTrainer, MetricsCallback, str]:
+    """Model, tokenizer and data, in our ``DisttuneTrainer`` (TRL's ``SFTTrainer`` with fault handling and
+    crash-safe checkpoints, see ``trainer.py``) with the metrics callback; returns it, the callback and the
+    data format."""
     set_seed(training_args.seed)  # the same initial weights under every strategy
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.seed, training_args.trust_remote_code)
     zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
@@ -235,22 +236,33 @@ def build_trainer(script_args, training_args, model_args):
             training_args.assistant_only_loss = True
         else:
             dataset = messages_to_prompt_completion(dataset)
-    from disttune.train import faults
-    from disttune.train.checkpoints import new_run_id
-    from disttune.train.preflight import current_layout
-
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
-    trainer = SFTTrainer(
+    trainer = DisttuneTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=[metrics],
+        run_info={**current_layout(), "run_id": run_id},
+        skip_nonfinite_steps=script_args.skip_nonfinite_steps,
+        hang_dump_s=script_args.hang_dump_s,
     )
-    faults.install(trainer, script_args, {**current_layout(), "run_id": run_id})
     return trainer, metrics, fmt
+
+
+@dataclass
+class RunRecord:
+    """One run as ``fit`` needs it: the parsed arguments, the trainer, and what setup noted."""
+
+    script_args: DisttuneArguments
+    training_args: SFTConfig
+    model_args: ModelConfig
+    trainer: DisttuneTrainer
+    metrics: MetricsCallback
+    data_format: str  # the dataset's format as detected by ``data.load_train_dataset``
+    notes: list[str] = field(default_factory=list)  # printed before the plan and kept in run_summary.json
 
 
 def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
@@ -278,36 +290,28 @@ def save_outputs(trainer, final_dir: Path, script_args, model_args, training_arg
         trainer.push_to_hub(commit_message="Model save")
 
 
-def fit(trainer, metrics, training_args, script_args, model_args, notes: list[str], fmt: str) -> dict:
+def fit(record: RunRecord) -> dict:
     """Train, then write ``run_summary.json`` and the final model; returns the summary."""
-    from disttune.train.measure import measure_run
-    from disttune.train.metrics import write_json
-    from disttune.train.strategy import describe
-
+    trainer, training_args, metrics = record.trainer, record.training_args, record.metrics
     accelerator = trainer.accelerator
     info = describe(accelerator)
-    tokens_per_step = (
-        training_args.per_device_train_batch_size * info["world_size"] * training_args.gradient_accumulation_steps
-        * (training_args.max_length or 0)
-    )
+    batch = batch_plan(training_args, info["world_size"])
     if accelerator.is_main_process:
-        for note in notes:
+        for note in record.notes:
             print(f"disttune: {note}", flush=True)
-        print(f"disttune: data format '{fmt}' from {script_args.dataset_name}", flush=True)
-        print(format_plan(info, training_args, tokens_per_step), flush=True)
+        print(f"disttune: data format '{record.data_format}' from {record.script_args.dataset_name}", flush=True)
+        print(format_plan(info, training_args, batch.tokens_per_step or 0), flush=True)
 
-    resume = training_args.resume_from_checkpoint
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
-    save_outputs(trainer, final_dir, script_args, model_args, training_args)
+    save_outputs(trainer, final_dir, record.script_args, record.model_args, training_args)
     summary = {
         **info,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "global_batch_size": training_args.per_device_train_batch_size * info["world_size"]
-        * training_args.gradient_accumulation_steps,
+        "per_device_train_batch_size": batch.per_device_train_batch_size,
+        "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+        "global_batch_size": batch.global_batch_size,
         "learning_rate": training_args.learning_rate,
         "max_grad_norm": training_args.max_grad_norm,
         "max_length": training_args.max_length,
@@ -316,9 +320,9 @@ def fit(trainer, metrics, training_args, script_args, model_args, notes: list[st
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
         "tokens_per_second": metrics.tokens_per_second,
         "final_loss": metrics.losses[-1] if metrics.losses else None,
-        "data_format": fmt,
+        "data_format": record.data_format,
         "final_dir": str(final_dir),
-        "notes": notes,
+        "notes": record.notes,
     }
     if accelerator.is_main_process:
         write_json(Path(training_args.output_dir) / "run_summary.json", summary)
@@ -328,25 +332,18 @@ def fit(trainer, metrics, training_args, script_args, model_args, notes: list[st
 
 def run(argv: list[str]) -> dict:
     """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
-    from disttune.train.preflight import check_trainer_disk
-    from disttune.train.teardown import release_trainer
-
     script_args, training_args, model_args, notes = setup(argv)
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
     trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
     check_trainer_disk(trainer, training_args)
     try:
-        return fit(trainer, metrics, training_args, script_args, model_args, notes, fmt)
+        return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
     finally:
         release_trainer(trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
-    from disttune.extensions import notify_op_builds
-    from disttune.train.faults import TrainingStopped
-    from disttune.train.teardown import shutdown_distributed
-
     argv = sys.argv[1:] if argv is None else list(argv)
     # TRL's config still carries transformers' old name for this flag (the one users type); the rename
     # warning it triggers on every rank says nothing actionable.

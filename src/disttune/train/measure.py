@@ -63,13 +63,9 @@ def peak_memory_bytes(device) -> tuple[int, str]:
 
 def gather(value) -> list:
     """``value`` from every rank, in rank order (a one-element list when not distributed)."""
-    import torch.distributed as dist
+    from accelerate.utils import gather_object
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
+    return gather_object([value])  # accelerate concatenates the ranks' lists
 
 
 def category_of(name: str) -> str:
@@ -210,31 +206,47 @@ class StepProbe:
 
     ``end_of_backward`` (DeepSpeed only: before ZeRO's gradient reduction, when ZeRO-1 still holds every
     full gradient), ``before_step`` (gradients alive) and ``after_step`` (lazily created optimizer
-    states alive). The largest of them is what the step held at once. Installed by wrapping methods of
-    the stepping optimizer instance only; costs a few tensor walks, once.
+    states alive). The largest of them is what the step held at once. Costs a few tensor walks, once.
+
+    A torch optimizer is observed through its own step hooks (``register_step_pre_hook`` /
+    ``register_step_post_hook``). DeepSpeed's ZeRO optimizers are not torch optimizers and have no hooks,
+    and the engine steps them inside ``backward``, before the trainer's ``on_pre_optimizer_step`` event:
+    for them alone, ``step`` and the gradient-reduction methods are wrapped on the instance.
     """
 
     REDUCE_METHODS = ("reduce_gradients", "overlapping_partition_gradients_reduce_epilogue")
 
     def __init__(self, model, optimizer, at_step: int = 2):
+        import torch
+
         self.model, self.at_step, self.calls = model, at_step, 0
         self.optimizer = stepping_optimizer(optimizer)
         self.snapshots: dict[str, dict] = {}
+        if isinstance(self.optimizer, torch.optim.Optimizer):
+            self.optimizer.register_step_pre_hook(lambda *_: self._before_step())
+            self.optimizer.register_step_post_hook(lambda *_: self._after_step())
+            return
         original = self.optimizer.step
 
         def step(*args, **kwargs):
-            self.calls += 1
-            if self.calls != self.at_step:
-                return original(*args, **kwargs)
-            self.snapshots["before_step"] = model_state_snapshot(self.model, self.optimizer)
+            self._before_step()
             result = original(*args, **kwargs)
-            self.snapshots["after_step"] = model_state_snapshot(self.model, self.optimizer)
+            self._after_step()
             return result
 
         self.optimizer.step = step
         for name in self.REDUCE_METHODS:
             if callable(getattr(self.optimizer, name, None)):
                 self._wrap_reduce(name)
+
+    def _before_step(self) -> None:
+        self.calls += 1
+        if self.calls == self.at_step:
+            self.snapshots["before_step"] = model_state_snapshot(self.model, self.optimizer)
+
+    def _after_step(self) -> None:
+        if self.calls == self.at_step:
+            self.snapshots["after_step"] = model_state_snapshot(self.model, self.optimizer)
 
     def _wrap_reduce(self, name: str) -> None:
         original = getattr(self.optimizer, name)

@@ -1,0 +1,99 @@
+"""``DisttuneTrainer``: TRL's ``SFTTrainer`` with disttune's fault handling and crash-safe checkpoints.
+
+What it adds to ``SFTTrainer``, all of it here (the callbacks' own behaviour is in ``faults.py``):
+
+- ``compute_loss``: notes whether this rank's training loss is finite (``StepGuard`` then has every rank
+  agree once per optimizer step: stop, or skip with ``--skip_nonfinite_steps``);
+- ``training_step``: DeepSpeed's fp16 loss-scale collapse becomes a ``NonFiniteError``; a collective that
+  timed out or lost its peer becomes one line naming this rank and the step, then exit code 1;
+- ``_save_checkpoint``: every checkpoint is marked complete once all ranks have written it, and old ones
+  are rotated only after that (``checkpoints.py``);
+- callbacks: ``StepGuard`` (signals, non-finite steps) and, with ``--hang_dump_s N``, ``HangWatchdog``.
+
+``DISTTUNE_TEST_FAULT`` (tests only, see ``faults.py``) injects a NaN loss here and a kill mid-save.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from trl import SFTTrainer
+
+from disttune.train.checkpoints import is_complete, rotate, write_marker
+from disttune.train.faults import (
+    HangWatchdog,
+    StepGuard,
+    collective_failure_message,
+    inject_test_fault,
+    test_faults,
+    translate_deepspeed_error,
+)
+
+
+class DisttuneTrainer(SFTTrainer):
+    """``SFTTrainer`` that stops (or skips) non-finite steps, saves and stops on SIGTERM/SIGINT, can dump
+    the stacks of a hung job, and writes checkpoints that a resume can trust.
+
+    ``run_info`` (world size, strategy, run id) goes into every checkpoint's completion mark, so that a
+    resume can check that it is compatible. The other arguments are ``SFTTrainer``'s.
+    """
+
+    def __init__(self, *args, run_info: dict, skip_nonfinite_steps: bool = False, hang_dump_s: float = 0.0,
+                 **kwargs):
+        self.run_info = run_info
+        self.guard = StepGuard(self, skip_nonfinite=skip_nonfinite_steps)
+        super().__init__(*args, **kwargs)
+        # Last, after transformers' progress callback: the guard's on_train_end may raise TrainingStopped.
+        self.add_callback(self.guard)
+        if hang_dump_s and hang_dump_s > 0:
+            self.add_callback(HangWatchdog(hang_dump_s, self.args.output_dir))
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        result = super().compute_loss(model, inputs, *args, **kwargs)
+        loss = result[0] if isinstance(result, tuple) else result
+        if test_faults().get(("nan", self.state.global_step + 1)):
+            loss = loss * float("nan")
+            result = (loss, *result[1:]) if isinstance(result, tuple) else loss
+        if model.training:
+            self.guard.nonfinite_local |= not bool(torch.isfinite(loss.detach()).all())
+        return result
+
+    def training_step(self, *args, **kwargs):
+        try:
+            return super().training_step(*args, **kwargs)
+        except Exception as exc:
+            step = self.state.global_step + 1
+            translated = translate_deepspeed_error(exc, step, self.args)
+            if translated is not None:
+                raise translated from exc
+            message = collective_failure_message(exc, step, self.args.ddp_timeout)
+            if message is None:
+                raise
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(1) from exc
+
+    def _save_checkpoint(self, model, trial):
+        """Save with rotation off; once every rank has written its part, mark it complete, then rotate.
+
+        Transformers 5.23 rotates (``--save_total_limit``) before every rank has finished writing the new
+        checkpoint, and never marks one complete; see ``checkpoints.py``.
+        """
+        args, step = self.args, self.state.global_step
+        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        if args.should_save and folder.is_dir() and not is_complete(folder):
+            shutil.rmtree(folder)  # a half-written leftover of a crashed run: never mix files into it
+        self.accelerator.wait_for_everyone()
+        limit, args.save_total_limit = args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            args.save_total_limit = limit
+        inject_test_fault("after_write", step)
+        self.accelerator.wait_for_everyone()  # every rank has written its part
+        if args.should_save:
+            write_marker(folder, {**self.run_info, "step": step})
+            rotate(args.output_dir, limit)
+        self.accelerator.wait_for_everyone()
