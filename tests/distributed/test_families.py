@@ -110,6 +110,8 @@ def test_family_trains_saves_and_agrees_with_zero3(run, family, config):
 
 @pytest.mark.parametrize("config", [REFERENCE, "fsdp2"])
 def test_moe_blocks_become_zero3_leaf_modules_only_under_zero3(run, config):
-    _, result = run("qwen2_moe", config)
+    out, result = run("qwen2_moe", config)
     note = ("disttune: ZeRO-3: 2 mixture-of-experts blocks (Qwen2MoeSparseMoeBlock) are DeepSpeed leaf modules")
     assert (note in result.stdout) == (config == REFERENCE), result.stdout[-3000:]
+    noted = any("mixture-of-experts" in n for n in read_summary(out)["notes"])  # kept with the run, too
+    assert noted == (config == REFERENCE)

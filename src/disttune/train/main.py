@@ -221,13 +221,15 @@ def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
     return "disttune plan\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def build_trainer(script_args, training_args, model_args) -> tuple[DisttuneTrainer, MetricsCallback, str]:
+def build_trainer(script_args, training_args, model_args, notes: list[str]) -> tuple[DisttuneTrainer, MetricsCallback, str]:
     """Model, tokenizer and data, in our ``DisttuneTrainer`` (TRL's ``SFTTrainer`` with fault handling and
     crash-safe checkpoints, see ``trainer.py``) with the metrics callback; returns it, the callback and the
-    data format."""
+    data format. What it set up on its own (MoE leaf modules) is added to ``notes``."""
     set_seed(training_args.seed)  # the same initial weights under every strategy
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.seed, training_args.trust_remote_code)
-    zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
+    moe = zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
+    if moe:
+        notes.append(moe)
     dataset, fmt = load_train_dataset(
         script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, seed=training_args.seed
     )
@@ -334,7 +336,7 @@ def run(argv: list[str]) -> dict:
     """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
     script_args, training_args, model_args, notes = setup(argv)
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args)
+    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
     check_trainer_disk(trainer, training_args)
     try:
         return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))

@@ -133,7 +133,7 @@ def zero3_moe_leaf_modules(model) -> str | None:
     hangs. A leaf module is gathered whole on entry (``deepspeed.utils.set_z3_leaf_modules``, DeepSpeed's
     recommendation for MoE). DeepSpeed 0.19's default ``zero_optimization.leaf_module`` names Mixtral's and
     Qwen2/3-MoE's blocks only; this covers every block ``sparse_moe_blocks`` finds, and says so. Call it
-    after loading the model, before the trainer prepares it. Prints the note on rank 0.
+    after loading the model, before the trainer prepares it. The note goes into the plan's notes.
     """
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -145,6 +145,4 @@ def zero3_moe_leaf_modules(model) -> str | None:
     marked = set_z3_leaf_modules(model, blocks)
     note = (f"ZeRO-3: {len(marked)} mixture-of-experts blocks ({', '.join(blocks)}) are DeepSpeed leaf modules: "
             "each is gathered whole, so ranks routing tokens to different experts stay in step")
-    if os.environ.get("RANK", "0") == "0":
-        print(f"disttune: {note}", flush=True)
     return note
