@@ -38,6 +38,7 @@ test-families: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -43,23 +43,53 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     steps = ["--max_steps", str(args.max_steps)]
-    ours_cmd = [sys.executable, str(ROOT / "07_distributed_training.py"), "--output_dir", str(tmp / "ours"), "--overwrite_output_dir", "true",
-                "--logging_steps", "5", *steps]
-    plain_cmd = [sys.executable, str(ROOT / "benchmarks" / "plain_trl_sft.py"), "--output_dir", str(tmp / "plain"), *steps]
+    ours_cmd = [
+        sys.executable,
+        str(ROOT / "07_distributed_training.py"),
+        "--output_dir",
+        str(tmp / "ours"),
+        "--overwrite_output_dir",
+        "true",
+        "--logging_steps",
+        "5",
+        *steps,
+    ]
+    plain_cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "plain_trl_sft.py"),
+        "--output_dir",
+        str(tmp / "plain"),
+        *steps,
+    ]
     pairs = []
     for i in range(args.repeats):
-        order = [("ours", ours_cmd), ("plain", plain_cmd)] if i % 2 == 0 else [("plain", plain_cmd), ("ours", ours_cmd)]
+        order = (
+            [("ours", ours_cmd), ("plain", plain_cmd)]
+            if i % 2 == 0
+            else [("plain", plain_cmd), ("ours", ours_cmd)]
+        )
         pair = {name: tokens_per_second(cmd) for name, cmd in order}
         pair["ratio"] = pair["ours"] / pair["plain"]
         pairs.append(pair)
-        print(f"pair {i + 1}/{args.repeats}: ours {pair['ours']:.0f} tokens/s, plain TRL {pair['plain']:.0f} "
-              f"tokens/s, ratio {pair['ratio']:.3f}", flush=True)
+        print(
+            f"pair {i + 1}/{args.repeats}: ours {pair['ours']:.0f} tokens/s, plain TRL {pair['plain']:.0f} "
+            f"tokens/s, ratio {pair['ratio']:.3f}",
+            flush=True,
+        )
     ratios = [p["ratio"] for p in pairs]
-    result = {"date": time.strftime("%Y-%m-%d"), "max_steps": args.max_steps, "pairs": pairs,
-              "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "max_steps": args.max_steps,
+        "pairs": pairs,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"ours / plain TRL tokens/s over {len(ratios)} pairs: median {result['ratio_median']:.3f}, "
-          f"min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f} (target >= 0.97)")
+    print(
+        f"ours / plain TRL tokens/s over {len(ratios)} pairs: median {result['ratio_median']:.3f}, "
+        f"min {result['ratio_min']:.3f}, max {result['ratio_max']:.3f} (target >= 0.97)"
+    )
 
 
 if __name__ == "__main__":

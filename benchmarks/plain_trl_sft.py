@@ -26,18 +26,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_steps", type=int, default=20)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=SCRIPT_DEFAULTS["per_device_train_batch_size"])
+    parser.add_argument(
+        "--per_device_train_batch_size", type=int, default=SCRIPT_DEFAULTS["per_device_train_batch_size"]
+    )
     args = parser.parse_args()
     config = {k: v for k, v in SCRIPT_DEFAULTS.items() if k != "model_name_or_path"}
-    config.update(output_dir=args.output_dir, max_steps=args.max_steps, logging_steps=5,
-                  per_device_train_batch_size=args.per_device_train_batch_size, assistant_only_loss=True,
-                  include_num_input_tokens_seen="non_padding")
+    config.update(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        logging_steps=5,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        assistant_only_loss=True,
+        include_num_input_tokens_seen="non_padding",
+    )
     set_seed(config["seed"])
     path = str(tiny_checkpoint(config["seed"]))
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**config), processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(builtin_examples(seed=config["seed"])))
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**config),
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(builtin_examples(seed=config["seed"])),
+    )
     result = trainer.train()
     print("PLAIN_TRL_METRICS", result.metrics, flush=True)
     # After the timing: leave without gloo's occasional abort at exit (see disttune.train.teardown).

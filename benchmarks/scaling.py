@@ -37,7 +37,12 @@ def main() -> None:
     results = {}
     for n in (1, 2):
         out_dir = tmp / f"n{n}"
-        micro = ["--per_device_train_batch_size", str(args.global_batch // n), "--overwrite_output_dir", "true"]
+        micro = [
+            "--per_device_train_batch_size",
+            str(args.global_batch // n),
+            "--overwrite_output_dir",
+            "true",
+        ]
         runs = []
         for _ in range(args.repeats):
             if n == 1:
@@ -48,11 +53,19 @@ def main() -> None:
             print(f"{n} process(es): {runs[-1]:.0f} tokens/s", flush=True)
         results[n] = {"runs": runs, "best": max(runs)}
     efficiency = results[2]["best"] / (2 * results[1]["best"])
-    out = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "global_batch": args.global_batch,
-           "max_steps": args.max_steps, "results": results, "efficiency": efficiency}
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "global_batch": args.global_batch,
+        "max_steps": args.max_steps,
+        "results": results,
+        "efficiency": efficiency,
+    }
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"tokens/s: 1 process {results[1]['best']:.0f}, 2 processes {results[2]['best']:.0f}; "
-          f"scaling efficiency {efficiency:.2f} (1.00 = linear)")
+    print(
+        f"tokens/s: 1 process {results[1]['best']:.0f}, 2 processes {results[2]['best']:.0f}; "
+        f"scaling efficiency {efficiency:.2f} (1.00 = linear)"
+    )
 
 
 if __name__ == "__main__":

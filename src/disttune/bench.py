@@ -45,12 +45,16 @@ def config_path(strategy: str) -> Path:
 
 def find_script(script: str | None = None) -> Path:
     """The training script: ``script`` if given, else ``07_distributed_training.py`` in the cwd or the repo."""
-    candidates = [Path(script)] if script else [Path.cwd() / SCRIPT, Path(__file__).resolve().parents[2] / SCRIPT]
+    candidates = (
+        [Path(script)] if script else [Path.cwd() / SCRIPT, Path(__file__).resolve().parents[2] / SCRIPT]
+    )
     for path in candidates:
         if path.is_file():
             return path
-    raise UserError(f"training script not found (looked for {', '.join(map(str, candidates))}).\n"
-                    f"  fix: run from the repository root or pass --script path/to/{SCRIPT}.")
+    raise UserError(
+        f"training script not found (looked for {', '.join(map(str, candidates))}).\n"
+        f"  fix: run from the repository root or pass --script path/to/{SCRIPT}."
+    )
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -61,8 +65,14 @@ def parse_strategies(text: str) -> list[str]:
     return resolve(names, tuple(STRATEGIES))
 
 
-def launch_command(config: str | Path, script: Path, out_dir: Path, num_processes: int, mixed_precision: str | None,
-                   script_args: list[str]) -> list[str]:
+def launch_command(
+    config: str | Path,
+    script: Path,
+    out_dir: Path,
+    num_processes: int,
+    mixed_precision: str | None,
+    script_args: list[str],
+) -> list[str]:
     """The ``accelerate launch`` argv of one run (localhost rendezvous on a fresh free port).
 
     ``config``: a name of ``STRATEGIES`` or the path of an accelerate config file. ``mixed_precision``
@@ -70,10 +80,26 @@ def launch_command(config: str | Path, script: Path, out_dir: Path, num_processe
     """
     config_file = config_path(config) if config in STRATEGIES else Path(config)
     precision = ["--mixed_precision", mixed_precision] if mixed_precision else []
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "--num_processes", str(num_processes), "--num_machines", "1", *precision,
-            "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-            str(script), "--output_dir", str(out_dir), *script_args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        *precision,
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        "--output_dir",
+        str(out_dir),
+        *script_args,
+    ]
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -90,8 +116,14 @@ def max_loss_deviation(losses: list[tuple[int, float]], reference: list[tuple[in
     return max(diffs) if diffs else None
 
 
-def estimated_state(strategy: str, model_dir: str, num_processes: int, mixed_precision: str,
-                    per_device_batch: int, max_length: int) -> dict:
+def estimated_state(
+    strategy: str,
+    model_dir: str,
+    num_processes: int,
+    mixed_precision: str,
+    per_device_batch: int,
+    max_length: int,
+) -> dict:
     """``disttune estimate``'s per-rank model-state terms for the same setup, their sums, and its GPU totals.
 
     ``total``: model states (what the live-tensor measurement counts); ``gpu_total_bytes``: the whole peak
@@ -105,13 +137,24 @@ def estimated_state(strategy: str, model_dir: str, num_processes: int, mixed_pre
 
     spec = resolve_model(model_dir)
     counts = count_params(spec)
-    inputs = Inputs(num_processes=num_processes, mixed_precision=mixed_precision,
-                    per_device_train_batch_size=per_device_batch, max_length=max_length)
+    inputs = Inputs(
+        num_processes=num_processes,
+        mixed_precision=mixed_precision,
+        per_device_train_batch_size=per_device_batch,
+        max_length=max_length,
+    )
     est = estimate_strategy(strategy, ModelInfo(spec.name, counts.total, spec), inputs)
     sums = summarize(est.terms)
-    return {"total": sum(est.terms.values()), "terms": est.terms, "buffers": est.buffers, **sums,
-            "gpu_total_bytes": est.total_bytes, "reserved_bytes": est.reserved_bytes,
-            "num_params": counts.total, "active_params": counts.active}
+    return {
+        "total": sum(est.terms.values()),
+        "terms": est.terms,
+        "buffers": est.buffers,
+        **sums,
+        "gpu_total_bytes": est.total_bytes,
+        "reserved_bytes": est.reserved_bytes,
+        "num_params": counts.total,
+        "active_params": counts.active,
+    }
 
 
 def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -> dict:
@@ -137,7 +180,8 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
         "peak_memory_kind": summary["peak_memory_kind"],
         "measured_model_state_bytes": measured,
         "measured_by_category": {k: worst[k] for k in ("params", "grads", "optimizer", "other", "cpu_bytes")}
-        if worst else None,
+        if worst
+        else None,
         "measured_moment": worst.get("moment") if worst else None,
         "measured_sources": worst.get("sources") if worst else None,
         "estimated_model_state_bytes": est,
@@ -148,8 +192,11 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
         "peak_memory_reserved_bytes": reserved,
         "estimated_reserved_bytes": estimate.get("reserved_bytes"),
         "estimated_gpu_total_bytes": estimate.get("gpu_total_bytes"),
-        "reserved_rel_error": (round((estimate["reserved_bytes"] - max(reserved)) / max(reserved), 4)
-                               if reserved and estimate.get("reserved_bytes") else None),
+        "reserved_rel_error": (
+            round((estimate["reserved_bytes"] - max(reserved)) / max(reserved), 4)
+            if reserved and estimate.get("reserved_bytes")
+            else None
+        ),
         "estimated_num_params": estimate.get("num_params"),
         "estimated_active_params": estimate.get("active_params"),
         "final_loss": summary.get("final_loss"),
@@ -158,10 +205,21 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     }
 
 
-def run_bench(strategies: list[str], output_dir: Path, num_processes: int = 2, model: str = "tiny",
-              max_steps: int = 5, per_device_batch: int = 8, max_length: int = 128, mixed_precision: str = "no",
-              variant: str = "default", seed: int = 42, script: str | None = None, timeout: float = 900,
-              log=print) -> dict:
+def run_bench(
+    strategies: list[str],
+    output_dir: Path,
+    num_processes: int = 2,
+    model: str = "tiny",
+    max_steps: int = 5,
+    per_device_batch: int = 8,
+    max_length: int = 128,
+    mixed_precision: str = "no",
+    variant: str = "default",
+    seed: int = 42,
+    script: str | None = None,
+    timeout: float = 900,
+    log=print,
+) -> dict:
     """Run every strategy in turn; returns (and writes) the ``bench.json`` data."""
     from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
@@ -176,9 +234,21 @@ def run_bench(strategies: list[str], output_dir: Path, num_processes: int = 2, m
     # Build the tiny checkpoint here, outside any DeepSpeed context, so every rank of every run loads it.
     model_dir = str(tiny_checkpoint(seed)) if model == TINY_NAME else model
     output_dir.mkdir(parents=True, exist_ok=True)
-    script_args = ["--model_name_or_path", model_dir, "--max_steps", str(max_steps), "--logging_steps", "1",
-                   "--per_device_train_batch_size", str(per_device_batch), "--max_length", str(max_length),
-                   "--seed", str(seed), *VARIANTS[variant]]
+    script_args = [
+        "--model_name_or_path",
+        model_dir,
+        "--max_steps",
+        str(max_steps),
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        str(per_device_batch),
+        "--max_length",
+        str(max_length),
+        "--seed",
+        str(seed),
+        *VARIANTS[variant],
+    ]
     runs = []
     for i, strategy in enumerate(strategies, 1):
         run_dir = output_dir / strategy
@@ -187,32 +257,54 @@ def run_bench(strategies: list[str], output_dir: Path, num_processes: int = 2, m
         start = time.perf_counter()
         with (run_dir / "launch.log").open("w") as fh:
             try:
-                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+                rc = subprocess.run(
+                    cmd,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         wall = time.perf_counter() - start
         if rc != 0 or not (run_dir / "run_summary.json").is_file():
-            log(f"bench: [{i}/{len(strategies)}] {strategy}: FAILED ({rc}) after {wall:.0f} s; see {run_dir / 'launch.log'}")
+            log(
+                f"bench: [{i}/{len(strategies)}] {strategy}: FAILED ({rc}) after {wall:.0f} s; see {run_dir / 'launch.log'}"
+            )
             runs.append({"strategy": strategy, "error": f"exit {rc}", "log": str(run_dir / "launch.log")})
             continue
-        est = estimated_state(strategy, model_dir, num_processes, mixed_precision, per_device_batch, max_length)
+        est = estimated_state(
+            strategy, model_dir, num_processes, mixed_precision, per_device_batch, max_length
+        )
         record = summarize_run(strategy, run_dir, est, wall)
         runs.append(record)
-        log(f"bench: [{i}/{len(strategies)}] {strategy}: {record['tokens_per_second']} tokens/s, "
+        log(
+            f"bench: [{i}/{len(strategies)}] {strategy}: {record['tokens_per_second']} tokens/s, "
             f"final loss {record['final_loss']:.4f}, model states {_mb(record['measured_model_state_bytes'])} "
             f"measured vs {_mb(record['estimated_model_state_bytes'])} estimated "
-            f"({record['estimate_rel_error']:+.1%}), {wall:.0f} s")
+            f"({record['estimate_rel_error']:+.1%}), {wall:.0f} s"
+        )
     ddp = next((r for r in runs if r["strategy"] == "ddp" and "error" not in r), None)
     for r in runs:
         if "error" not in r:
             r["max_loss_deviation_from_ddp"] = max_loss_deviation(r["losses"], ddp["losses"]) if ddp else None
-    data = {"setup": {"num_processes": num_processes, "model": model, "model_dir": model_dir,
-                      "max_steps": max_steps, "per_device_train_batch_size": per_device_batch,
-                      "global_batch_size": per_device_batch * num_processes, "max_length": max_length,
-                      "mixed_precision": mixed_precision, "variant": variant, "seed": seed,
-                      "date": time.strftime("%Y-%m-%d"), "machine": _machine()},
-            "runs": runs}
+    data = {
+        "setup": {
+            "num_processes": num_processes,
+            "model": model,
+            "model_dir": model_dir,
+            "max_steps": max_steps,
+            "per_device_train_batch_size": per_device_batch,
+            "global_batch_size": per_device_batch * num_processes,
+            "max_length": max_length,
+            "mixed_precision": mixed_precision,
+            "variant": variant,
+            "seed": seed,
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": _machine(),
+        },
+        "runs": runs,
+    }
     (output_dir / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     (output_dir / "bench.md").write_text(render_markdown(data))
     plot(data, output_dir / "bench.png")
@@ -232,28 +324,43 @@ def _machine() -> str:
 def render_markdown(data: dict) -> str:
     """The bench table: one row per strategy."""
     s = data["setup"]
-    lines = [f"# disttune bench ({s['date']}, {s['machine']})", "",
-             f"{s['num_processes']} processes, model {s['model']}, {s['max_steps']} steps, global batch "
-             f"{s['global_batch_size']}, max_length {s['max_length']}, mixed_precision {s['mixed_precision']}, "
-             f"variant {s['variant']}. Model states per rank: params + grads + optimizer states, measured from "
-             "the live tensors at the fullest moment of optimizer step 2; estimate from `disttune estimate`.", "",
-             "| strategy | tokens/s | peak memory | model states measured | estimated | error | final loss "
-             "| max loss dev. from DDP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# disttune bench ({s['date']}, {s['machine']})",
+        "",
+        f"{s['num_processes']} processes, model {s['model']}, {s['max_steps']} steps, global batch "
+        f"{s['global_batch_size']}, max_length {s['max_length']}, mixed_precision {s['mixed_precision']}, "
+        f"variant {s['variant']}. Model states per rank: params + grads + optimizer states, measured from "
+        "the live tensors at the fullest moment of optimizer step 2; estimate from `disttune estimate`.",
+        "",
+        "| strategy | tokens/s | peak memory | model states measured | estimated | error | final loss "
+        "| max loss dev. from DDP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     reserved_runs = [r for r in data["runs"] if r.get("peak_memory_reserved_bytes")]
     for r in data["runs"]:
         if "error" in r:
             lines.append(f"| {r['strategy']} | failed: {r['error']} | | | | | | |")
             continue
         dev = r.get("max_loss_deviation_from_ddp")
-        lines.append(f"| {r['strategy']} | {r['tokens_per_second']} | {_mb(r['peak_memory_bytes'])} "
-                     f"({r['peak_memory_kind']}) | {_mb(r['measured_model_state_bytes'])} | "
-                     f"{_mb(r['estimated_model_state_bytes'])} | {r['estimate_rel_error']:+.1%} | "
-                     f"{r['final_loss']:.4f} | {'n/a' if dev is None else f'{dev:.2e}'} |")
+        lines.append(
+            f"| {r['strategy']} | {r['tokens_per_second']} | {_mb(r['peak_memory_bytes'])} "
+            f"({r['peak_memory_kind']}) | {_mb(r['measured_model_state_bytes'])} | "
+            f"{_mb(r['estimated_model_state_bytes'])} | {r['estimate_rel_error']:+.1%} | "
+            f"{r['final_loss']:.4f} | {'n/a' if dev is None else f'{dev:.2e}'} |"
+        )
     if reserved_runs:
-        lines += ["", "GPU memory reserved by torch's caching allocator (max over ranks) vs `disttune estimate`:", "",
-                  "| strategy | max_memory_reserved | estimated | error |", "|---|---:|---:|---:|"]
-        lines += [f"| {r['strategy']} | {_mb(max(r['peak_memory_reserved_bytes']))} | "
-                  f"{_mb(r['estimated_reserved_bytes'])} | {r['reserved_rel_error']:+.1%} |" for r in reserved_runs]
+        lines += [
+            "",
+            "GPU memory reserved by torch's caching allocator (max over ranks) vs `disttune estimate`:",
+            "",
+            "| strategy | max_memory_reserved | estimated | error |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['strategy']} | {_mb(max(r['peak_memory_reserved_bytes']))} | "
+            f"{_mb(r['estimated_reserved_bytes'])} | {r['reserved_rel_error']:+.1%} |"
+            for r in reserved_runs
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -276,18 +383,28 @@ def plot(data: dict, path: Path) -> None:
     ax_tps.set(title="throughput (all ranks)", ylabel="tokens / s")
     x = range(len(runs))
     width = 0.4
-    ax_mem.bar([i - width / 2 for i in x], [r["measured_model_state_bytes"] / 1e6 for r in runs], width,
-               label="measured")
-    ax_mem.bar([i + width / 2 for i in x], [r["estimated_model_state_bytes"] / 1e6 for r in runs], width,
-               label="estimated")
+    ax_mem.bar(
+        [i - width / 2 for i in x],
+        [r["measured_model_state_bytes"] / 1e6 for r in runs],
+        width,
+        label="measured",
+    )
+    ax_mem.bar(
+        [i + width / 2 for i in x],
+        [r["estimated_model_state_bytes"] / 1e6 for r in runs],
+        width,
+        label="estimated",
+    )
     ax_mem.set_xticks(list(x), names)
     ax_mem.set(title="model states per rank", ylabel="MB")
     ax_mem.legend()
     for ax in (ax_tps, ax_mem):
         ax.tick_params(axis="x", rotation=30)
     s = data["setup"]
-    fig.suptitle(f"disttune bench: {s['num_processes']} processes, {s['model']}, {s['mixed_precision']}, "
-                 f"{s['max_steps']} steps ({s['machine']})")
+    fig.suptitle(
+        f"disttune bench: {s['num_processes']} processes, {s['model']}, {s['mixed_precision']}, "
+        f"{s['max_steps']} steps ({s['machine']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

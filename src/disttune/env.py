@@ -18,7 +18,15 @@ from typing import Any
 REDACTED = "***"
 PACKAGES = ("torch", "accelerate", "deepspeed", "transformers", "trl", "peft", "datasets")
 ENV_PREFIXES = ("NCCL_", "TORCH_", "ACCELERATE_", "HF_")
-ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_HOME", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+ENV_NAMES = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+)
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASS", "CREDENTIAL", "AUTH")
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
 NOT_INSTALLED = "not installed"
@@ -157,8 +165,15 @@ def collect_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 def render_env(data: Mapping[str, Any]) -> str:
     """The human-readable report of ``collect_env()``."""
     t = data["torch"]
-    lines = ["disttune env", "", f"OS:        {data['os']}", f"Python:    {data['python']}",
-             f"CPU cores: {data['cpu_count']}", "", "Packages:"]
+    lines = [
+        "disttune env",
+        "",
+        f"OS:        {data['os']}",
+        f"Python:    {data['python']}",
+        f"CPU cores: {data['cpu_count']}",
+        "",
+        "Packages:",
+    ]
     lines += [f"  {name:<13} {ver}" for name, ver in data["packages"].items()]
     lines += ["", f"CUDA (torch build): {t['cuda'] or 'none (CPU build)'}", f"NCCL: {t['nccl'] or 'n/a'}"]
     if t.get("error"):
@@ -166,20 +181,29 @@ def render_env(data: Mapping[str, Any]) -> str:
     if t["gpus"]:
         lines.append(f"GPUs ({len(t['gpus'])}):")
         for g in t["gpus"]:
-            lines.append(f"  [{g['index']}] {g['name']}  {g['memory_gib']} GiB  sm_{g['compute_capability']}  "
-                         f"bf16: {'yes' if g['bf16'] else 'no'}")
+            lines.append(
+                f"  [{g['index']}] {g['name']}  {g['memory_gib']} GiB  sm_{g['compute_capability']}  "
+                f"bf16: {'yes' if g['bf16'] else 'no'}"
+            )
     else:
         lines.append("GPUs: none visible (runs on CPU with the gloo backend)")
     cfg = data["default_accelerate_config"]
-    lines += ["", "Default accelerate config (used by `accelerate launch` without --config_file):",
-              f"  path:   {cfg['path']}", f"  exists: {'yes' if cfg['exists'] else 'no'}"]
+    lines += [
+        "",
+        "Default accelerate config (used by `accelerate launch` without --config_file):",
+        f"  path:   {cfg['path']}",
+        f"  exists: {'yes' if cfg['exists'] else 'no'}",
+    ]
     if cfg.get("error"):
         lines.append(f"  error:  {cfg['error']}")
     for key, value in (cfg.get("settings") or {}).items():
         lines.append(f"  {key}: {value}")
     lines += ["", "Environment:"]
     env = data["environment"]
-    lines += [f"  {k}={v}" for k, v in env.items()] if env else ["  (none of NCCL_*, TORCH_*, ACCELERATE_*, HF_*, "
-                                                                 "CUDA_VISIBLE_DEVICES, MASTER_*, RANK... set)"]
+    lines += (
+        [f"  {k}={v}" for k, v in env.items()]
+        if env
+        else ["  (none of NCCL_*, TORCH_*, ACCELERATE_*, HF_*, CUDA_VISIBLE_DEVICES, MASTER_*, RANK... set)"]
+    )
     lines += ["", "Fingerprint (must be identical on every node):", f"  {data['fingerprint']}"]
     return "\n".join(lines)

@@ -82,8 +82,12 @@ def _holders(lock: Path, proc: Path) -> tuple[tuple[int, ...], bool]:
         except PermissionError:
             complete = False  # another user's process: only the age can speak for it
             continue
-        if (target in fds or cwd == folder or cwd.startswith(folder + os.sep)
-                or any(folder.encode() in arg for arg in args)):
+        if (
+            target in fds
+            or cwd == folder
+            or cwd.startswith(folder + os.sep)
+            or any(folder.encode() in arg for arg in args)
+        ):
             holders.append(int(entry.name))
     return tuple(holders), complete
 
@@ -110,8 +114,9 @@ def inspect_lock(lock: Path, grace_s: float = GRACE_S, proc: Path = Path("/proc"
     return OpLock(lock, age, idle, holders, stale=not holders and min(age, idle) >= grace_s)
 
 
-def inspect_locks(environ: Mapping[str, str] | None = None, grace_s: float = GRACE_S,
-                  proc: Path = Path("/proc")) -> list[OpLock]:
+def inspect_locks(
+    environ: Mapping[str, str] | None = None, grace_s: float = GRACE_S, proc: Path = Path("/proc")
+) -> list[OpLock]:
     """Every lock in the extensions cache, with its age, its holders and whether it is stale."""
     found = (inspect_lock(lock, grace_s, proc) for lock in find_locks(extensions_root(environ)))
     return [lock for lock in found if lock is not None]
@@ -130,16 +135,22 @@ def check_extension_locks(environ: Mapping[str, str] | None = None):
     stale = [lock for lock in locks if lock.stale]
     if stale:
         files = "; ".join(f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)" for lock in stale)
-        return Check("op build locks", "fail",
-                     f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
-                     "the op waits on it forever, printing nothing.",
-                     "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
-                     "launch that is waiting on them (if other machines share this cache, first make sure none of "
-                     "them is building that op).")
+        return Check(
+            "op build locks",
+            "fail",
+            f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
+            "the op waits on it forever, printing nothing.",
+            "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
+            "launch that is waiting on them (if other machines share this cache, first make sure none of "
+            "them is building that op).",
+        )
     if locks:
-        held = "; ".join(f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
-                         if lock.holders else f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)"
-                         for lock in locks)
+        held = "; ".join(
+            f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
+            if lock.holders
+            else f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)"
+            for lock in locks
+        )
         return Check("op build locks", "pass", f"builds in progress: {held}.")
     return Check("op build locks", "pass", f"no op build lock under {root}.")
 
@@ -200,8 +211,10 @@ class OpBuildNotice:
             if kind == "build":
                 waited = now - self._since[kind, what]
                 if waited > 0:  # from the second look on: a build seen once may just be loading a built op
-                    lines.append(f"disttune: DeepSpeed is building op {what} (for over {_duration(waited)}; the "
-                                 "first build of an op takes minutes, later launches reuse it)")
+                    lines.append(
+                        f"disttune: DeepSpeed is building op {what} (for over {_duration(waited)}; the "
+                        "first build of an op takes minutes, later launches reuse it)"
+                    )
                 continue
             lock = Path(what)
             info = inspect_lock(lock)
@@ -213,8 +226,10 @@ class OpBuildNotice:
                 state = f"by process {', '.join(map(str, others))}, still building; if that process is stuck"
             else:
                 state = "and no live process holds it: a killed build left it"
-            lines.append(f"disttune: waiting for DeepSpeed to build op {info.op} (lock {lock} held for "
-                         f"{_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)")
+            lines.append(
+                f"disttune: waiting for DeepSpeed to build op {info.op} (lock {lock} held for "
+                f"{_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)"
+            )
         for line in lines:
             self.log(line)
         return lines
@@ -232,7 +247,9 @@ class OpBuildNotice:
         self.stop()
 
 
-def notify_op_builds(every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None) -> OpBuildNotice:
+def notify_op_builds(
+    every_s: float = NOTICE_EVERY_S, log: Callable[[str], None] | None = None
+) -> OpBuildNotice:
     """Start saying what an op build keeps this process waiting for (see ``OpBuildNotice``); call ``stop()`` on
     the result, or use it as a ``with`` block. Start it before the arguments are parsed: on CPU, DeepSpeed
     builds its ``deepspeed_shm_comm`` op in ``init_distributed``, which transformers' ``TrainingArguments``

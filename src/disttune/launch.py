@@ -62,8 +62,16 @@ def build_launch_command(
     """
     script_args = with_timeout(script_args, timeout)
     accel = list(accelerate_args) + (["--debug"] if debug and "--debug" not in accelerate_args else [])
-    argv = [python or sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *accel,
-            script, *script_args]
+    argv = [
+        python or sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        *accel,
+        script,
+        *script_args,
+    ]
     env_updates = dict(DEBUG_ENV) if debug else {}
     return argv, env_updates
 

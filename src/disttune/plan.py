@@ -56,7 +56,9 @@ def scale_learning_rate(lr_base: float, global_batch: int, base_global_batch: in
     if rule not in LR_RULES:
         raise UserError(f"lr_scaling must be one of {', '.join(LR_RULES)}, got {rule!r}.")
     if not isinstance(lr_base, (int, float)) or isinstance(lr_base, bool) or not lr_base > 0:
-        raise UserError(f"learning_rate must be a positive number, got {lr_base!r}; e.g. --learning_rate 2e-5.")
+        raise UserError(
+            f"learning_rate must be a positive number, got {lr_base!r}; e.g. --learning_rate 2e-5."
+        )
     _positive_int("global_batch_size", global_batch)
     _positive_int("global_batch_size", base_global_batch)
     ratio = global_batch / base_global_batch
@@ -67,8 +69,9 @@ def scale_learning_rate(lr_base: float, global_batch: int, base_global_batch: in
     return float(lr_base)
 
 
-def steps_per_epoch(num_examples: int, per_device: int, num_processes: int, accumulation: int,
-                    drop_last: bool = False) -> int:
+def steps_per_epoch(
+    num_examples: int, per_device: int, num_processes: int, accumulation: int, drop_last: bool = False
+) -> int:
     """Optimizer updates per epoch, exactly as transformers 5.23 ``Trainer`` counts them.
 
     accelerate shards the batch sampler (``BatchSamplerShard.__len__``, even_batches=True), so each rank's
@@ -110,12 +113,18 @@ def _not_divisible(what: str, options: list[BatchPlan]) -> UserError:
 
 def describe(plan: BatchPlan) -> str:
     """``4 x 4 x 1 = 16`` style one-liner: processes x per-device x accumulation = global."""
-    return (f"num_processes={plan.num_processes} per_device_train_batch_size={plan.per_device_train_batch_size} "
-            f"gradient_accumulation_steps={plan.gradient_accumulation_steps} (global {plan.global_batch_size})")
+    return (
+        f"num_processes={plan.num_processes} per_device_train_batch_size={plan.per_device_train_batch_size} "
+        f"gradient_accumulation_steps={plan.gradient_accumulation_steps} (global {plan.global_batch_size})"
+    )
 
 
-def solve(num_processes: int, per_device: int | None = None, accumulation: int | None = None,
-          global_batch: int | None = None) -> BatchPlan:
+def solve(
+    num_processes: int,
+    per_device: int | None = None,
+    accumulation: int | None = None,
+    global_batch: int | None = None,
+) -> BatchPlan:
     """Given ``num_processes`` and any two of per-device batch, accumulation and global batch, find the third.
 
     accumulation = G / (b x W), per_device = G / (A x W); both must divide exactly. When they do not,
@@ -125,17 +134,24 @@ def solve(num_processes: int, per_device: int | None = None, accumulation: int |
     w = _positive_int("num_processes", num_processes)
     given = [x is not None for x in (per_device, accumulation, global_batch)]
     if sum(given) < 2:
-        raise UserError("give two of --per_device_train_batch_size, --gradient_accumulation_steps and "
-                        "--global_batch_size (with --num_processes) to compute the third.")
+        raise UserError(
+            "give two of --per_device_train_batch_size, --gradient_accumulation_steps and "
+            "--global_batch_size (with --num_processes) to compute the third."
+        )
     if per_device is not None and accumulation is not None:
         g = global_batch_size(per_device, w, accumulation)
         if global_batch is not None and global_batch != g:
-            raise UserError(f"global_batch_size {global_batch} disagrees with {per_device} x {w} x {accumulation} "
-                            f"= {g}; drop one of the three flags or fix it.")
+            raise UserError(
+                f"global_batch_size {global_batch} disagrees with {per_device} x {w} x {accumulation} "
+                f"= {g}; drop one of the three flags or fix it."
+            )
         return BatchPlan(w, per_device, accumulation, g)
     g = _positive_int("global_batch_size", global_batch)
-    known_name, known = (("per_device_train_batch_size", per_device) if per_device is not None
-                         else ("gradient_accumulation_steps", accumulation))
+    known_name, known = (
+        ("per_device_train_batch_size", per_device)
+        if per_device is not None
+        else ("gradient_accumulation_steps", accumulation)
+    )
     _positive_int(known_name, known)
     if g % (known * w) == 0:
         other = g // (known * w)
@@ -147,12 +163,15 @@ def solve(num_processes: int, per_device: int | None = None, accumulation: int |
         b, a = (known, near // (known * w)) if per_device is not None else (near // (known * w), known)
         options.append(BatchPlan(w, b, a, near))
     options += [p for p in _options(g, w) if p not in options]
-    raise _not_divisible(f"global_batch_size {g} is not divisible by {known_name} {known} x num_processes {w} "
-                         f"= {known * w}.", options[:5])
+    raise _not_divisible(
+        f"global_batch_size {g} is not divisible by {known_name} {known} x num_processes {w} = {known * w}.",
+        options[:5],
+    )
 
 
-def convert(plan: BatchPlan, to_num_processes: int, per_device: int | None = None,
-            lr_scaling: str = "sqrt") -> BatchPlan:
+def convert(
+    plan: BatchPlan, to_num_processes: int, per_device: int | None = None, lr_scaling: str = "sqrt"
+) -> BatchPlan:
     """Move ``plan`` to ``to_num_processes`` keeping the global batch, so the learning rate stays.
 
     Keeps the per-device batch and changes accumulation: A' = G / (b x W'), e.g. 1 GPU x 4 x 4 -> 4 GPUs
@@ -182,16 +201,38 @@ def convert(plan: BatchPlan, to_num_processes: int, per_device: int | None = Non
         b2 = max(d for d in range(1, min(b, per_rank) + 1) if per_rank % d == 0)
         near_lr = scale_learning_rate(lr, near, g, lr_scaling) if lr is not None else None
         options.append(BatchPlan(w, b2, per_rank // b2, near, near_lr))
-    raise _not_divisible(f"global batch {g} cannot be split over {w} processes ({g} is not a multiple of {w}), "
-                         f"so the global batch must change (and with it the learning rate, by {lr_scaling} "
-                         f"scaling).", options)
+    raise _not_divisible(
+        f"global batch {g} cannot be split over {w} processes ({g} is not a multiple of {w}), "
+        f"so the global batch must change (and with it the learning rate, by {lr_scaling} "
+        f"scaling).",
+        options,
+    )
 
 
-def with_derived(plan: BatchPlan, max_length: int | None = None, num_examples: int | None = None,
-                 drop_last: bool = False) -> BatchPlan:
+def with_derived(
+    plan: BatchPlan, max_length: int | None = None, num_examples: int | None = None, drop_last: bool = False
+) -> BatchPlan:
     """``plan`` with ``tokens_per_step`` (G x max_length) and ``steps_per_epoch`` filled when inputs are given."""
-    tokens = plan.global_batch_size * _positive_int("max_length", max_length) if max_length is not None else None
-    steps = (steps_per_epoch(num_examples, plan.per_device_train_batch_size, plan.num_processes,
-                             plan.gradient_accumulation_steps, drop_last) if num_examples is not None else None)
-    return BatchPlan(plan.num_processes, plan.per_device_train_batch_size, plan.gradient_accumulation_steps,
-                     plan.global_batch_size, plan.learning_rate, tokens, steps)
+    tokens = (
+        plan.global_batch_size * _positive_int("max_length", max_length) if max_length is not None else None
+    )
+    steps = (
+        steps_per_epoch(
+            num_examples,
+            plan.per_device_train_batch_size,
+            plan.num_processes,
+            plan.gradient_accumulation_steps,
+            drop_last,
+        )
+        if num_examples is not None
+        else None
+    )
+    return BatchPlan(
+        plan.num_processes,
+        plan.per_device_train_batch_size,
+        plan.gradient_accumulation_steps,
+        plan.global_batch_size,
+        plan.learning_rate,
+        tokens,
+        steps,
+    )

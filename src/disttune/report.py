@@ -53,15 +53,19 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
-            raise UserError(f"{path}: no such folder.\n  fix: give the --output_dir of a training run "
-                            "(the folder with metrics.jsonl) or of a `disttune bench`.")
+            raise UserError(
+                f"{path}: no such folder.\n  fix: give the --output_dir of a training run "
+                "(the folder with metrics.jsonl) or of a `disttune bench`."
+            )
         if (path / METRICS).is_file():
             found.append(path)
             continue
         children = sorted(p for p in path.iterdir() if (p / METRICS).is_file())
         if not children:
-            raise UserError(f"{path}: no {METRICS} in it or in its subfolders.\n  fix: give the --output_dir "
-                            "of a training run that logged at least one step (it writes metrics.jsonl there).")
+            raise UserError(
+                f"{path}: no {METRICS} in it or in its subfolders.\n  fix: give the --output_dir "
+                "of a training run that logged at least one step (it writes metrics.jsonl there)."
+            )
         found += children
     return found
 
@@ -96,23 +100,31 @@ def load_run(path: Path, label: str) -> Run:
     try:
         records = read_metrics(path)
     except ValueError as exc:
-        raise UserError(f"{exc}\n  fix: the file is damaged (a run killed mid-write leaves half a line): "
-                        "delete that line and run `disttune report` again.") from exc
+        raise UserError(
+            f"{exc}\n  fix: the file is damaged (a run killed mid-write leaves half a line): "
+            "delete that line and run `disttune report` again."
+        ) from exc
     if not records:
-        raise UserError(f"{metrics}: empty: the run logged no step.\n  fix: let the run reach its first "
-                        "logging step (--logging_steps), or leave this folder out.")
+        raise UserError(
+            f"{metrics}: empty: the run logged no step.\n  fix: let the run reach its first "
+            "logging step (--logging_steps), or leave this folder out."
+        )
     for number, record in enumerate(records, 1):
         missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
         if missing:
-            raise UserError(f"{metrics}, record {number}: no {', '.join(missing)}: not a metrics file written by "
-                            "disttune's training script.\n  fix: give the --output_dir of a disttune run.")
+            raise UserError(
+                f"{metrics}, record {number}: no {', '.join(missing)}: not a metrics file written by "
+                "disttune's training script.\n  fix: give the --output_dir of a disttune run."
+            )
     summary = None
     if (path / SUMMARY).is_file():
         try:
             summary = json.loads((path / SUMMARY).read_text())
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path / SUMMARY}: not valid JSON ({exc.msg}, line {exc.lineno}).\n  fix: delete "
-                            "the file to report the run from metrics.jsonl alone.") from exc
+            raise UserError(
+                f"{path / SUMMARY}: not valid JSON ({exc.msg}, line {exc.lineno}).\n  fix: delete "
+                "the file to report the run from metrics.jsonl alone."
+            ) from exc
     return Run(label, path, _segments(records), summary)
 
 
@@ -159,26 +171,37 @@ def _cell(value, fmt: str = "{}") -> str:
 
 def render_markdown(runs: list[Run]) -> str:
     """A markdown table, one row per run, and a line per resumed or unfinished run."""
-    lines = ["# disttune report", "",
-             "| run | strategy | world size | global batch | steps | final loss | tokens/s | peak memory |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# disttune report",
+        "",
+        "| run | strategy | world size | global batch | steps | final loss | tokens/s | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     notes = []
     for run in runs:
         row = summarize(run)
-        kind = {"cpu_max_rss": " (CPU RSS)", "cuda_max_memory_allocated": " (GPU)"}.get(row["peak_memory_kind"], "")
+        kind = {"cpu_max_rss": " (CPU RSS)", "cuda_max_memory_allocated": " (GPU)"}.get(
+            row["peak_memory_kind"], ""
+        )
         memory = _cell(row["peak_memory_bytes"] and row["peak_memory_bytes"] / MIB, "{:,.0f} MiB") + kind
-        lines.append(f"| {row['run']} | {_cell(row['strategy'])} | {_cell(row['world_size'])} | "
-                     f"{_cell(row['global_batch_size'])} | {row['steps']} | {_cell(row['final_loss'], '{:.4f}')} | "
-                     f"{_cell(row['tokens_per_second'], '{:,.0f}')} | {memory} |")
+        lines.append(
+            f"| {row['run']} | {_cell(row['strategy'])} | {_cell(row['world_size'])} | "
+            f"{_cell(row['global_batch_size'])} | {row['steps']} | {_cell(row['final_loss'], '{:.4f}')} | "
+            f"{_cell(row['tokens_per_second'], '{:,.0f}')} | {memory} |"
+        )
         if row["resumed_from"]:
             steps = ", ".join(str(s) for s in row["resumed_from"])
             notes.append(f"- {row['run']}: resumed from step {steps}; tokens/s is the last launch's.")
         if not row["finished"]:
-            notes.append(f"- {row['run']}: no {SUMMARY} (the run did not finish): steps and loss are the last "
-                         "logged ones.")
+            notes.append(
+                f"- {row['run']}: no {SUMMARY} (the run did not finish): steps and loss are the last "
+                "logged ones."
+            )
     lines.append("")
-    lines.append("Peak memory: the largest rank's peak (GPU: max allocated; CPU: the process's max RSS). "
-                 "tokens/s: all ranks together, over the whole run.")
+    lines.append(
+        "Peak memory: the largest rank's peak (GPU: max allocated; CPU: the process's max RSS). "
+        "tokens/s: all ranks together, over the whole run."
+    )
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -190,9 +213,15 @@ def _memory_label(runs: list[Run]) -> str:
 
 def _series(records: list[dict]) -> tuple[list, list, list, list]:
     """Steps, losses, tokens/s and the largest rank's peak memory (MiB) of some records."""
-    memory = [max((b for b in r["peak_memory_bytes"] if b is not None), default=float("nan")) / MIB
-              for r in records]
-    return [r["step"] for r in records], [r["loss"] for r in records], [r["tokens_per_second"] for r in records], memory
+    memory = [
+        max((b for b in r["peak_memory_bytes"] if b is not None), default=float("nan")) / MIB for r in records
+    ]
+    return (
+        [r["step"] for r in records],
+        [r["loss"] for r in records],
+        [r["tokens_per_second"] for r in records],
+        memory,
+    )
 
 
 def plot(runs: list[Run], path: Path) -> None:
@@ -232,8 +261,14 @@ def plot(runs: list[Run], path: Path) -> None:
                 ax.plot(_series(kept)[0], values, label=label if ax is ax_loss else None, **seg_style)
             if len(redone) > 1:
                 for ax, values in zip(axes, _series(redone)[1:], strict=True):
-                    ax.plot(_series(redone)[0], values, color=style["color"], linewidth=1, alpha=0.35,
-                            label=f"{run.label}, steps redone after the resume" if ax is ax_loss else None)
+                    ax.plot(
+                        _series(redone)[0],
+                        values,
+                        color=style["color"],
+                        linewidth=1,
+                        alpha=0.35,
+                        label=f"{run.label}, steps redone after the resume" if ax is ax_loss else None,
+                    )
             if seg.resumed_from is not None:
                 for ax in axes:
                     ax.axvline(seg.resumed_from, color=style["color"], linestyle=":", linewidth=1.2)

@@ -53,43 +53,91 @@ class Strategy:
 # communication and no PCIe traffic win (FSDP2 and ZeRO-3 are about even); parameter offload moves every
 # layer's weights over PCIe at each forward and backward, so it comes last.
 STRATEGIES: tuple[Strategy, ...] = (
-    Strategy("ddp",
-             "DDP (data parallel): every GPU holds a full copy of the model, optimizer and gradients.",
-             "Pick it when the model fits on one GPU with room to spare (fastest, simplest).",
-             "multi_gpu_ddp.yaml", "MULTI_GPU", speed_rank=1),
-    Strategy("zero1",
-             "DeepSpeed ZeRO-1: optimizer states are sharded across GPUs; parameters and gradients are replicated.",
-             "Pick it when DDP almost fits: saves most of the optimizer memory at nearly DDP speed.",
-             "deepspeed_zero1.yaml", "DEEPSPEED", speed_rank=2, zero_stage=1),
-    Strategy("zero2",
-             "DeepSpeed ZeRO-2: optimizer states and gradients are sharded across GPUs; parameters are replicated.",
-             "Pick it for 1B-7B models that do not fit under DDP; slightly slower than DDP, much less memory.",
-             "deepspeed_zero2.yaml", "DEEPSPEED", speed_rank=3, zero_stage=2),
-    Strategy("zero3",
-             "DeepSpeed ZeRO-3: parameters, gradients and optimizer states are all sharded across GPUs.",
-             "Pick it for models above ~7B, or whenever ZeRO-2 does not fit; more communication than ZeRO-2.",
-             "deepspeed_zero3.yaml", "DEEPSPEED", speed_rank=5, zero_stage=3),
-    Strategy("zero2_offload",
-             "DeepSpeed ZeRO-2 + optimizer offload: ZeRO-2, with the optimizer states and the step in CPU RAM.",
-             "Pick it when ZeRO-2 almost fits and the node has CPU RAM to spare; the step runs on the CPU.",
-             None, "DEEPSPEED", speed_rank=6, zero_stage=2, offload_optimizer=True),
-    Strategy("zero3_offload_optimizer",
-             "DeepSpeed ZeRO-3 + optimizer offload: everything sharded, optimizer states in CPU RAM.",
-             "Pick it when ZeRO-3 does not fit but the parameters do; slower (the step runs on the CPU).",
-             None, "DEEPSPEED", speed_rank=7, zero_stage=3, offload_optimizer=True),
-    Strategy("zero3_offload_params",
-             "DeepSpeed ZeRO-3 + parameter offload: everything sharded, parameter partitions in CPU RAM.",
-             "Pick it when the optimizer fits on the GPU but the parameters do not; every layer crosses PCIe.",
-             None, "DEEPSPEED", speed_rank=8, zero_stage=3, offload_params=True),
-    Strategy("zero3_offload",
-             "DeepSpeed ZeRO-3 + CPU offload: everything sharded, optimizer states AND parameters kept in CPU RAM.",
-             "Pick it when even ZeRO-3 runs out of GPU memory; much slower (PCIe traffic), needs lots of CPU RAM.",
-             "deepspeed_zero3_offload.yaml", "DEEPSPEED", speed_rank=9, zero_stage=3, offload_optimizer=True,
-             offload_params=True),
-    Strategy("fsdp2",
-             "PyTorch FSDP2 (fully_shard): parameters, gradients and optimizer states sharded, like ZeRO-3, in PyTorch.",
-             "Pick it for large models when you prefer native PyTorch to DeepSpeed (needs accelerate >= 1.7).",
-             "fsdp2.yaml", "FSDP", speed_rank=4, fsdp_version=2),
+    Strategy(
+        "ddp",
+        "DDP (data parallel): every GPU holds a full copy of the model, optimizer and gradients.",
+        "Pick it when the model fits on one GPU with room to spare (fastest, simplest).",
+        "multi_gpu_ddp.yaml",
+        "MULTI_GPU",
+        speed_rank=1,
+    ),
+    Strategy(
+        "zero1",
+        "DeepSpeed ZeRO-1: optimizer states are sharded across GPUs; parameters and gradients are replicated.",
+        "Pick it when DDP almost fits: saves most of the optimizer memory at nearly DDP speed.",
+        "deepspeed_zero1.yaml",
+        "DEEPSPEED",
+        speed_rank=2,
+        zero_stage=1,
+    ),
+    Strategy(
+        "zero2",
+        "DeepSpeed ZeRO-2: optimizer states and gradients are sharded across GPUs; parameters are replicated.",
+        "Pick it for 1B-7B models that do not fit under DDP; slightly slower than DDP, much less memory.",
+        "deepspeed_zero2.yaml",
+        "DEEPSPEED",
+        speed_rank=3,
+        zero_stage=2,
+    ),
+    Strategy(
+        "zero3",
+        "DeepSpeed ZeRO-3: parameters, gradients and optimizer states are all sharded across GPUs.",
+        "Pick it for models above ~7B, or whenever ZeRO-2 does not fit; more communication than ZeRO-2.",
+        "deepspeed_zero3.yaml",
+        "DEEPSPEED",
+        speed_rank=5,
+        zero_stage=3,
+    ),
+    Strategy(
+        "zero2_offload",
+        "DeepSpeed ZeRO-2 + optimizer offload: ZeRO-2, with the optimizer states and the step in CPU RAM.",
+        "Pick it when ZeRO-2 almost fits and the node has CPU RAM to spare; the step runs on the CPU.",
+        None,
+        "DEEPSPEED",
+        speed_rank=6,
+        zero_stage=2,
+        offload_optimizer=True,
+    ),
+    Strategy(
+        "zero3_offload_optimizer",
+        "DeepSpeed ZeRO-3 + optimizer offload: everything sharded, optimizer states in CPU RAM.",
+        "Pick it when ZeRO-3 does not fit but the parameters do; slower (the step runs on the CPU).",
+        None,
+        "DEEPSPEED",
+        speed_rank=7,
+        zero_stage=3,
+        offload_optimizer=True,
+    ),
+    Strategy(
+        "zero3_offload_params",
+        "DeepSpeed ZeRO-3 + parameter offload: everything sharded, parameter partitions in CPU RAM.",
+        "Pick it when the optimizer fits on the GPU but the parameters do not; every layer crosses PCIe.",
+        None,
+        "DEEPSPEED",
+        speed_rank=8,
+        zero_stage=3,
+        offload_params=True,
+    ),
+    Strategy(
+        "zero3_offload",
+        "DeepSpeed ZeRO-3 + CPU offload: everything sharded, optimizer states AND parameters kept in CPU RAM.",
+        "Pick it when even ZeRO-3 runs out of GPU memory; much slower (PCIe traffic), needs lots of CPU RAM.",
+        "deepspeed_zero3_offload.yaml",
+        "DEEPSPEED",
+        speed_rank=9,
+        zero_stage=3,
+        offload_optimizer=True,
+        offload_params=True,
+    ),
+    Strategy(
+        "fsdp2",
+        "PyTorch FSDP2 (fully_shard): parameters, gradients and optimizer states sharded, like ZeRO-3, in PyTorch.",
+        "Pick it for large models when you prefer native PyTorch to DeepSpeed (needs accelerate >= 1.7).",
+        "fsdp2.yaml",
+        "FSDP",
+        speed_rank=4,
+        fsdp_version=2,
+    ),
 )
 
 # Old names that still work wherever a strategy is typed (``estimate --strategies``): old -> current.
@@ -106,7 +154,9 @@ BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 SHIPPED: tuple[Strategy, ...] = tuple(s for s in STRATEGIES if s.config_file)
 
 
-def resolve(names: list[str] | tuple[str, ...], among: tuple[str, ...] = NAMES, flag: str = "--strategies") -> list[str]:
+def resolve(
+    names: list[str] | tuple[str, ...], among: tuple[str, ...] = NAMES, flag: str = "--strategies"
+) -> list[str]:
     """The current names of ``names`` (old ``ALIASES`` accepted); one ``UserError`` naming every unknown one."""
     current = [ALIASES.get(n, n) for n in names]
     unknown = [n for n, c in zip(names, current, strict=True) if c not in among]
@@ -122,8 +172,10 @@ def speed_rank(name: str) -> int:
     """
     row = BY_NAME.get(ALIASES.get(name, name))
     if row is None:
-        raise ValueError(f"strategy {name!r} has no row (and so no speed rank) in disttune/strategies.py; "
-                         f"known: {', '.join(NAMES)}")
+        raise ValueError(
+            f"strategy {name!r} has no row (and so no speed rank) in disttune/strategies.py; "
+            f"known: {', '.join(NAMES)}"
+        )
     return row.speed_rank
 
 
@@ -136,16 +188,26 @@ def checkpoint_layout(distributed_type: str, zero_stage: int | str | None) -> st
     return "ddp"
 
 
-def identify(distributed_type: str, zero_stage: int | None = None, fsdp_version: int | None = None,
-             offload_optimizer: bool = False, offload_params: bool = False) -> str | None:
+def identify(
+    distributed_type: str,
+    zero_stage: int | None = None,
+    fsdp_version: int | None = None,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+) -> str | None:
     """The row a running job matches (``distributed_type`` as accelerate reports it), or None.
 
     None for a single process (``NO``) and for any combination the table does not hold.
     """
     kind = "MULTI_GPU" if distributed_type in DATA_PARALLEL_TYPES else distributed_type
     for row in STRATEGIES:
-        if (row.distributed_type, row.zero_stage, row.fsdp_version, row.offload_optimizer, row.offload_params) == (
-                kind, zero_stage, fsdp_version, offload_optimizer, offload_params):
+        if (
+            row.distributed_type,
+            row.zero_stage,
+            row.fsdp_version,
+            row.offload_optimizer,
+            row.offload_params,
+        ) == (kind, zero_stage, fsdp_version, offload_optimizer, offload_params):
             return row.name
     return None
 
@@ -155,12 +217,21 @@ def start_from(name: str) -> str | None:
     row = BY_NAME[ALIASES.get(name, name)]
     if row.config_file or row.zero_stage is None:
         return None
-    base = next((s for s in SHIPPED if (s.distributed_type, s.zero_stage) == (row.distributed_type, row.zero_stage)),
-                None)
+    base = next(
+        (s for s in SHIPPED if (s.distributed_type, s.zero_stage) == (row.distributed_type, row.zero_stage)),
+        None,
+    )
     if base is None:
         return None
-    changes = [f"{key}: {'cpu' if want else 'none'}" for key, want, has in (
-        ("offload_optimizer_device", row.offload_optimizer, base.offload_optimizer),
-        ("offload_param_device", row.offload_params, base.offload_params)) if want != has]
-    return (f"{row.name} has no shipped config: copy accelerate_configs/{base.config_file} and set "
-            f"{' and '.join(changes)} under deepspeed_config")
+    changes = [
+        f"{key}: {'cpu' if want else 'none'}"
+        for key, want, has in (
+            ("offload_optimizer_device", row.offload_optimizer, base.offload_optimizer),
+            ("offload_param_device", row.offload_params, base.offload_params),
+        )
+        if want != has
+    ]
+    return (
+        f"{row.name} has no shipped config: copy accelerate_configs/{base.config_file} and set "
+        f"{' and '.join(changes)} under deepspeed_config"
+    )

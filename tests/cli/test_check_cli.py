@@ -35,7 +35,9 @@ def test_error_block_format_and_exit_1(tmp_path, capsys):
 
 
 def test_warnings_exit_0_unless_strict(tmp_path, capsys):
-    path = write(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 16\nnum_machines: 2\nmachine_rank: 0\n")
+    path = write(
+        tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 16\nnum_machines: 2\nmachine_rank: 0\n"
+    )
     assert main(["check", path]) == 0
     assert "WARNING" in capsys.readouterr().out
     assert main(["check", path, "--strict"]) == 1
@@ -47,7 +49,13 @@ def test_json_output(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["files"] == [good, bad] and data["errors"] == 1 and data["warnings"] == 0
     assert data["findings"][0]["key"] == "colour" and set(data["findings"][0]) == {
-        "severity", "file", "key", "value", "message", "fix"}  # fmt: skip
+        "severity",
+        "file",
+        "key",
+        "value",
+        "message",
+        "fix",
+    }
 
 
 def test_script_args_after_double_dash(tmp_path, capsys):
@@ -58,8 +66,18 @@ def test_script_args_after_double_dash(tmp_path, capsys):
 
 
 def test_num_processes_option_feeds_the_batch_check(tmp_path, capsys):
-    ds = write(tmp_path, json.dumps({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4,
-                                      "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 2}}), "ds.json")  # fmt: skip
+    ds = write(
+        tmp_path,
+        json.dumps(
+            {
+                "train_batch_size": 32,
+                "train_micro_batch_size_per_gpu": 4,
+                "gradient_accumulation_steps": 1,
+                "zero_optimization": {"stage": 2},
+            }
+        ),
+        "ds.json",
+    )
     assert main(["check", ds, "--num_processes", "8"]) == 0
     assert main(["check", "--num_processes=4", ds]) == 1
 
@@ -85,7 +103,11 @@ DS_JSON = '{"zero_optimization": {"stage": 2}, "bf16": {"enabled": true}, '
 @pytest.mark.parametrize(
     ("name", "text", "key"),
     [
-        ("ga0.yaml", ZERO2 + "  gradient_accumulation_steps: 0\n", "deepspeed_config.gradient_accumulation_steps"),
+        (
+            "ga0.yaml",
+            ZERO2 + "  gradient_accumulation_steps: 0\n",
+            "deepspeed_config.gradient_accumulation_steps",
+        ),
         ("np0.yaml", ZERO2.replace("num_processes: 4", "num_processes: 0"), "num_processes"),
         ("clip.yaml", ZERO2 + "  gradient_clipping: -1.0\n", "deepspeed_config.gradient_clipping"),
         ("ga0.json", DS_JSON + '"gradient_accumulation_steps": 0}', "gradient_accumulation_steps"),
@@ -93,8 +115,11 @@ DS_JSON = '{"zero_optimization": {"stage": 2}, "bf16": {"enabled": true}, '
         ("no8.yaml", "distributed_type: 'NO'\nnum_processes: 8\n", "num_processes"),
         ("no8_unquoted.yaml", "distributed_type: NO\nnum_processes: 8\n", "num_processes"),
         ("both.yaml", ZERO2 + "fsdp_config:\n  fsdp_version: 2\n", "fsdp_config"),
-        ("renamed.yaml", "distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n",
-         "fsdp_config.fsdp_backward_prefetch_policy"),
+        (
+            "renamed.yaml",
+            "distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n",
+            "fsdp_config.fsdp_backward_prefetch_policy",
+        ),
     ],
 )
 def test_each_broken_class_exits_1_naming_the_key(tmp_path, capsys, name, text, key):
@@ -109,14 +134,21 @@ def test_precision_conflict_with_the_script_is_reported_without_starting_anythin
     assert main(["check", path, "--", "--bf16"]) == 1
     out = capsys.readouterr().out
     assert f"ERROR {path}:mixed_precision: " in out and "--bf16" in out
-    assert "fix: drop --bf16 (the script takes the precision from the config), or set mixed_precision: bf16" in out
+    assert (
+        "fix: drop --bf16 (the script takes the precision from the config), or set mixed_precision: bf16"
+        in out
+    )
     assert main(["check", path, "--", "--fp16", "true"]) == 0
 
 
 def test_unquoted_no_is_clean_and_slurm_multinode_only_warns(tmp_path, capsys):
     assert main(["check", write(tmp_path, "distributed_type: NO\nmixed_precision: 'no'\n", "no.yaml")]) == 0
-    slurm = write(tmp_path, ZERO2.replace("num_processes: 4", "num_processes: 16\nnum_machines: 2")
-                  + "  deepspeed_multinode_launcher: standard\n", "slurm.yaml")  # fmt: skip
+    slurm = write(
+        tmp_path,
+        ZERO2.replace("num_processes: 4", "num_processes: 16\nnum_machines: 2")
+        + "  deepspeed_multinode_launcher: standard\n",
+        "slurm.yaml",
+    )
     assert main(["check", slurm]) == 0
     out = capsys.readouterr().out
     assert "--main_process_ip" in out and "--machine_rank" in out and "0 errors, 2 warnings" in out

@@ -19,8 +19,24 @@ def test_new_writes_a_config_that_passes_check(tmp_path, capsys, strategy):
 
 def test_new_two_machines_prints_one_command_per_machine(tmp_path, capsys):
     out = tmp_path / "c.yaml"
-    argv = ["config", "new", "--strategy", "zero3", "--num_processes", "16", "--num_machines", "2",
-            "--main_process_ip", "10.1.2.3", "--main_process_port", "29600", "--mixed_precision", "fp16", "-o", str(out)]  # fmt: skip
+    argv = [
+        "config",
+        "new",
+        "--strategy",
+        "zero3",
+        "--num_processes",
+        "16",
+        "--num_machines",
+        "2",
+        "--main_process_ip",
+        "10.1.2.3",
+        "--main_process_port",
+        "29600",
+        "--mixed_precision",
+        "fp16",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "--machine_rank 0" in text and "--machine_rank 1" in text and "--main_process_port 29600" in text
@@ -29,20 +45,37 @@ def test_new_two_machines_prints_one_command_per_machine(tmp_path, capsys):
 
 def test_new_slurm_writes_sbatch(tmp_path, capsys):
     out = tmp_path / "c.yaml"
-    argv = ["config", "new", "--strategy", "fsdp2", "--num_processes", "16", "--num_machines", "2", "--slurm", "-o", str(out)]
+    argv = [
+        "config",
+        "new",
+        "--strategy",
+        "fsdp2",
+        "--num_processes",
+        "16",
+        "--num_machines",
+        "2",
+        "--slurm",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     assert (tmp_path / "c.sbatch").is_file() and "sbatch" in capsys.readouterr().out
 
 
 def test_new_without_output_prints_yaml(capsys):
-    assert main(["config", "new", "--strategy", "ddp", "--num_processes", "2", "--mixed_precision", "no"]) == 0
+    assert (
+        main(["config", "new", "--strategy", "ddp", "--num_processes", "2", "--mixed_precision", "no"]) == 0
+    )
     assert "mixed_precision: 'no'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--num_machines", "2", "--machine_rank", "2", "--main_process_ip", "10.0.0.1"], "--machine_rank must be in 0..1"),
+        (
+            ["--num_machines", "2", "--machine_rank", "2", "--main_process_ip", "10.0.0.1"],
+            "--machine_rank must be in 0..1",
+        ),
         (["--num_machines", "2"], "--main_process_ip"),
         (["--slurm"], "--output"),
     ],
@@ -58,7 +91,9 @@ def test_new_refuses_to_overwrite(tmp_path, capsys):
     out.write_text("keep me\n")
     assert main(["config", "new", "--strategy", "ddp", "--num_processes", "2", "-o", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me\n"
-    assert main(["config", "new", "--strategy", "ddp", "--num_processes", "2", "-o", str(out), "--force"]) == 0
+    assert (
+        main(["config", "new", "--strategy", "ddp", "--num_processes", "2", "-o", str(out), "--force"]) == 0
+    )
 
 
 def test_new_misuse_exits_2():
@@ -83,7 +118,18 @@ def test_num_processes_defaults_to_local_gpus(tmp_path, capsys, monkeypatch):
     assert "--num_processes is required" in capsys.readouterr().err
     monkeypatch.setattr(new, "detect_gpus", lambda: [new.Gpu("T4", 7.5)] * 2)
     out = tmp_path / "c.yaml"
-    argv = ["config", "new", "--strategy", "ddp", "--num_machines", "2", "--main_process_ip", "10.0.0.1", "-o", str(out)]
+    argv = [
+        "config",
+        "new",
+        "--strategy",
+        "ddp",
+        "--num_machines",
+        "2",
+        "--main_process_ip",
+        "10.0.0.1",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     text = out.read_text()
     assert "num_processes: 4 " in text and "mixed_precision: fp16" in text

@@ -17,15 +17,29 @@ def _quick(monkeypatch, tmp_path):
     """No deepspeed subprocess, no default accelerate config from the real home, no stray env."""
     monkeypatch.setattr(doctor, "probe_deepspeed", lambda: {"accelerator": "cpu", "cpu_adam": True})
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for name in ("NCCL_TIMEOUT", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_BLOCKING_WAIT", "NCCL_ASYNC_ERROR_HANDLING"):
+    for name in (
+        "NCCL_TIMEOUT",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "NCCL_BLOCKING_WAIT",
+        "NCCL_ASYNC_ERROR_HANDLING",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
 def cpu_config(tmp_path, **extra) -> str:
     # MULTI_GPU on a machine without GPUs runs N CPU processes over gloo (MULTI_CPU would start one)
-    lines = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": 2,
-             "num_machines": 1, "machine_rank": 0, "mixed_precision": "no", "use_cpu": False,
-             "main_process_ip": "127.0.0.1", "main_process_port": free_port(), **extra}
+    lines = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "MULTI_GPU",
+        "num_processes": 2,
+        "num_machines": 1,
+        "machine_rank": 0,
+        "mixed_precision": "no",
+        "use_cpu": False,
+        "main_process_ip": "127.0.0.1",
+        "main_process_port": free_port(),
+        **extra,
+    }
     path = tmp_path / "cpu.yaml"
     path.write_text(json.dumps(lines))  # JSON is YAML
     return str(path)
@@ -84,7 +98,9 @@ def test_two_machine_config_without_address_is_reported_once(tmp_path, capsys):
     path = cpu_config(tmp_path, num_machines=2, num_processes=4, main_process_ip=None)
     main(["doctor", path, "--json"])
     checks = json.loads(capsys.readouterr().out)["checks"]
-    assert [c["name"] for c in checks if "main_process_ip" in c["name"] + c["detail"]] == ["config main_process_ip"]
+    assert [c["name"] for c in checks if "main_process_ip" in c["name"] + c["detail"]] == [
+        "config main_process_ip"
+    ]
 
 
 @pytest.mark.parametrize("text", ["a: &a [*a, *a]\n", "a: " + "[" * 5000 + "]" * 5000 + "\n"])

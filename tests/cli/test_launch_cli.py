@@ -18,10 +18,22 @@ LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch"]
 def write_config(tmp_path, **extra) -> str:
     # MULTI_GPU on a machine without GPUs runs N CPU processes over gloo (accelerate's multi_gpu_launcher);
     # MULTI_CPU would start only one process unless mpirun is used.
-    cfg = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": 2,
-           "num_machines": 1, "machine_rank": 0, "gpu_ids": "all", "mixed_precision": "no",
-           "rdzv_backend": "static", "same_network": True, "main_training_function": "main", "use_cpu": False,
-           "main_process_ip": "127.0.0.1", "main_process_port": free_port(), **extra}
+    cfg = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "MULTI_GPU",
+        "num_processes": 2,
+        "num_machines": 1,
+        "machine_rank": 0,
+        "gpu_ids": "all",
+        "mixed_precision": "no",
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "use_cpu": False,
+        "main_process_ip": "127.0.0.1",
+        "main_process_port": free_port(),
+        **extra,
+    }
     path = tmp_path / "launch.yaml"
     path.write_text(json.dumps(cfg))
     return str(path)
@@ -30,7 +42,9 @@ def write_config(tmp_path, **extra) -> str:
 @pytest.fixture
 def script(tmp_path) -> str:
     path = tmp_path / "show_world.py"
-    path.write_text("import os\nimport sys\nprint('WORLD_SIZE', os.environ.get('WORLD_SIZE'), sys.argv[1:])\n")
+    path.write_text(
+        "import os\nimport sys\nprint('WORLD_SIZE', os.environ.get('WORLD_SIZE'), sys.argv[1:])\n"
+    )
     return str(path)
 
 
@@ -81,12 +95,41 @@ def test_shell_line_quotes():
 
 def test_dry_run_prints_the_exact_command(tmp_path, script, capsys):
     cfg = write_config(tmp_path)
-    rc = main(["launch", cfg, "--num_processes", "2", "--mixed_precision", "no", "--debug", "--timeout", "900",
-               "--dry_run", "--", script, "--lr", "1"])
+    rc = main(
+        [
+            "launch",
+            cfg,
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--debug",
+            "--timeout",
+            "900",
+            "--dry_run",
+            "--",
+            script,
+            "--lr",
+            "1",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
-    expected = [*LAUNCHER, "--config_file", cfg, "--num_processes", "2", "--mixed_precision", "no", "--debug",
-                script, "--lr", "1", "--ddp_timeout", "900"]
+    expected = [
+        *LAUNCHER,
+        "--config_file",
+        cfg,
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--debug",
+        script,
+        "--lr",
+        "1",
+        "--ddp_timeout",
+        "900",
+    ]
     assert shell_line(expected, DEBUG_ENV) in out
     for key, value in DEBUG_ENV.items():
         assert f"env {key}={value}" in out

@@ -19,18 +19,30 @@ def fake_run(path, losses, tokens_per_step=1000, run_id="20261202T080845-1c0010"
 
     path.mkdir(parents=True, exist_ok=True)
     callback = MetricsCallback(str(path), run_id=run_id)
-    args = SimpleNamespace(device=torch.device("cpu"), world_size=1, max_steps=len(losses), report_to=[],
-                           output_dir=str(path))
+    args = SimpleNamespace(
+        device=torch.device("cpu"), world_size=1, max_steps=len(losses), report_to=[], output_dir=str(path)
+    )
     state = SimpleNamespace(num_input_tokens_seen=0, is_world_process_zero=True, global_step=0)
     callback.on_train_begin(args, state, None)
     for step, loss in enumerate(losses, 1):
         state.global_step, state.num_input_tokens_seen = step, step * tokens_per_step
         callback.on_log(args, state, None, logs={"loss": loss, "learning_rate": 1e-3, "grad_norm": 1.0})
     if summary:
-        write_json(path / "run_summary.json", {
-            "distributed_type": "DEEPSPEED", "zero_stage": 2, "fsdp_version": None, "world_size": 1,
-            "global_batch_size": 8, "global_step": len(losses), "final_loss": callback.losses[-1],
-            "tokens_per_second": 1234.5, "peak_memory_bytes": [700 * 2**20], "peak_memory_kind": "cpu_max_rss"})
+        write_json(
+            path / "run_summary.json",
+            {
+                "distributed_type": "DEEPSPEED",
+                "zero_stage": 2,
+                "fsdp_version": None,
+                "world_size": 1,
+                "global_batch_size": 8,
+                "global_step": len(losses),
+                "final_loss": callback.losses[-1],
+                "tokens_per_second": 1234.5,
+                "peak_memory_bytes": [700 * 2**20],
+                "peak_memory_kind": "cpu_max_rss",
+            },
+        )
     return path
 
 
@@ -50,19 +62,25 @@ def test_three_runs_overlaid_into_one_file(tmp_path, capsys):
     target = tmp_path / "out" / "overlay.png"
     assert main(["report", *map(str, runs), "--output", str(target)]) == 0
     md = (tmp_path / "out" / "overlay.md").read_text()
-    assert [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line] \
-        == ["run", "a", "b", "c"]
+    assert [
+        line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line
+    ] == ["run", "a", "b", "c"]
     assert "| 3.8000 |" in md and "| 3.6000 |" in md and target.stat().st_size > 30_000
     capsys.readouterr()
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda d: None, "no such folder"),
-    (lambda d: d.mkdir(), "no metrics.jsonl in it or in its subfolders"),
-    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "empty: the run logged no step"),
-    (lambda d: (fake_run(d, [4.0, 3.0]), (d / "metrics.jsonl").open("a").write('{"step": 3, "lo')),
-     "metrics.jsonl, line 3: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: None, "no such folder"),
+        (lambda d: d.mkdir(), "no metrics.jsonl in it or in its subfolders"),
+        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "empty: the run logged no step"),
+        (
+            lambda d: (fake_run(d, [4.0, 3.0]), (d / "metrics.jsonl").open("a").write('{"step": 3, "lo')),
+            "metrics.jsonl, line 3: not valid JSON",
+        ),
+    ],
+)
 def test_bad_input_is_one_message_and_exit_1(tmp_path, capsys, make, message):
     run = tmp_path / "run"
     make(run)

@@ -13,8 +13,18 @@ from disttune import bench
 
 # The smallest run that shows each point: 8 steps of 4 x 2 examples, a checkpoint every 4 steps
 # (`--save_steps 4` alone, as the README shows: it turns step checkpoints on).
-SMALL_RUN = ["--max_steps", "8", "--logging_steps", "1", "--save_steps", "4",
-             "--per_device_train_batch_size", "4", "--max_length", "64"]
+SMALL_RUN = [
+    "--max_steps",
+    "8",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_length",
+    "64",
+]
 
 
 def launch_command(strategy: str, output_dir: Path, *extra: str) -> list[str]:
@@ -31,18 +41,34 @@ def run_env(cache: Path, fault: str | None = None) -> dict:
     return env
 
 
-def launch(strategy: str, output_dir: Path, cache: Path, *extra: str, fault: str | None = None,
-           timeout: float = 240) -> subprocess.CompletedProcess:
+def launch(
+    strategy: str, output_dir: Path, cache: Path, *extra: str, fault: str | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """Run a 2-process launch to the end; returns the completed process (stdout and stderr merged)."""
-    return subprocess.run(launch_command(strategy, output_dir, *extra), cwd=REPO, env=run_env(cache, fault),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        launch_command(strategy, output_dir, *extra),
+        cwd=REPO,
+        env=run_env(cache, fault),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def timed_launch(strategy: str, output_dir: Path, cache: Path, *extra: str, fault: str,
-                 timeout: float = 240) -> tuple[int, str, float]:
+def timed_launch(
+    strategy: str, output_dir: Path, cache: Path, *extra: str, fault: str, timeout: float = 240
+) -> tuple[int, str, float]:
     """Like ``launch``, but also returns the seconds from the first ``step 2`` log line to the launcher's exit."""
-    proc = subprocess.Popen(launch_command(strategy, output_dir, *extra), cwd=REPO, env=run_env(cache, fault),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        launch_command(strategy, output_dir, *extra),
+        cwd=REPO,
+        env=run_env(cache, fault),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     metrics = output_dir / "metrics.jsonl"
     started = None
     deadline = time.monotonic() + timeout

@@ -57,4 +57,4 @@ def no_traceback_from_our_code(result: subprocess.CompletedProcess) -> bool:
     a child exits non-zero; that one is not ours to silence (``disttune launch`` forwards the code).
     """
     output = result.stdout + result.stderr
-    return "07_distributed_training.py\", line" not in output and "src/disttune/" not in output
+    return '07_distributed_training.py", line' not in output and "src/disttune/" not in output

@@ -15,13 +15,23 @@ README_CUT = ["ddp", "zero2", "zero3"]
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "strategies", [README_CUT, pytest.param(list(STRATEGIES), marks=pytest.mark.full)], ids=["readme-cut", "all"]
+    "strategies",
+    [README_CUT, pytest.param(list(STRATEGIES), marks=pytest.mark.full)],
+    ids=["readme-cut", "all"],
 )
 def test_bench_every_strategy_matches_the_estimate(tmp_path, monkeypatch, strategies):
     assert set(README_CUT) <= set(STRATEGIES)
     monkeypatch.setenv("DISTTUNE_CACHE", str(tmp_path / "cache"))
-    data = run_bench(strategies, tmp_path / "bench", num_processes=2, max_steps=3, per_device_batch=4,
-                     max_length=64, mixed_precision="no", timeout=300)
+    data = run_bench(
+        strategies,
+        tmp_path / "bench",
+        num_processes=2,
+        max_steps=3,
+        per_device_batch=4,
+        max_length=64,
+        mixed_precision="no",
+        timeout=300,
+    )
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (tmp_path / "bench" / name).stat().st_size > 0
     assert json.loads((tmp_path / "bench" / "bench.json").read_text())["runs"]
@@ -29,6 +39,9 @@ def test_bench_every_strategy_matches_the_estimate(tmp_path, monkeypatch, strate
         assert "error" not in run, run
         assert run["steps"] == 3 and run["tokens_per_second"] > 0
         assert run["ran_as"] == run["strategy"]  # accelerate set up what the strategy table says the file is
-        assert abs(run["estimate_rel_error"]) < 0.10, (run["strategy"], run["measured_by_category"],
-                                                        run["estimated_by_category"])
+        assert abs(run["estimate_rel_error"]) < 0.10, (
+            run["strategy"],
+            run["measured_by_category"],
+            run["estimated_by_category"],
+        )
         assert run["max_loss_deviation_from_ddp"] < 1e-3, run["strategy"]

@@ -25,15 +25,31 @@ from disttune.train.families import FAMILIES
 pytestmark = pytest.mark.distributed
 
 # config name -> (distributed_type on CPU, zero_stage), from the strategy table (DDP reports MULTI_CPU on CPU)
-STRATEGIES = {row.config_file.removesuffix(".yaml"): ("MULTI_CPU" if row.distributed_type == "MULTI_GPU"
-                                                      else row.distributed_type, row.zero_stage) for row in SHIPPED}
+STRATEGIES = {
+    row.config_file.removesuffix(".yaml"): (
+        "MULTI_CPU" if row.distributed_type == "MULTI_GPU" else row.distributed_type,
+        row.zero_stage,
+    )
+    for row in SHIPPED
+}
 REFERENCE = "deepspeed_zero3"
 # CI's share (9 launches, about 42 CPU-seconds each): the families that differ from the built-in Llama
 # (test_strategies.py runs that one under every strategy; Mistral has its layout) under ZeRO-3 and FSDP2,
 # plus Qwen2-tied under ZeRO-2 (failed before the save fix, as did Qwen2 and GPT-2 under FSDP2).
-CI_CUT = {(family, config) for family in ("qwen2", "gemma2", "gpt2", "qwen2_moe") for config in (REFERENCE, "fsdp2")}
+CI_CUT = {
+    (family, config) for family in ("qwen2", "gemma2", "gpt2", "qwen2_moe") for config in (REFERENCE, "fsdp2")
+}
 CI_CUT |= {("qwen2", "deepspeed_zero2")}
-ARGS = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--max_length", "64")
+ARGS = (
+    "--max_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_length",
+    "64",
+)
 REL_TOL = 1e-5  # as test_strategies.py: float noise from reduction order; a real difference is >> 1e-4
 
 
@@ -52,17 +68,29 @@ def run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("families")
     data = root / "data.jsonl"  # 64 short conversations: the real file-loading path, little tokenizing
-    data.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
-                                 {"role": "assistant", "content": str(2 * i)}]}) + "\n" for i in range(64)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What is {i} + {i}?"},
+                        {"role": "assistant", "content": str(2 * i)},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(64)
+        )
+    )
     done: dict = {}
 
     def launched(family: str, config: str):
         if (family, config) not in done:
             model = family_checkpoint(family, root / "models")
             out = root / f"{family}-{config}"
-            result = launch(config, out, *ARGS, "--model_name_or_path", str(model), "--dataset_name", str(data))
+            result = launch(
+                config, out, *ARGS, "--model_name_or_path", str(model), "--dataset_name", str(data)
+            )
             done[family, config] = (out, result)
         out, result = done[family, config]
         assert result.returncode == 0, f"{family} under {config}: {explain(result)}"
@@ -81,7 +109,10 @@ def test_family_trains_saves_and_agrees_with_zero3(run, family, config):
 
     out, result = run(family, config)
     summary = read_summary(out)
-    assert (summary["distributed_type"], summary["zero_stage"], summary["world_size"]) == (*STRATEGIES[config], 2)
+    assert (summary["distributed_type"], summary["zero_stage"], summary["world_size"]) == (
+        *STRATEGIES[config],
+        2,
+    )
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3]
 
@@ -111,7 +142,7 @@ def test_family_trains_saves_and_agrees_with_zero3(run, family, config):
 @pytest.mark.parametrize("config", [REFERENCE, "fsdp2"])
 def test_moe_blocks_become_zero3_leaf_modules_only_under_zero3(run, config):
     out, result = run("qwen2_moe", config)
-    note = ("disttune: ZeRO-3: 2 mixture-of-experts blocks (Qwen2MoeSparseMoeBlock) are DeepSpeed leaf modules")
+    note = "disttune: ZeRO-3: 2 mixture-of-experts blocks (Qwen2MoeSparseMoeBlock) are DeepSpeed leaf modules"
     assert (note in result.stdout) == (config == REFERENCE), result.stdout[-3000:]
     noted = any("mixture-of-experts" in n for n in read_summary(out)["notes"])  # kept with the run, too
     assert noted == (config == REFERENCE)

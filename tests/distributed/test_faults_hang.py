@@ -18,8 +18,18 @@ SLACK_S = 60  # start-up after step 2 on a busy 2-core CI machine (measured tota
 
 def test_watchdog_dumps_stacks_names_the_silent_rank_and_ends_the_job(tmp_path):
     out = tmp_path / "run"
-    code, text, seconds = timed_launch("ddp", out, tmp_path / "cache", "--max_steps", "40", "--ddp_timeout", "300",
-                                       "--hang_dump_s", "5", fault="sigstop@4:1")
+    code, text, seconds = timed_launch(
+        "ddp",
+        out,
+        tmp_path / "cache",
+        "--max_steps",
+        "40",
+        "--ddp_timeout",
+        "300",
+        "--hang_dump_s",
+        "5",
+        fault="sigstop@4:1",
+    )
     print(f"watchdog (--hang_dump_s 5): {seconds:.1f} s from the hang to the launcher's exit")
     assert code != 0, tail(text)
     assert "disttune: rank 0: no training step completed for 5 s" in text, tail(text)
@@ -33,8 +43,9 @@ def test_collective_timeout_is_the_ddp_timeout_on_cpu(tmp_path):
     # transformers passes --ddp_timeout to the process group for GPUs and DeepSpeed only; on the CPU
     # (gloo) path it stayed at torch's 30 minutes until apply_collective_timeout.
     out = tmp_path / "run"
-    code, text, seconds = timed_launch("ddp", out, tmp_path / "cache", "--max_steps", "40", "--ddp_timeout", "8",
-                                       fault="sigstop@4:1")
+    code, text, seconds = timed_launch(
+        "ddp", out, tmp_path / "cache", "--max_steps", "40", "--ddp_timeout", "8", fault="sigstop@4:1"
+    )
     print(f"collective timeout (--ddp_timeout 8): {seconds:.1f} s from the hang to the launcher's exit")
     assert code != 0, tail(text)
     assert "disttune: rank 0: a collective in step 4 timed out after --ddp_timeout 8 s" in text, tail(text)

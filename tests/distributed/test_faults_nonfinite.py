@@ -23,8 +23,17 @@ def test_nan_loss_stops_with_step_rank_and_cause(tmp_path):
 
 def test_skip_nonfinite_steps_skips_the_update_and_finishes(tmp_path):
     out = tmp_path / "run"
-    done = launch("ddp", out, tmp_path / "cache", "--max_steps", "6", "--save_strategy", "no",
-                  "--skip_nonfinite_steps", fault="nan@3:1")
+    done = launch(
+        "ddp",
+        out,
+        tmp_path / "cache",
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "no",
+        "--skip_nonfinite_steps",
+        fault="nan@3:1",
+    )
     assert done.returncode == 0, tail(done.stdout)
     assert "non-finite loss at step 3 on rank 1: update skipped" in done.stdout
     losses = [r["loss"] for r in read_metrics(out)]

@@ -25,7 +25,9 @@ def test_refuses_to_overwrite_another_run_and_touches_nothing(tmp_path):
 
 def test_hub_token_never_reaches_files_or_logs(tmp_path):
     out, secret = tmp_path / "run", "hf_disttuneSECRETtoken123"
-    done = launch("ddp", out, tmp_path / "cache", "--max_steps", "2", "--save_steps", "2", "--hub_token", secret)
+    done = launch(
+        "ddp", out, tmp_path / "cache", "--max_steps", "2", "--save_steps", "2", "--hub_token", secret
+    )
     assert done.returncode == 0, tail(done.stdout)
     assert secret not in done.stdout
     leaks = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -22,7 +22,13 @@ TOLERANCE = {"ddp": 0.0, "zero2": 1e-6, "zero3": 1e-6, "fsdp2": 1e-6}
 
 # CI runs DDP and ZeRO-3 (replicated and sharded state); ZeRO-2 and FSDP2 are in `make test-full`.
 @pytest.mark.parametrize(
-    "strategy", ["ddp", pytest.param("zero2", marks=pytest.mark.full), "zero3", pytest.param("fsdp2", marks=pytest.mark.full)]
+    "strategy",
+    [
+        "ddp",
+        pytest.param("zero2", marks=pytest.mark.full),
+        "zero3",
+        pytest.param("fsdp2", marks=pytest.mark.full),
+    ],
 )
 def test_sigkill_mid_save_then_resume_latest_reproduces_losses(strategy, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
@@ -39,7 +45,7 @@ def test_sigkill_mid_save_then_resume_latest_reproduces_losses(strategy, tmp_pat
     assert "skipped incomplete: checkpoint-8" in resumed.stdout
 
     lines = read_metrics(out)
-    after = lines[len(before):]
+    after = lines[len(before) :]
     assert [r["step"] for r in after] == [5, 6, 7, 8]
     assert {r["run_id"] for r in after} != {r["run_id"] for r in before}
     assert all(r["run_id"].endswith("-from-step4") for r in after)

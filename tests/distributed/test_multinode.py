@@ -17,11 +17,26 @@ pytestmark = pytest.mark.distributed
 def test_two_machine_config_on_loopback_trains_with_world_size_2(tmp_path, capsys):
     config = tmp_path / "two_machines.yaml"
     port = free_port()
-    code = disttune([
-        "config", "new", "--strategy", "ddp", "--num_processes", "2", "--num_machines", "2",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
-        "--output", str(config),
-    ])
+    code = disttune(
+        [
+            "config",
+            "new",
+            "--strategy",
+            "ddp",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "2",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--output",
+            str(config),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "--machine_rank 0" in printed and "--machine_rank 1" in printed
@@ -30,10 +45,29 @@ def test_two_machine_config_on_loopback_trains_with_world_size_2(tmp_path, capsy
     env = {**os.environ, "DISTTUNE_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
     procs = []
     for rank in (0, 1):
-        cmd = [*ACCELERATE, "--config_file", str(config), "--machine_rank", str(rank), str(SCRIPT),
-               "--output_dir", str(tmp_path / f"machine{rank}"), "--max_steps", "3", "--logging_steps", "1",
-               "--per_device_train_batch_size", "4", "--max_length", "64"]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            *ACCELERATE,
+            "--config_file",
+            str(config),
+            "--machine_rank",
+            str(rank),
+            str(SCRIPT),
+            "--output_dir",
+            str(tmp_path / f"machine{rank}"),
+            "--max_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_length",
+            "64",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-4000:]

@@ -10,7 +10,16 @@ from launching import explain, launch, no_traceback_from_our_code, read_metrics,
 
 pytestmark = pytest.mark.distributed
 
-SHORT = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--max_length", "64")
+SHORT = (
+    "--max_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_length",
+    "64",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +37,14 @@ def _records(fmt: str, n: int = 40) -> list[dict]:
     for i in range(n):
         question, answer = f"What is {i} + {i}?", str(2 * i)
         if fmt == "messages":
-            out.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+            out.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
         elif fmt == "prompt_completion":
             out.append({"prompt": question + " ", "completion": answer})
         else:
@@ -49,7 +65,9 @@ def test_each_data_format_trains_from_a_local_file(tmp_path, cache, fmt):
 
 def test_a_file_in_no_known_format_is_refused_naming_its_columns(tmp_path, cache):
     data = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 4)
-    result = launch("single_gpu", tmp_path / "out", *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache)
+    result = launch(
+        "single_gpu", tmp_path / "out", *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache
+    )
     assert result.returncode != 0
     assert "no supported columns found (columns: answer, question)" in result.stderr
     assert no_traceback_from_our_code(result)
@@ -62,8 +80,19 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache, config):
 
     out = tmp_path / "out"
     result = launch(
-        config, out, *SHORT, "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
-        "--lora_target_modules", "q_proj", "v_proj", "--merge_lora", cache_dir=cache,
+        config,
+        out,
+        *SHORT,
+        "--use_peft",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--merge_lora",
+        cache_dir=cache,
     )
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
@@ -75,7 +104,9 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache, config):
     # The trained adapter is in the merged weights: q_proj moved, layers without LoRA did not.
     base = load_file(str(next(cache.glob("tiny-llama-seed42")) / "model.safetensors"))
     state = merged.state_dict()
-    assert (state["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 0
+    assert (
+        state["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]
+    ).abs().max() > 0
     assert (state["model.layers.0.mlp.up_proj.weight"] == base["model.layers.0.mlp.up_proj.weight"]).all()
 
 
@@ -102,9 +133,14 @@ def test_config_accumulation_and_clipping_apply_when_the_script_sets_none(tmp_pa
 
 def test_conflicting_accumulation_stops_naming_both_places(tmp_path, cache):
     out = tmp_path / "out"
-    result = launch(_ds_config(tmp_path, 2), out, *SHORT, "--gradient_accumulation_steps", "4", cache_dir=cache)
+    result = launch(
+        _ds_config(tmp_path, 2), out, *SHORT, "--gradient_accumulation_steps", "4", cache_dir=cache
+    )
     assert result.returncode != 0
-    assert "gradient_accumulation_steps is 4 on the command line but deepspeed_config.gradient_accumulation_steps is 2" in result.stderr
+    assert (
+        "gradient_accumulation_steps is 4 on the command line but deepspeed_config.gradient_accumulation_steps is 2"
+        in result.stderr
+    )
     assert "zero2_ga.yaml" in result.stderr  # the config file is named
     assert no_traceback_from_our_code(result)
     assert not (out / "metrics.jsonl").exists()
@@ -123,13 +159,23 @@ def test_a_precision_flag_contradicting_the_launch_stops_naming_both_places(tmp_
 def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
     out = tmp_path / "out"
     result = launch(
-        "single_gpu", out, *SHORT, "--learning_rate", "0.001", "--lr_scaling", "sqrt", "--base_global_batch_size", "1",
+        "single_gpu",
+        out,
+        *SHORT,
+        "--learning_rate",
+        "0.001",
+        "--lr_scaling",
+        "sqrt",
+        "--base_global_batch_size",
+        "1",
         "--fp16",  # agrees with the launch: accepted, and falls back to bf16 with it
-        num_processes=1, mixed_precision="fp16", cache_dir=cache,
+        num_processes=1,
+        mixed_precision="fp16",
+        cache_dir=cache,
     )
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
-    assert summary["learning_rate"] == pytest.approx(0.001 * 4 ** 0.5)  # global batch 4 vs base 1
+    assert summary["learning_rate"] == pytest.approx(0.001 * 4**0.5)  # global batch 4 vs base 1
     assert summary["mixed_precision"] == "bf16"
     assert any("fp16 needs a GPU" in note for note in summary["notes"])
     assert "global batch            4 = 4 x 1 x 1" in result.stdout
@@ -146,7 +192,16 @@ def test_recipe_file_and_a_local_model_folder(tmp_path, cache):
         "learning_rate: 0.01\nmax_length: 48\n"
     )
     out = tmp_path / "out"
-    result = launch("single_gpu", out, "--config", str(recipe), "--learning_rate", "0.02", num_processes=1, cache_dir=cache)
+    result = launch(
+        "single_gpu",
+        out,
+        "--config",
+        str(recipe),
+        "--learning_rate",
+        "0.02",
+        num_processes=1,
+        cache_dir=cache,
+    )
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
     assert summary["global_step"] == 2

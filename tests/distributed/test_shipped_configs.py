@@ -33,7 +33,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("shipped")
     cache = tmp_path_factory.mktemp("cache")
     return {
-        config: (root / config, launch(config, root / config, "--max_steps", STEPS, mixed_precision=None, cache_dir=cache))
+        config: (
+            root / config,
+            launch(config, root / config, "--max_steps", STEPS, mixed_precision=None, cache_dir=cache),
+        )
         for config in SHIPPED
     }
 
@@ -45,8 +48,15 @@ def _ok(runs, config):
 
 
 def test_the_shipped_configs_are_all_covered():
-    assert SHIPPED == ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp2",
-                       "multi_gpu_ddp", "single_gpu"]
+    assert SHIPPED == [
+        "deepspeed_zero1",
+        "deepspeed_zero2",
+        "deepspeed_zero3",
+        "deepspeed_zero3_offload",
+        "fsdp2",
+        "multi_gpu_ddp",
+        "single_gpu",
+    ]
 
 
 @pytest.mark.parametrize("config", SHIPPED)

@@ -16,7 +16,16 @@ from disttune.strategies import SHIPPED
 
 pytestmark = pytest.mark.distributed
 
-COMMON = ("--max_steps", "6", "--logging_steps", "1", "--per_device_train_batch_size", "8", "--max_length", "96")
+COMMON = (
+    "--max_steps",
+    "6",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "8",
+    "--max_length",
+    "96",
+)
 # config name -> its row of the strategy table (zero1 runs in test_shipped_configs.py and test_families.py)
 STRATEGIES = {row.config_file.removesuffix(".yaml"): row for row in SHIPPED if row.name != "zero1"}
 DEBUG_EXIT = {"DISTTUNE_DEBUG_EXIT": "1"}  # each rank reports the torch modules still alive at exit
@@ -35,7 +44,9 @@ def runs(tmp_path_factory):
     out = root / "single_ga2"
     results["single_ga2"] = (
         out,
-        launch("single_gpu", out, *COMMON, "--gradient_accumulation_steps", "2", num_processes=1, cache_dir=cache),
+        launch(
+            "single_gpu", out, *COMMON, "--gradient_accumulation_steps", "2", num_processes=1, cache_dir=cache
+        ),
     )
     return results
 
@@ -50,7 +61,9 @@ def _ok(runs, name):
 def test_strategy_really_runs_distributed(runs, config):
     summary = read_summary(_ok(runs, config))
     row = STRATEGIES[config]
-    assert summary["distributed_type"] == ("MULTI_CPU" if row.distributed_type == "MULTI_GPU" else row.distributed_type)
+    assert summary["distributed_type"] == (
+        "MULTI_CPU" if row.distributed_type == "MULTI_GPU" else row.distributed_type
+    )
     assert summary["zero_stage"] == row.zero_stage
     assert summary["fsdp_version"] == row.fsdp_version
     assert summary["strategy"] == row.name  # offload devices too, as accelerate set them up
@@ -93,7 +106,9 @@ def test_final_weights_match_ddp_and_load_with_transformers(runs, config):
 def test_sharded_strategies_hold_about_half_the_parameters(runs, config):
     summary = read_summary(_ok(runs, config))
     for held in summary["local_param_numel"]:
-        assert 0.45 * summary["num_params"] <= held <= 0.55 * summary["num_params"], summary["local_param_numel"]
+        assert 0.45 * summary["num_params"] <= held <= 0.55 * summary["num_params"], summary[
+            "local_param_numel"
+        ]
 
 
 @pytest.mark.parametrize("config", ["multi_gpu_ddp", "deepspeed_zero2"])
@@ -109,4 +124,6 @@ def test_every_rank_frees_the_model_before_leaving_the_process_group(runs, confi
     result = runs[config][1]
     _ok(runs, config)
     reports = sorted(line for line in result.stdout.splitlines() if line.startswith("disttune-debug: rank"))
-    assert reports == [f"disttune-debug: rank {r}: live modules with parameters at exit: 0" for r in (0, 1)], result.stdout[-2000:]
+    assert reports == [
+        f"disttune-debug: rank {r}: live modules with parameters at exit: 0" for r in (0, 1)
+    ], result.stdout[-2000:]

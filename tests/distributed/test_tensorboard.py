@@ -13,7 +13,9 @@ from disttune.cli import main
 
 pytestmark = pytest.mark.distributed
 
-EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
+EventAccumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator"
+).EventAccumulator
 
 
 def scalars(run_dir) -> dict[str, dict[int, float]]:
@@ -26,8 +28,17 @@ def scalars(run_dir) -> dict[str, dict[int, float]]:
 @pytest.mark.parametrize(("config", "strategy"), [("multi_gpu_ddp", "DDP"), ("deepspeed_zero3", "ZeRO-3")])
 def test_tensorboard_events_match_metrics_jsonl(tmp_path, config, strategy):
     out = tmp_path / config
-    result = launch(config, out, "--max_steps", "4", "--logging_steps", "1", "--report_to", "tensorboard",
-                    cache_dir=tmp_path / "cache")
+    result = launch(
+        config,
+        out,
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "tensorboard",
+        cache_dir=tmp_path / "cache",
+    )
     assert result.returncode == 0, explain(result)
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -42,10 +53,18 @@ def test_tensorboard_events_match_metrics_jsonl(tmp_path, config, strategy):
     assert transformers["train/loss"] == pytest.approx({r["step"]: r["loss"] for r in records}, rel=1e-6)
     expected = {
         "disttune/tokens_per_second": {r["step"]: r["tokens_per_second"] for r in records},
-        **{f"disttune/tokens_per_second/rank{rank}": {r["step"]: r["tokens_per_second_per_rank"][rank]
-                                                      for r in records} for rank in (0, 1)},
-        **{f"disttune/peak_memory_MiB/rank{rank}": {r["step"]: r["peak_memory_bytes"][rank] / 2**20
-                                                    for r in records} for rank in (0, 1)},
+        **{
+            f"disttune/tokens_per_second/rank{rank}": {
+                r["step"]: r["tokens_per_second_per_rank"][rank] for r in records
+            }
+            for rank in (0, 1)
+        },
+        **{
+            f"disttune/peak_memory_MiB/rank{rank}": {
+                r["step"]: r["peak_memory_bytes"][rank] / 2**20 for r in records
+            }
+            for rank in (0, 1)
+        },
     }
     assert set(mine) == set(expected)  # no disttune/mfu on CPU: its peak FLOP/s is unknown (null in the file)
     for tag, values in expected.items():
@@ -58,6 +77,8 @@ def test_tensorboard_events_match_metrics_jsonl(tmp_path, config, strategy):
     summary = read_summary(out)
     assert main(["report", str(out)]) == 0
     assert (out / "report.png").stat().st_size > 30_000
-    assert (f"| {config} | {strategy} | 2 | {summary['global_batch_size']} | 4 | {summary['final_loss']:.4f} | "
-            f"{summary['tokens_per_second']:,.0f} | {max(summary['peak_memory_bytes']) / 2**20:,.0f} MiB (CPU RSS) |"
-            in (out / "report.md").read_text())
+    assert (
+        f"| {config} | {strategy} | 2 | {summary['global_batch_size']} | 4 | {summary['final_loss']:.4f} | "
+        f"{summary['tokens_per_second']:,.0f} | {max(summary['peak_memory_bytes']) / 2**20:,.0f} MiB (CPU RSS) |"
+        in (out / "report.md").read_text()
+    )

@@ -20,8 +20,17 @@ pytestmark = [
 @pytest.mark.parametrize("config", ["single_gpu", "deepspeed_zero3"])
 def test_bf16_run_on_one_gpu_reports_cuda_memory_and_mfu(tmp_path, config):
     out = tmp_path / config
-    result = launch(config, out, "--max_steps", "5", "--logging_steps", "1", num_processes=1, mixed_precision="bf16",
-                    cache_dir=tmp_path / "cache")
+    result = launch(
+        config,
+        out,
+        "--max_steps",
+        "5",
+        "--logging_steps",
+        "1",
+        num_processes=1,
+        mixed_precision="bf16",
+        cache_dir=tmp_path / "cache",
+    )
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
     assert summary["mixed_precision"] == "bf16"

@@ -32,9 +32,24 @@ REPO = Path(__file__).resolve().parents[2]
 READMES = ("README.md", "README.zh-CN.md")
 MARKER = re.compile(r"\[not run by tests: ([^\]]+)\]")
 # What may keep a command from running here; anything else in a marker is a test failure.
-REASONS = ("GPUs", "a model download", "a second machine", "your own environment", "it runs these tests", "a terminal")
-LINKED = ("07_distributed_training.py", "accelerate_configs", "examples", "Makefile", ".venv", "pyproject.toml",
-          "requirements-lock.txt", "src")
+REASONS = (
+    "GPUs",
+    "a model download",
+    "a second machine",
+    "your own environment",
+    "it runs these tests",
+    "a terminal",
+)
+LINKED = (
+    "07_distributed_training.py",
+    "accelerate_configs",
+    "examples",
+    "Makefile",
+    ".venv",
+    "pyproject.toml",
+    "requirements-lock.txt",
+    "src",
+)
 SHORT_RUN = ("--max_steps", "2")
 
 
@@ -141,8 +156,13 @@ def _for_test(command: str, output_dir: Path) -> str:
 def output_matches(expected: tuple[str, ...], actual: list[str]) -> bool:
     """``expected`` line by line, where a ``...`` line stands for any number of lines."""
     pattern = "".join(r"(?:[^\n]*\n)*?" if line == "..." else re.escape(line) + r"\n" for line in expected)
-    return re.fullmatch(pattern + (r"(?:[^\n]*\n)*" if expected and expected[-1] == "..." else ""),
-                        "".join(line + "\n" for line in actual)) is not None
+    return (
+        re.fullmatch(
+            pattern + (r"(?:[^\n]*\n)*" if expected and expected[-1] == "..." else ""),
+            "".join(line + "\n" for line in actual),
+        )
+        is not None
+    )
 
 
 def _workdir(tmp_path: Path) -> Path:
@@ -156,10 +176,22 @@ def _workdir(tmp_path: Path) -> Path:
 
 def _run(script: str, cwd: Path) -> subprocess.CompletedProcess:
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "120"}
-    return subprocess.run(["bash", "-c", "set -eo pipefail\n" + script], cwd=cwd, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "COLUMNS": "120",
+    }
+    return subprocess.run(
+        ["bash", "-c", "set -eo pipefail\n" + script],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=900,
+    )
 
 
 BLOCKS = all_blocks()
@@ -178,8 +210,12 @@ def test_the_readmes_hold_the_seed_commands_and_mark_what_cannot_run():
         seed = f"accelerate launch --config_file accelerate_configs/{config}.yaml 07_distributed_training.py"
         assert seed in commands, f"the seed's command for {config} is no longer in a README block"
     assert sum(b.expected is not None for b in BLOCKS) >= 3, "the README transcripts were not found"
-    marked = [m for name in READMES for b in parse_blocks((REPO / name).read_text(encoding="utf-8"), name)
-              for m in b.marked]
+    marked = [
+        m
+        for name in READMES
+        for b in parse_blocks((REPO / name).read_text(encoding="utf-8"), name)
+        for m in b.marked
+    ]
     assert marked, "no command is marked as not run: the marker syntax changed?"
     for command, reason in marked:
         assert reason in REASONS, f"{command!r}: unknown reason {reason!r} (known: {REASONS})"
@@ -192,7 +228,9 @@ def test_readme_block_runs(block, tmp_path):
     work = _workdir(tmp_path)
     script = "\n".join(_for_test(c, tmp_path / f"out{i}") for i, c in enumerate(block.commands))
     result = _run(script, work)
-    assert result.returncode == 0, f"{block.where}: exit {result.returncode}\n{script}\n{result.stdout[-6000:]}"
+    assert result.returncode == 0, (
+        f"{block.where}: exit {result.returncode}\n{script}\n{result.stdout[-6000:]}"
+    )
     assert "Traceback" not in result.stdout, f"{block.where}:\n{result.stdout[-6000:]}"
 
 
@@ -214,32 +252,43 @@ def test_readme_transcript_is_what_the_command_prints(block, tmp_path):
 
 
 def test_parser_reads_transcripts_markers_and_continuations():
-    text = "\n".join([
-        "```bash",
-        "$ disttune plan --num_processes 2 \\",
-        "    --per_device_train_batch_size 4",
-        "plan  a",
-        "...",
-        "$ pip install x   # into your env [not run by tests: your own environment]",
-        "anything",
-        "```",
-        "```bash",
-        "export A=1   # comment",
-        "# a comment line",
-        "accelerate launch --config_file c.yaml s.py",
-        "```",
-        "```",
-        "not bash",
-        "```",
-    ])
+    text = "\n".join(
+        [
+            "```bash",
+            "$ disttune plan --num_processes 2 \\",
+            "    --per_device_train_batch_size 4",
+            "plan  a",
+            "...",
+            "$ pip install x   # into your env [not run by tests: your own environment]",
+            "anything",
+            "```",
+            "```bash",
+            "export A=1   # comment",
+            "# a comment line",
+            "accelerate launch --config_file c.yaml s.py",
+            "```",
+            "```",
+            "not bash",
+            "```",
+        ]
+    )
     transcript, plain = parse_blocks(text, "R")
     assert transcript.commands == ("disttune plan --num_processes 2 --per_device_train_batch_size 4",)
     assert transcript.expected == (("plan  a", "..."),)
     assert transcript.marked == (("pip install x", "your own environment"),)
-    assert plain.commands == ("export A=1", "accelerate launch --config_file c.yaml s.py") and plain.expected is None
+    assert (
+        plain.commands == ("export A=1", "accelerate launch --config_file c.yaml s.py")
+        and plain.expected is None
+    )
     assert plain.launches and not transcript.launches
-    assert _for_test(plain.commands[1], Path("/t")) == "accelerate launch --config_file c.yaml s.py --max_steps 2 --output_dir /t"
-    assert _for_test("accelerate launch x.py --max_steps 6", Path("/t")) == "accelerate launch x.py --max_steps 6 --output_dir /t"
+    assert (
+        _for_test(plain.commands[1], Path("/t"))
+        == "accelerate launch --config_file c.yaml s.py --max_steps 2 --output_dir /t"
+    )
+    assert (
+        _for_test("accelerate launch x.py --max_steps 6", Path("/t"))
+        == "accelerate launch x.py --max_steps 6 --output_dir /t"
+    )
 
 
 @pytest.mark.parametrize(

@@ -49,12 +49,29 @@ def test_max_loss_deviation():
 
 
 def _data():
-    run = {"strategy": "ddp", "tokens_per_second": 100.0, "peak_memory_bytes": 10**9, "peak_memory_kind": "x",
-           "measured_model_state_bytes": 16 * 10**6, "estimated_model_state_bytes": 16 * 10**6,
-           "estimate_rel_error": 0.0, "final_loss": 1.0, "max_loss_deviation_from_ddp": 0.0,
-           "losses": [(1, 2.0), (2, 1.0)]}
-    setup = {"date": "d", "machine": "m", "num_processes": 2, "model": "tiny", "max_steps": 2,
-             "global_batch_size": 16, "max_length": 128, "mixed_precision": "no", "variant": "default"}
+    run = {
+        "strategy": "ddp",
+        "tokens_per_second": 100.0,
+        "peak_memory_bytes": 10**9,
+        "peak_memory_kind": "x",
+        "measured_model_state_bytes": 16 * 10**6,
+        "estimated_model_state_bytes": 16 * 10**6,
+        "estimate_rel_error": 0.0,
+        "final_loss": 1.0,
+        "max_loss_deviation_from_ddp": 0.0,
+        "losses": [(1, 2.0), (2, 1.0)],
+    }
+    setup = {
+        "date": "d",
+        "machine": "m",
+        "num_processes": 2,
+        "model": "tiny",
+        "max_steps": 2,
+        "global_batch_size": 16,
+        "max_length": 128,
+        "mixed_precision": "no",
+        "variant": "default",
+    }
     return {"setup": setup, "runs": [run, {"strategy": "zero3", "error": "exit 1"}]}
 
 
@@ -76,7 +93,9 @@ def test_estimate_for_the_tiny_preset(tmp_path):
 
 
 def test_read_losses_from_the_metrics_file_the_callback_writes(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n\n{"step": 2, "loss": null}\n{"step": 3, "loss": 2.0}\n')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 2.5}\n\n{"step": 2, "loss": null}\n{"step": 3, "loss": 2.0}\n'
+    )
     assert read_losses(tmp_path) == [(1, 2.5), (3, 2.0)]
     assert read_losses(tmp_path / "no_run_here") == []
 
@@ -96,8 +115,15 @@ def test_estimate_totals_beside_the_model_states(tmp_path):
 def _config(tmp_path, **extra):
     import json
 
-    config = {"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, **extra}
+    config = {
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **extra,
+    }
     tmp_path.mkdir(parents=True)
     (tmp_path / "config.json").write_text(json.dumps(config))
     return str(tmp_path)
@@ -106,25 +132,47 @@ def _config(tmp_path, **extra):
 def test_estimate_counts_tied_embeddings_once_and_moe_experts(tmp_path):
     from disttune.bench import estimated_state
 
-    untied = estimated_state("ddp", _config(tmp_path / "a", model_type="qwen2", tie_word_embeddings=False), 2,
-                             "no", 1, 16)
-    tied = estimated_state("ddp", _config(tmp_path / "b", model_type="qwen2", tie_word_embeddings=True), 2,
-                           "no", 1, 16)
+    untied = estimated_state(
+        "ddp", _config(tmp_path / "a", model_type="qwen2", tie_word_embeddings=False), 2, "no", 1, 16
+    )
+    tied = estimated_state(
+        "ddp", _config(tmp_path / "b", model_type="qwen2", tie_word_embeddings=True), 2, "no", 1, 16
+    )
     assert untied["num_params"] - tied["num_params"] == 100 * 64  # one V x h matrix fewer
     assert untied["total"] - tied["total"] == 16 * 100 * 64  # and its 16 bytes of DDP states
-    moe = estimated_state("zero3", _config(tmp_path / "c", model_type="qwen2_moe", num_experts=4,
-                                           num_experts_per_tok=2, moe_intermediate_size=32,
-                                           shared_expert_intermediate_size=64), 2, "no", 1, 16)
+    moe = estimated_state(
+        "zero3",
+        _config(
+            tmp_path / "c",
+            model_type="qwen2_moe",
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+        ),
+        2,
+        "no",
+        1,
+        16,
+    )
     assert moe["num_params"] - moe["active_params"] == 2 * (4 - 2) * 3 * 32 * 64  # 2 idle experts per layer
 
 
 def _run_dir(tmp_path, reserved=None):
     import json
 
-    summary = {"world_size": 2, "mixed_precision": "no", "global_batch_size": 16, "global_step": 3,
-               "peak_memory_bytes": [10**9, 10**9], "peak_memory_kind": "cpu_max_rss", "final_loss": 1.0,
-               "model_state_bytes": [{"params": 10, "grads": 10, "optimizer": 20, "other": 0, "cpu_bytes": 0,
-                                      "total": 40}]}
+    summary = {
+        "world_size": 2,
+        "mixed_precision": "no",
+        "global_batch_size": 16,
+        "global_step": 3,
+        "peak_memory_bytes": [10**9, 10**9],
+        "peak_memory_kind": "cpu_max_rss",
+        "final_loss": 1.0,
+        "model_state_bytes": [
+            {"params": 10, "grads": 10, "optimizer": 20, "other": 0, "cpu_bytes": 0, "total": 40}
+        ],
+    }
     if reserved is not None:
         summary["peak_memory_reserved_bytes"] = reserved
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -135,8 +183,18 @@ def _run_dir(tmp_path, reserved=None):
 def test_summarize_run_records_reserved_memory_when_the_run_has_it(tmp_path):
     from disttune.bench import summarize_run
 
-    est = {"total": 40, "params": 10, "grads": 10, "optimizer": 20, "cpu": 0, "terms": {}, "reserved_bytes": 1100,
-           "gpu_total_bytes": 1200, "num_params": 5, "active_params": 5}
+    est = {
+        "total": 40,
+        "params": 10,
+        "grads": 10,
+        "optimizer": 20,
+        "cpu": 0,
+        "terms": {},
+        "reserved_bytes": 1100,
+        "gpu_total_bytes": 1200,
+        "num_params": 5,
+        "active_params": 5,
+    }
     cpu = summarize_run("ddp", _run_dir(tmp_path / "cpu"), est, 1.0)  # the CPU path: no CUDA figures
     assert cpu["peak_memory_reserved_bytes"] is None and cpu["reserved_rel_error"] is None
     assert cpu["estimate_rel_error"] == 0.0

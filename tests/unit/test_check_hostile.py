@@ -49,9 +49,10 @@ def test_the_laughs_file_is_small():
 
 
 def _timed(call):
-    start = time.perf_counter()
+    """The call's result and the CPU seconds this process spent on it (other processes' load does not count)."""
+    start = time.process_time()
     result = call()
-    return result, time.perf_counter() - start
+    return result, time.process_time() - start
 
 
 def test_loader_refuses_in_one_line(hostile):
@@ -107,9 +108,14 @@ def test_training_recipe_reader_refuses_within_a_second(hostile):
 
 def test_aliases_within_bounds_still_load(tmp_path):
     path = tmp_path / "anchors.yaml"
-    path.write_text("base: &base {zero_stage: 2, offload_optimizer_device: none}\n"
-                    "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config: *base\n")  # fmt: skip
-    assert load_accelerate_config(path)["deepspeed_config"] == {"zero_stage": 2, "offload_optimizer_device": "none"}
+    path.write_text(
+        "base: &base {zero_stage: 2, offload_optimizer_device: none}\n"
+        "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config: *base\n"
+    )
+    assert load_accelerate_config(path)["deepspeed_config"] == {
+        "zero_stage": 2,
+        "offload_optimizer_device": "none",
+    }
 
 
 def test_reading_is_bounded_in_time_too(tmp_path, monkeypatch):

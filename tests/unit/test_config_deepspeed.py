@@ -65,14 +65,23 @@ def test_string_where_a_number_belongs(tmp_path):
 
 
 def test_stage_range_and_missing_zero(tmp_path):
-    assert one(run(tmp_path, {**GOOD, "zero_optimization": {"stage": 5}}), "zero_optimization.stage").severity == "error"
+    assert (
+        one(run(tmp_path, {**GOOD, "zero_optimization": {"stage": 5}}), "zero_optimization.stage").severity
+        == "error"
+    )
     f = one(run(tmp_path, {"train_batch_size": "auto"}), "zero_optimization")
     assert "Please specify the ZeRO optimization config" in f.message
 
 
 def test_param_offload_needs_zero3_and_nvme_needs_path(tmp_path):
-    data = {**GOOD, "zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"},
-                                          "offload_optimizer": {"device": "nvme"}}}  # fmt: skip
+    data = {
+        **GOOD,
+        "zero_optimization": {
+            "stage": 2,
+            "offload_param": {"device": "cpu"},
+            "offload_optimizer": {"device": "nvme"},
+        },
+    }
     found = run(tmp_path, data)
     assert "needs ZeRO-3" in one(found, "zero_optimization.offload_param.device").message
     assert "nvme_path is missing" in one(found, "zero_optimization.offload_optimizer.nvme_path").message
@@ -90,7 +99,12 @@ def test_fp16_and_bf16_both_enabled(tmp_path):
 
 
 def test_batch_triple(tmp_path):
-    data = {**GOOD, "train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}
+    data = {
+        **GOOD,
+        "train_batch_size": 64,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 2,
+    }
     f = one(run(tmp_path, data, num_processes=4), "train_batch_size")
     assert "4 x 2 x 4 = 32" in f.message and "32" in f.fix
     assert run(tmp_path, data, num_processes=8) == []
@@ -109,8 +123,16 @@ def _pair(tmp_path, yaml_body: str, data: dict, sub: str = "cfg"):
 
 
 def test_config_file_resolved_next_to_the_yaml_and_checked(tmp_path):
-    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: ds.json\n",
-                 {**GOOD, "train_batch_size": 10, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1})
+    path = _pair(
+        tmp_path,
+        "deepspeed_config:\n  deepspeed_config_file: ds.json\n",
+        {
+            **GOOD,
+            "train_batch_size": 10,
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+        },
+    )
     report = check_files([path], cwd=tmp_path)
     assert len(report.files) == 2 and "relative to the YAML's folder" in report.notes[0]
     f = one(report.findings, "train_batch_size")
@@ -130,8 +152,10 @@ def test_missing_config_file(tmp_path):
 
 
 def test_config_file_refuses_accelerate_keys_and_mixed_precision(tmp_path):
-    body = ("mixed_precision: bf16\ndeepspeed_config:\n  deepspeed_config_file: ds.json\n  zero_stage: 3\n"
-            "  gradient_accumulation_steps: 2\n  zero3_init_flag: true\n")  # fmt: skip
+    body = (
+        "mixed_precision: bf16\ndeepspeed_config:\n  deepspeed_config_file: ds.json\n  zero_stage: 3\n"
+        "  gradient_accumulation_steps: 2\n  zero3_init_flag: true\n"
+    )
     path = _pair(tmp_path, body, {**GOOD, "fp16": {"enabled": True}, "bf16": {"enabled": False}})
     found = check_files([path], cwd=tmp_path).findings
     for key in ("deepspeed_config.zero_stage", "deepspeed_config.gradient_accumulation_steps"):
@@ -157,7 +181,12 @@ def test_unreadable_json_is_a_finding_not_a_crash(tmp_path):
 
 
 def test_numbers_below_what_deepspeed_runs(tmp_path):
-    data = {**GOOD, "gradient_accumulation_steps": 0, "gradient_clipping": -0.5, "train_micro_batch_size_per_gpu": 0}
+    data = {
+        **GOOD,
+        "gradient_accumulation_steps": 0,
+        "gradient_clipping": -0.5,
+        "train_micro_batch_size_per_gpu": 0,
+    }
     found = run(tmp_path, data)
     for key in ("gradient_accumulation_steps", "gradient_clipping", "train_micro_batch_size_per_gpu"):
         f = one(found, key)
@@ -167,8 +196,14 @@ def test_numbers_below_what_deepspeed_runs(tmp_path):
 
 
 def test_renamed_keys_name_successor_and_release(tmp_path):
-    data = {**GOOD, "zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True,
-                                          "cpu_offload_use_pin_memory": True}}  # fmt: skip
+    data = {
+        **GOOD,
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_gather_fp16_weights_on_model_save": True,
+            "cpu_offload_use_pin_memory": True,
+        },
+    }
     found = run(tmp_path, data)
     old = one(found, "zero_optimization.stage3_gather_fp16_weights_on_model_save")
     assert old.severity == "warning" and "'stage3_gather_16bit_weights_on_model_save'" in old.message
@@ -183,7 +218,9 @@ def test_kind_comes_from_the_content_not_the_extension(tmp_path):
     report = check_files([ds])
     assert report.findings == [] and "read as a DeepSpeed config" in report.notes[0]
     acc = tmp_path / "fsdp.json"  # an accelerate config written as JSON (modelscope/ms-swift)
-    acc.write_text(json.dumps({"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_version": 2}}))
+    acc.write_text(
+        json.dumps({"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_version": 2}})
+    )
     report = check_files([acc])
     assert report.findings == [] and "read as an accelerate config" in report.notes[0]
     unknown = tmp_path / "x.conf"
@@ -203,7 +240,12 @@ def test_fixed_train_batch_size_must_split_over_accumulation_and_processes(tmp_p
 
 def test_deepspeed_keys_misplaced_in_an_accelerate_config_do_not_change_its_kind(tmp_path):
     path = tmp_path / "acc.yaml"
-    path.write_text("distributed_type: DEEPSPEED\nnum_processes: 2\ngradient_accumulation_steps: 4\ngradient_clipping: 1.0\n")
+    path.write_text(
+        "distributed_type: DEEPSPEED\nnum_processes: 2\ngradient_accumulation_steps: 4\ngradient_clipping: 1.0\n"
+    )
     report = check_files([path])
-    assert report.notes == [] and {f.key for f in report.findings} == {"gradient_accumulation_steps", "gradient_clipping"}
+    assert report.notes == [] and {f.key for f in report.findings} == {
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    }
     assert all("unknown top-level keys" in f.message for f in report.findings)

@@ -41,6 +41,10 @@ def test_check_reports_a_repeated_key_as_an_error(tmp_path):
 def test_check_reports_a_repeated_key_in_the_referenced_json(tmp_path):
     (tmp_path / "ds.json").write_text('{"train_batch_size": "auto", "train_batch_size": "auto"}')
     config = tmp_path / "ds.yaml"
-    config.write_text(f"distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n")
+    config.write_text(
+        f"distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
+    )
     findings = check_config(config)
-    assert ("error", str(tmp_path / "ds.json"), "train_batch_size") in [(f.severity, f.file, f.key) for f in findings]
+    assert ("error", str(tmp_path / "ds.json"), "train_batch_size") in [
+        (f.severity, f.file, f.key) for f in findings
+    ]

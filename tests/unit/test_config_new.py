@@ -27,8 +27,14 @@ from disttune.errors import UserError
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("precision", ["bf16", "no"])
 def test_every_strategy_passes_check(tmp_path, strategy, machines, precision):
-    cfg = NewConfig(strategy, 8 * machines, machines, machines - 1, "10.0.0.1" if machines > 1 else None,
-                    mixed_precision=precision)  # fmt: skip
+    cfg = NewConfig(
+        strategy,
+        8 * machines,
+        machines,
+        machines - 1,
+        "10.0.0.1" if machines > 1 else None,
+        mixed_precision=precision,
+    )
     path = write_new(cfg, tmp_path / "c.yaml")[0]
     assert check_config(path) == []
     data = yaml.safe_load(path.read_text())
@@ -40,10 +46,18 @@ def test_slurm_yaml_without_ip_is_one_node_and_passes_check(tmp_path):
     yaml_path, sbatch = write_new(cfg, tmp_path / "z.yaml", slurm=True)
     assert check_config(yaml_path) == []
     text = sbatch.read_text()
-    for needle in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8", "srun",
-                   "--num_machines $SLURM_NNODES", "--num_processes 16", "--machine_rank $SLURM_NODEID",
-                   "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)", "--main_process_port 29500",
-                   "07_distributed_training.py"):  # fmt: skip
+    for needle in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "srun",
+        "--num_machines $SLURM_NNODES",
+        "--num_processes 16",
+        "--machine_rank $SLURM_NODEID",
+        "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)",
+        "--main_process_port 29500",
+        "07_distributed_training.py",
+    ):
         assert needle in text
     assert [line for line in render_sbatch(cfg, "z.yaml").splitlines() if line.startswith("srun")] != []
 

@@ -53,8 +53,10 @@ def test_unknown_nested_key_is_silently_ignored_so_an_error_and_a_typo_says_so(t
 
 
 def test_deepspeed_json_key_in_deepspeed_config_says_where_it_belongs(tmp_path):
-    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 3\n  communication_data_type: fp32\n"),
-            "deepspeed_config.communication_data_type")
+    f = one(
+        run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 3\n  communication_data_type: fp32\n"),
+        "deepspeed_config.communication_data_type",
+    )
     assert f.severity == "error" and "deepspeed_config_file" in f.fix and "DeepSpeed JSON key" in f.message
 
 
@@ -87,7 +89,10 @@ def test_unquoted_no_distributed_type_runs_as_no(tmp_path):
     assert run(tmp_path, "distributed_type: no\n") == []
     f = one(run(tmp_path, "distributed_type: NO\nnum_processes: 8\n"), "num_processes")
     assert f.severity == "error" and "single process" in f.message
-    assert "boolean true" in one(run(tmp_path, "distributed_type: yes\nnum_processes: 1\n"), "distributed_type").message
+    assert (
+        "boolean true"
+        in one(run(tmp_path, "distributed_type: yes\nnum_processes: 1\n"), "distributed_type").message
+    )
 
 
 def test_unknown_distributed_type(tmp_path):
@@ -108,7 +113,9 @@ def test_no_with_several_processes_is_an_error(tmp_path):
 
 
 def test_processes_must_split_over_machines(tmp_path):
-    text = BASE_DS.replace("num_processes: 4", "num_processes: 6").replace("num_machines: 1", "num_machines: 4")
+    text = BASE_DS.replace("num_processes: 4", "num_processes: 6").replace(
+        "num_machines: 1", "num_machines: 4"
+    )
     text += "main_process_ip: 10.0.0.1\ndeepspeed_config:\n  deepspeed_multinode_launcher: standard\n"
     assert "cannot be split evenly" in one(run(tmp_path, text), "num_processes").message
 
@@ -126,8 +133,10 @@ def test_multi_node_without_ip_or_rank_warns_naming_the_launch_flags(tmp_path):
     assert "--machine_rank" in one(found, "machine_rank").fix
     # two "machines" on one host (as the multi-node test runs): a note, not a finding
     path = tmp_path / "loop.yaml"
-    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 2\nnum_machines: 2\nmachine_rank: 0\n"
-                    "main_process_ip: 127.0.0.1\n")  # fmt: skip
+    path.write_text(
+        "distributed_type: MULTI_GPU\nnum_processes: 2\nnum_machines: 2\nmachine_rank: 0\n"
+        "main_process_ip: 127.0.0.1\n"
+    )
     report = check_files([path])
     assert report.findings == [] and "loopback" in report.notes[0]
 
@@ -155,15 +164,25 @@ def test_gpu_ids_count_against_processes_per_machine(tmp_path):
 
 
 def test_gpu_ids_ignored_by_deepspeed_multinode_pdsh(tmp_path):
-    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace("num_processes: 4", "num_processes: 8")
+    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace(
+        "num_processes: 4", "num_processes: 8"
+    )
     text += "main_process_ip: 10.0.0.1\ngpu_ids: '0,1,2,3'\ndeepspeed_config:\n  deepspeed_hostfile: /job/hostfile\n"
     f = one(run(tmp_path, text), "gpu_ids")
     assert f.severity == "error" and "not applied" in f.message
-    assert run(tmp_path, text.replace("deepspeed_hostfile: /job/hostfile", "deepspeed_multinode_launcher: standard")) == []
+    assert (
+        run(
+            tmp_path,
+            text.replace("deepspeed_hostfile: /job/hostfile", "deepspeed_multinode_launcher: standard"),
+        )
+        == []
+    )
 
 
 def test_deepspeed_pdsh_multinode_needs_hostfile(tmp_path):
-    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace("num_processes: 4", "num_processes: 8")
+    text = BASE_DS.replace("num_machines: 1", "num_machines: 2").replace(
+        "num_processes: 4", "num_processes: 8"
+    )
     f = one(run(tmp_path, text + "main_process_ip: 10.0.0.1\n"), "deepspeed_config.deepspeed_hostfile")
     assert "--hostfile None" in f.message
 
@@ -174,7 +193,9 @@ def test_zero_stage_range(tmp_path):
 
 
 def test_param_offload_needs_zero3_and_zero3_flags_are_ignored_below_it(tmp_path):
-    text = BASE_DS + "deepspeed_config:\n  zero_stage: 2\n  offload_param_device: cpu\n  zero3_init_flag: true\n"
+    text = (
+        BASE_DS + "deepspeed_config:\n  zero_stage: 2\n  offload_param_device: cpu\n  zero3_init_flag: true\n"
+    )
     found = run(tmp_path, text)
     assert "needs ZeRO-3" in one(found, "deepspeed_config.offload_param_device").message
     f = one(found, "deepspeed_config.zero3_init_flag")
@@ -182,27 +203,36 @@ def test_param_offload_needs_zero3_and_zero3_flags_are_ignored_below_it(tmp_path
 
 
 def test_default_stage_is_two_when_missing(tmp_path):
-    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero3_save_16bit_model: true\n"),
-            "deepspeed_config.zero3_save_16bit_model")
+    f = one(
+        run(tmp_path, BASE_DS + "deepspeed_config:\n  zero3_save_16bit_model: true\n"),
+        "deepspeed_config.zero3_save_16bit_model",
+    )
     assert "ZeRO stage 2" in f.message
 
 
 def test_optimizer_offload_with_stage_zero(tmp_path):
-    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 0\n  offload_optimizer_device: cpu\n"),
-            "deepspeed_config.offload_optimizer_device")
+    f = one(
+        run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 0\n  offload_optimizer_device: cpu\n"),
+        "deepspeed_config.offload_optimizer_device",
+    )
     assert "stage 1, 2 or 3" in f.message
 
 
 def test_nvme_offload_needs_path(tmp_path):
-    text = BASE_DS + "deepspeed_config:\n  zero_stage: 3\n  offload_param_device: nvme\n  offload_optimizer_device: nvme\n"
+    text = (
+        BASE_DS
+        + "deepspeed_config:\n  zero_stage: 3\n  offload_param_device: nvme\n  offload_optimizer_device: nvme\n"
+    )
     found = run(tmp_path, text)
     assert "missing" in one(found, "deepspeed_config.offload_param_nvme_path").message
     assert "missing" in one(found, "deepspeed_config.offload_optimizer_nvme_path").message
 
 
 def test_deepspeed_and_fsdp_both_configured(tmp_path):
-    f = one(run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 2\nfsdp_config:\n  fsdp_version: 2\n"),
-            "fsdp_config")
+    f = one(
+        run(tmp_path, BASE_DS + "deepspeed_config:\n  zero_stage: 2\nfsdp_config:\n  fsdp_version: 2\n"),
+        "fsdp_config",
+    )
     assert f.severity == "error" and "both configured" in f.message
 
 
@@ -219,14 +249,19 @@ def test_multi_cpu_with_several_processes_but_no_mpirun_starts_one_process(tmp_p
     findings = check_config(path)
     assert [(f.severity, f.key) for f in findings] == [("error", "num_processes")]
     assert "starts a single process, not 4" in findings[0].message
-    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 4\nuse_cpu: true\nmpirun_config:\n  mpirun_hostfile: hosts\n")
+    path.write_text(
+        "distributed_type: MULTI_CPU\nnum_processes: 4\nuse_cpu: true\nmpirun_config:\n  mpirun_hostfile: hosts\n"
+    )
     assert check_config(path) == []
 
 
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        (BASE_DS + "deepspeed_config:\n  gradient_accumulation_steps: 0\n", "deepspeed_config.gradient_accumulation_steps"),
+        (
+            BASE_DS + "deepspeed_config:\n  gradient_accumulation_steps: 0\n",
+            "deepspeed_config.gradient_accumulation_steps",
+        ),
         (BASE_DS.replace("num_processes: 4", "num_processes: 0"), "num_processes"),
         (BASE_DS + "deepspeed_config:\n  gradient_clipping: -1.0\n", "deepspeed_config.gradient_clipping"),
         (BASE_DS.replace("num_machines: 1", "num_machines: 0"), "num_machines"),
@@ -242,10 +277,19 @@ def test_zero_clipping_means_off_and_is_fine(tmp_path):
 
 
 def test_renamed_fsdp_key_names_its_successor_and_the_release(tmp_path):
-    text = BASE_DS.replace("DEEPSPEED", "FSDP") + "fsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n"
+    text = (
+        BASE_DS.replace("DEEPSPEED", "FSDP") + "fsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n"
+    )
     f = one(run(tmp_path, text), "fsdp_config.fsdp_backward_prefetch_policy")
-    assert f.severity == "error" and "'fsdp_backward_prefetch'" in f.message and "accelerate 0.26.0" in f.message
+    assert (
+        f.severity == "error" and "'fsdp_backward_prefetch'" in f.message and "accelerate 0.26.0" in f.message
+    )
     assert f.fix == "rename it to fsdp_backward_prefetch"
     # without the prefix, as accelerate also accepts
-    assert one(run(tmp_path, text.replace("fsdp_backward_prefetch_policy", "backward_prefetch_policy")),
-               "fsdp_config.backward_prefetch_policy").severity == "error"  # fmt: skip
+    assert (
+        one(
+            run(tmp_path, text.replace("fsdp_backward_prefetch_policy", "backward_prefetch_policy")),
+            "fsdp_config.backward_prefetch_policy",
+        ).severity
+        == "error"
+    )

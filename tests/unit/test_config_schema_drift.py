@@ -40,7 +40,9 @@ def test_legacy_top_level_keys_are_still_converted_by_accelerate():
         assert f'"{key}" in config_dict' in source, key
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("CLUSTER_CONFIG", "ClusterConfig"), ("SAGEMAKER_CONFIG", "SageMakerConfig")])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("CLUSTER_CONFIG", "ClusterConfig"), ("SAGEMAKER_CONFIG", "SageMakerConfig")]
+)
 def test_top_level_keys_match_accelerates_config_dataclasses(ours, theirs):
     from accelerate.commands.config import config_args
 
@@ -66,15 +68,21 @@ def _read_by_launcher(prefix: str) -> set[str]:
 def _written_by_accelerate_config(section: str, prefix: str) -> set[str]:
     from accelerate.commands.config import cluster
 
-    return {prefix + k if not k.startswith(prefix) else k
-            for k in re.findall(rf'{section}\["(\w+)"\] =', inspect.getsource(cluster))}  # fmt: skip
+    return {
+        prefix + k if not k.startswith(prefix) else k
+        for k in re.findall(rf'{section}\["(\w+)"\] =', inspect.getsource(cluster))
+    }
 
 
 SECTIONS = {
     "DEEPSPEED_CONFIG": lambda: _launcher_keys("DeepSpeed Arguments"),
     "FSDP_CONFIG": lambda: _launcher_keys("FSDP Arguments") | _read_by_launcher("fsdp_"),
-    "FP8_CONFIG": lambda: _launcher_keys("FP8 Arguments") | _written_by_accelerate_config("fp8_config", "fp8_"),
-    "DYNAMO_CONFIG": lambda: {k for k in _launcher_keys("Resource Selection Arguments") if k.startswith("dynamo_")},
+    "FP8_CONFIG": lambda: (
+        _launcher_keys("FP8 Arguments") | _written_by_accelerate_config("fp8_config", "fp8_")
+    ),
+    "DYNAMO_CONFIG": lambda: {
+        k for k in _launcher_keys("Resource Selection Arguments") if k.startswith("dynamo_")
+    },
     "PARALLELISM_CONFIG": lambda: _launcher_keys("ParallelismConfig Arguments"),
     "MEGATRON_LM_CONFIG": lambda: _launcher_keys("Megatron-LM Arguments"),
     "MPIRUN_CONFIG": lambda: _launcher_keys("MPI Arguments"),
@@ -155,8 +163,14 @@ def test_strict_deepspeed_sections_match_its_pydantic_models():
 
 
 def test_every_strict_section_is_compared():
-    strict = {k for k, v in ds_schema.DEEPSPEED_JSON.keys.items() if v.kind == "section" and v.section.unknown == "error"}
-    strict |= {f"zero_optimization.{k}" for k, v in ds_schema.ZERO_OPTIMIZATION.items() if v.kind == "section"}
+    strict = {
+        k
+        for k, v in ds_schema.DEEPSPEED_JSON.keys.items()
+        if v.kind == "section" and v.section.unknown == "error"
+    }
+    strict |= {
+        f"zero_optimization.{k}" for k, v in ds_schema.ZERO_OPTIMIZATION.items() if v.kind == "section"
+    }
     assert strict <= set(_models()), sorted(strict - set(_models()))
 
 

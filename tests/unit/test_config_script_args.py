@@ -46,8 +46,11 @@ def test_parse(argv, expected):
 
 def test_flags_are_shown_as_written():
     raw = parse_script_args(["--bf16", "false", "--gradient-accumulation-steps=4", "--fp16"]).raw
-    assert raw == {"bf16": "--bf16 false", "gradient_accumulation_steps": "--gradient-accumulation-steps=4",
-                   "fp16": "--fp16"}  # fmt: skip
+    assert raw == {
+        "bf16": "--bf16 false",
+        "gradient_accumulation_steps": "--gradient-accumulation-steps=4",
+        "fp16": "--fp16",
+    }
 
 
 def run(tmp_path, text, argv, name="c.yaml"):
@@ -58,14 +61,19 @@ def run(tmp_path, text, argv, name="c.yaml"):
 
 def test_matching_or_absent_values_are_fine(tmp_path):
     assert run(tmp_path, ZERO2, []) == []
-    assert run(tmp_path, ZERO2, ["--gradient_accumulation_steps", "1", "--max_grad_norm", "1", "--bf16"]) == []
+    assert (
+        run(tmp_path, ZERO2, ["--gradient_accumulation_steps", "1", "--max_grad_norm", "1", "--bf16"]) == []
+    )
 
 
 def test_deepspeed_mismatches_are_errors_naming_both_places(tmp_path):
     found = run(tmp_path, ZERO2, ["--gradient_accumulation_steps=4", "--max_grad_norm", "0.3", "--fp16"])
     by_key = {f.key: f for f in found}
-    assert set(by_key) == {"deepspeed_config.gradient_accumulation_steps", "deepspeed_config.gradient_clipping",
-                           "mixed_precision"}  # fmt: skip
+    assert set(by_key) == {
+        "deepspeed_config.gradient_accumulation_steps",
+        "deepspeed_config.gradient_clipping",
+        "mixed_precision",
+    }
     ga = by_key["deepspeed_config.gradient_accumulation_steps"]
     assert ga.severity == "error" and "--gradient_accumulation_steps=4" in ga.message
     assert "mismatch TrainingArguments" in ga.message and "drop --gradient_accumulation_steps=4" in ga.fix
@@ -89,12 +97,15 @@ def test_precision_flag_that_disagrees_with_the_config_is_an_error(tmp_path, con
     found = run(tmp_path, config, argv)
     assert [(f.severity, f.key) for f in found] == [("error", "mixed_precision")]
     assert flag in found[0].message and "mixed_precision" in found[0].message
-    assert found[0].fix == (f"drop {flag} (the script takes the precision from the config), "
-                            f"or set mixed_precision: {wanted} in the config")  # fmt: skip
+    assert found[0].fix == (
+        f"drop {flag} (the script takes the precision from the config), "
+        f"or set mixed_precision: {wanted} in the config"
+    )
 
 
 @pytest.mark.parametrize(
-    "argv", [["--bf16"], ["--bf16", "true"], ["--bf16=True"], ["--fp16", "false"], ["--fp16=False", "--bf16"], []]
+    "argv",
+    [["--bf16"], ["--bf16", "true"], ["--bf16=True"], ["--fp16", "false"], ["--fp16=False", "--bf16"], []],
 )
 def test_precision_flag_that_agrees_is_fine(tmp_path, argv):
     assert run(tmp_path, DDP_BF16, argv) == []
@@ -106,21 +117,46 @@ def test_unset_precision_is_not_compared(tmp_path):
 
 
 def test_precision_is_compared_with_the_referenced_json_too(tmp_path):
-    (tmp_path / "ds.json").write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    (tmp_path / "ds.json").write_text(
+        json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}})
+    )
     text = f"distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
     found = run(tmp_path, text, ["--fp16"])
-    assert [(f.severity, f.file, f.key) for f in found] == [("error", str(tmp_path / "ds.json"), "bf16.enabled")]
+    assert [(f.severity, f.file, f.key) for f in found] == [
+        ("error", str(tmp_path / "ds.json"), "bf16.enabled")
+    ]
     assert "--fp16" in found[0].message and "drop --fp16" in found[0].fix
-    (tmp_path / "ds.json").write_text(json.dumps({"bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}))
+    (tmp_path / "ds.json").write_text(
+        json.dumps({"bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}})
+    )
     assert run(tmp_path, text, ["--fp16"]) == []  # "auto": nothing pinned
 
 
 def test_json_values_are_compared(tmp_path):
-    data = {"gradient_accumulation_steps": 2, "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": 4,
-            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}  # fmt: skip
+    data = {
+        "gradient_accumulation_steps": 2,
+        "gradient_clipping": "auto",
+        "train_micro_batch_size_per_gpu": 4,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 2},
+    }
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(data))
-    found = check_config(path, script_args=["--gradient_accumulation_steps", "8", "--max_grad_norm", "0.3",
-                                            "--per_device_train_batch_size", "2", "--fp16"])  # fmt: skip
-    assert {f.key for f in found} == {"gradient_accumulation_steps", "train_micro_batch_size_per_gpu", "bf16.enabled"}
+    found = check_config(
+        path,
+        script_args=[
+            "--gradient_accumulation_steps",
+            "8",
+            "--max_grad_norm",
+            "0.3",
+            "--per_device_train_batch_size",
+            "2",
+            "--fp16",
+        ],
+    )
+    assert {f.key for f in found} == {
+        "gradient_accumulation_steps",
+        "train_micro_batch_size_per_gpu",
+        "bf16.enabled",
+    }
     assert all(f.severity == "error" for f in found)

@@ -179,9 +179,13 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "realworld/microsoft__DeepSpeedExamples/training/imagenet/config/ds_fp16_z1_config.json": {
         (E, "cuda_visible_devices"),
     },
-    "realworld/microsoft__DeepSpeedExamples/training/pipeline_parallelism/ds_config.json": {(E, "zero_optimization")},
+    "realworld/microsoft__DeepSpeedExamples/training/pipeline_parallelism/ds_config.json": {
+        (E, "zero_optimization")
+    },
     "realworld/modelscope__ms-swift/examples/train/multi-gpu/fsdp_qlora/fsdp_offload.json": set(),
-    "realworld/modelscope__ms-swift/examples/train/multi-node/accelerate/multi_node.yaml": {(W, "machine_rank")},
+    "realworld/modelscope__ms-swift/examples/train/multi-node/accelerate/multi_node.yaml": {
+        (W, "machine_rank")
+    },
     "realworld/modelscope__ms-swift/swift/config/zero0.json": set(),
     "realworld/modelscope__ms-swift/swift/config/zero2_offload.json": set(),
     "realworld/modelscope__ms-swift/swift/config/zero3.json": set(),
@@ -191,7 +195,9 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         (E, "fsdp_config.fsdp_backward_prefetch_policy"),
     },
     "realworld/tatsu-lab__stanford_alpaca/configs/default_offload_opt_param.json": set(),
-    "realworld/ymcui__Chinese-LLaMA-Alpaca-2/scripts/training/ds_zero2_no_offload.json": {(E, "fp16.min_loss_scale")},
+    "realworld/ymcui__Chinese-LLaMA-Alpaca-2/scripts/training/ds_zero2_no_offload.json": {
+        (E, "fp16.min_loss_scale")
+    },
     "trl/examples__alst_ulysses_4gpu.yaml": {(E, "deepspeed_config.seq_parallel_communication_data_type")},
     "trl/examples__context_parallel_2gpu.yaml": set(),
     "trl/examples__deepspeed_zero1.yaml": set(),
@@ -233,7 +239,9 @@ def test_a_missing_corpus_fails_in_ci_and_skips_elsewhere(tmp_path):
 
 
 def test_table_covers_every_corpus_file(corpus):
-    on_disk = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file() and p.suffix != ".md"}
+    on_disk = {
+        p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file() and p.suffix != ".md"
+    }
     assert on_disk == set(EXPECTED)
 
 

@@ -125,8 +125,12 @@ def test_no_library_in_the_stack_reads_nccl_timeout():
         if spec is None:
             continue
         root = Path(spec.origin).parent
-        hits = [p for p in root.rglob("*.py") if '"NCCL_TIMEOUT"' in p.read_text(errors="ignore")
-                or "'NCCL_TIMEOUT'" in p.read_text(errors="ignore")]
+        hits = [
+            p
+            for p in root.rglob("*.py")
+            if '"NCCL_TIMEOUT"' in p.read_text(errors="ignore")
+            or "'NCCL_TIMEOUT'" in p.read_text(errors="ignore")
+        ]
         assert hits == [], f"{pkg} reads NCCL_TIMEOUT after all: {hits}"
 
 
@@ -153,7 +157,9 @@ def test_default_config_is_flagged_when_no_config_is_given(tmp_path):
     environ = {"HF_HOME": str(tmp_path)}
     assert doctor.check_default_config(environ).status == "pass"
     (tmp_path / "accelerate").mkdir()
-    (tmp_path / "accelerate" / "default_config.yaml").write_text("distributed_type: MULTI_GPU\nnum_processes: 8\n")
+    (tmp_path / "accelerate" / "default_config.yaml").write_text(
+        "distributed_type: MULTI_GPU\nnum_processes: 8\n"
+    )
     c = doctor.check_default_config(environ)
     assert c.status == "warn" and "num_processes: 8" in c.detail and "--config_file" in c.fix
     assert doctor.check_default_config(environ, config_path="mine.yaml").status == "pass"
@@ -165,8 +171,13 @@ def test_faq_guidance():
     assert doctor.check_scaling({"num_processes": 2}, cpu_count=32).status == "info"
     hang = doctor.check_hang_debugging({})
     assert hang.status == "info"
-    for needle in ("NCCL_DEBUG=INFO", "ACCELERATE_LOG_LEVEL=INFO", "TORCH_DISTRIBUTED_DEBUG=DETAIL", "py-spy dump",
-                   "disttune launch --debug"):
+    for needle in (
+        "NCCL_DEBUG=INFO",
+        "ACCELERATE_LOG_LEVEL=INFO",
+        "TORCH_DISTRIBUTED_DEBUG=DETAIL",
+        "py-spy dump",
+        "disttune launch --debug",
+    ):
         assert needle in hang.fix
 
 
@@ -179,13 +190,17 @@ def test_a_config_fault_is_reported_once_with_checks_own_words(tmp_path):
     from disttune.config import check_config
 
     path = tmp_path / "two.yaml"
-    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 4\nnum_machines: 2\n"
-                    "main_process_ip: 127.0.0.1\ngradient_accumulation: 2\n")  # fmt: skip
+    path.write_text(
+        "distributed_type: MULTI_GPU\nnum_processes: 4\nnum_machines: 2\n"
+        "main_process_ip: 127.0.0.1\ngradient_accumulation: 2\n"
+    )
     config, checks = doctor.config_checks(str(path))
     findings = check_config(path)
     assert len(findings) == 2  # the unknown key (error), machine_rank missing (warning)
     assert [c.name for c in checks] == [f"config {f.key}" for f in findings] + ["config note"]
-    assert [c.status for c in checks] == ["fail" if f.severity == "error" else "warn" for f in findings] + ["info"]
+    assert [c.status for c in checks] == ["fail" if f.severity == "error" else "warn" for f in findings] + [
+        "info"
+    ]
     assert "loopback" in checks[-1].detail
     assert config["num_machines"] == 2
     assert doctor.config_checks(str(tmp_path / "missing.yaml"))[1][0].status == "fail"

@@ -91,8 +91,12 @@ def test_our_path_is_the_one_accelerate_itself_computes(tmp_path):
     code = "from accelerate.commands.config import default_config_file; print(default_config_file)"
     child_env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "XDG_CACHE_HOME")}
     child_env["HF_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == str(env.default_accelerate_config_path({"HF_HOME": str(tmp_path)}))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child_env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == str(
+        env.default_accelerate_config_path({"HF_HOME": str(tmp_path)})
+    )
 
 
 @pytest.fixture
@@ -102,8 +106,20 @@ def fake_torch(monkeypatch):
         "nccl": "2.27.3",
         "cuda_available": True,
         "gpus": [
-            {"index": 0, "name": "NVIDIA A100", "memory_gib": 79.3, "compute_capability": "8.0", "bf16": True},
-            {"index": 1, "name": "Tesla V100", "memory_gib": 31.7, "compute_capability": "7.0", "bf16": False},
+            {
+                "index": 0,
+                "name": "NVIDIA A100",
+                "memory_gib": 79.3,
+                "compute_capability": "8.0",
+                "bf16": True,
+            },
+            {
+                "index": 1,
+                "name": "Tesla V100",
+                "memory_gib": 31.7,
+                "compute_capability": "7.0",
+                "bf16": False,
+            },
         ],
         "error": None,
     }
@@ -113,8 +129,16 @@ def fake_torch(monkeypatch):
 
 def test_collect_env_shape_is_json_ready(fake_torch, tmp_path):
     data = env.collect_env({"HF_HOME": str(tmp_path), "HF_TOKEN": TOKEN})
-    assert set(data) == {"os", "python", "cpu_count", "packages", "torch", "default_accelerate_config",
-                         "environment", "fingerprint"}
+    assert set(data) == {
+        "os",
+        "python",
+        "cpu_count",
+        "packages",
+        "torch",
+        "default_accelerate_config",
+        "environment",
+        "fingerprint",
+    }
     assert set(data["packages"]) == set(env.PACKAGES)
     assert json.loads(json.dumps(data)) == data
     assert TOKEN not in json.dumps(data)
@@ -151,4 +175,8 @@ def test_a_hostile_default_config_is_one_line_not_a_crash(tmp_path, text):
     cfg.write_text(text)
     info = env.default_accelerate_config({"HF_HOME": str(tmp_path)})
     assert info["settings"] is None
-    assert info["error"].startswith("cannot read it: ") and "refused" in info["error"] and "\n" not in info["error"]
+    assert (
+        info["error"].startswith("cannot read it: ")
+        and "refused" in info["error"]
+        and "\n" not in info["error"]
+    )

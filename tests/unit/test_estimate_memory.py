@@ -17,7 +17,9 @@ def state_gb(strategy, **kw):
     return (sums["params"] + sums["grads"] + sums["optimizer"]) / 1e9
 
 
-@pytest.mark.parametrize("strategy,paper_gb", [("ddp", 120.0), ("zero1", 31.4), ("zero2", 16.6), ("zero3", 1.9)])
+@pytest.mark.parametrize(
+    "strategy,paper_gb", [("ddp", 120.0), ("zero1", 31.4), ("zero2", 16.6), ("zero3", 1.9)]
+)
 def test_zero_paper_figure_1(strategy, paper_gb):
     """Rajbhandari et al. 2020, Fig. 1: 7.5B params, 64 GPUs, K=12 (GB = 1e9), within 0.1 GB."""
     assert state_gb(strategy) == pytest.approx(paper_gb, abs=0.1)
@@ -33,11 +35,21 @@ def test_zero_paper_exact_formulas():
 def test_fp32_terms_as_the_stacks_hold_them():
     p, n = 1000, 2
     ddp = memory.model_state_breakdown("ddp", p, n, "no")
-    assert ddp == {"params.fp32": 4000, "params.frozen": 0, "grads.fp32": 4000,
-                   "optim.exp_avg": 4000, "optim.exp_avg_sq": 4000}
+    assert ddp == {
+        "params.fp32": 4000,
+        "params.frozen": 0,
+        "grads.fp32": 4000,
+        "optim.exp_avg": 4000,
+        "optim.exp_avg_sq": 4000,
+    }
     z1 = memory.model_state_breakdown("zero1", p, n, "no")
-    assert z1 == {"params.bit16_flat": 4000, "grads.full": 4000, "optim.fp32_master_partition": 2000,
-                  "optim.exp_avg": 2000, "optim.exp_avg_sq": 2000}
+    assert z1 == {
+        "params.bit16_flat": 4000,
+        "grads.full": 4000,
+        "optim.fp32_master_partition": 2000,
+        "optim.exp_avg": 2000,
+        "optim.exp_avg_sq": 2000,
+    }
     z2 = memory.model_state_breakdown("zero2", p, n, "no")
     assert z2["grads.partition"] == 2000 and z2["optim.fp32_master_partition"] == 2000
     z3 = memory.model_state_breakdown("zero3", p, n, "no")
@@ -48,8 +60,9 @@ def test_fp32_terms_as_the_stacks_hold_them():
 def test_every_term_has_a_source():
     for strategy in memory.STRATEGIES:
         terms = memory.model_state_breakdown(strategy, 10**6, 4, "bf16")
-        buffers = memory.buffer_breakdown(strategy, 10**6, 4, "bf16", largest_tensor=1000, layer_params=10**4,
-                                          root_params=10**4)
+        buffers = memory.buffer_breakdown(
+            strategy, 10**6, 4, "bf16", largest_tensor=1000, layer_params=10**4, root_params=10**4
+        )
         for key in [*terms, *buffers]:
             assert key in memory.TERM_SOURCES, key
 
@@ -66,8 +79,12 @@ def test_offload_moves_optimizer_to_cpu():
     z2o = memory.summarize(memory.model_state_breakdown("zero2_offload", P, N, "bf16"))
     assert z2o["params"] == 2 * P and z2o["grads"] == 0 and z2o["optimizer"] == 0
     assert z2o["cpu"] == pytest.approx(P * 18 / N, rel=1e-6)  # 4 master + 4 fp32 grads + 8 Adam + 2 bit16
-    z3all = memory.summarize(memory.model_state_breakdown("zero3_offload", P, N, "bf16"))  # params + optimizer
-    assert z3all["params"] == 0 and z3all["cpu"] == pytest.approx(P * 20 / N, rel=1e-6)  # 2 params + 2 grads + 4 fp32 grads + 4 master + 8 Adam
+    z3all = memory.summarize(
+        memory.model_state_breakdown("zero3_offload", P, N, "bf16")
+    )  # params + optimizer
+    assert z3all["params"] == 0 and z3all["cpu"] == pytest.approx(
+        P * 20 / N, rel=1e-6
+    )  # 2 params + 2 grads + 4 fp32 grads + 4 master + 8 Adam
 
 
 def test_buffers_from_deepspeed_defaults():
@@ -78,7 +95,9 @@ def test_buffers_from_deepspeed_defaults():
     assert z3["gathered_params"] == 2 * (10**8 + 50_000_000)
     assert z3["fp32_grad_subgroup"] == (2 + 4) * -(-P // N)  # the bf16 flatten, then its fp32 copy
     assert z3["unreduced_grad"] == 2 * 10**8  # the largest parameter's bf16 .grad before its reduce-scatter
-    assert memory.buffer_breakdown("zero3", P, N, "no", largest_tensor=10**8)["fp32_grad_subgroup"] == 4 * -(-P // N)
+    assert memory.buffer_breakdown("zero3", P, N, "no", largest_tensor=10**8)["fp32_grad_subgroup"] == 4 * -(
+        -P // N
+    )
     capped = memory.buffer_breakdown("zero3", 70 * 10**9, 2, "bf16", largest_tensor=2 * 10**9)
     assert capped["gathered_params"] == 2 * 10**9 * 1  # stage3_max_live_parameters = 1e9 elements
     assert memory.buffer_breakdown("ddp", P, 1, "bf16") == {"ddp_reducer_buckets": 0}
@@ -92,12 +111,16 @@ def test_activation_formula_and_checkpointing():
     ckpt = memory.activation_bytes(2, 10, mixed_precision="bf16", gradient_checkpointing=True, **kw)
     assert ckpt == 2 * (2 * 10 * 64 * 2) + full // 2
     assert memory.activation_bytes(2, 10, mixed_precision="no", **kw) == 2 * full
-    eager = memory.activation_bytes(2, 10, mixed_precision="bf16", num_attention_heads=4, attention="eager", **kw)
+    eager = memory.activation_bytes(
+        2, 10, mixed_precision="bf16", num_attention_heads=4, attention="eager", **kw
+    )
     assert eager == full + 2 * 4 * 10 * 10 * 2 * 6
     assert memory.logits_bytes(1, 2048, 1000, "bf16") == 2048 * 1000 * 12
     assert memory.logits_bytes(1, 2048, 1000, "no") == 2048 * 1000 * 12
     selective = memory.activation_bytes(2, 10, mixed_precision="bf16", selective_checkpointing=True, **kw)
-    assert selective == 2 * (2 * 10 * 2 * (2 * 64 + 2 * 64 + 32 + 128)) + full // 2  # input, q, v, attn out, gate, down
+    assert (
+        selective == 2 * (2 * 10 * 2 * (2 * 64 + 2 * 64 + 32 + 128)) + full // 2
+    )  # input, q, v, attn out, gate, down
 
 
 def _gb(n):
@@ -106,7 +129,9 @@ def _gb(n):
 
 def test_fits_uses_ten_percent_headroom():
     model = ModelInfo("x", 10**9)
-    states = 16 * 10**9 + memory.CUDA_CONTEXT_BYTES  # DDP, 1 GPU: 16 bytes/param, no buffers, the CUDA context
+    states = (
+        16 * 10**9 + memory.CUDA_CONTEXT_BYTES
+    )  # DDP, 1 GPU: 16 bytes/param, no buffers, the CUDA context
     exact = states / GIB / 0.9
     assert estimate(model, Inputs(num_processes=1, gpu_memory_gb=exact * 1.001), ("ddp",))[0].fits
     assert not estimate(model, Inputs(num_processes=1, gpu_memory_gb=exact * 0.999), ("ddp",))[0].fits
@@ -137,9 +162,17 @@ def test_rule_of_thumb_beside_exact():
     assert 0.5 < thumb["zero2"]["exact"] < thumb["zero3"]["exact"] < 1
 
 
-@pytest.mark.parametrize("bad", [dict(num_processes=0), dict(per_device_train_batch_size=-1),
-                                 dict(gpu_memory_gb=0), dict(num_processes=3, num_machines=2),
-                                 dict(mixed_precision="fp8"), dict(lora_r=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_processes=0),
+        dict(per_device_train_batch_size=-1),
+        dict(gpu_memory_gb=0),
+        dict(num_processes=3, num_machines=2),
+        dict(mixed_precision="fp8"),
+        dict(lora_r=0),
+    ],
+)
 def test_bad_inputs(bad):
     with pytest.raises(UserError):
         estimate(ModelInfo("x", 10**9), Inputs(**bad))
@@ -173,9 +206,9 @@ def test_offload_gpu_side_matches_deepspeeds_estimator():
         terms = memory.summarize(memory.model_state_breakdown(strategy, P, N, "bf16"))
         buf = memory.buffer_breakdown(strategy, P, N, "bf16", largest_tensor=largest)
         ours = terms["params"] + buf["unreduced_grad"] + buf["gathered_params"] - 2 * prefetch
-        cpu, gpu = stage3.estimate_zero3_model_states_mem_needs(P, largest, N, 1, cpu_offload=True,
-                                                                cpu_offload_params=offload_params,
-                                                                additional_buffer_factor=1)[:2]
+        cpu, gpu = stage3.estimate_zero3_model_states_mem_needs(
+            P, largest, N, 1, cpu_offload=True, cpu_offload_params=offload_params, additional_buffer_factor=1
+        )[:2]
         assert ours == gpu, strategy
         # host: DeepSpeed's 16 (18 with parameters) bytes/param per node; ours adds the bf16 gradient partition
         assert terms["cpu"] * N == pytest.approx(cpu + 2 * P, rel=1e-6), strategy
@@ -196,8 +229,11 @@ def test_host_ram_decides_offload_fits():
     assert z3o.gpu_fits and z3o.host_fits is False and not z3o.fits
     assert z3o.cpu_bytes_per_node == 8 * 18 * -(-70_553_706_496 // 8)  # 18 bytes/param on the node
     assert "host RAM per node" in z3o.why and "1024" in z3o.why
-    two = estimate(model, Inputs(num_processes=16, num_machines=2, gpu_memory_gb=79.6, host_memory_gb=1024),
-                   ("zero3_offload_optimizer",))[0]
+    two = estimate(
+        model,
+        Inputs(num_processes=16, num_machines=2, gpu_memory_gb=79.6, host_memory_gb=1024),
+        ("zero3_offload_optimizer",),
+    )[0]
     assert two.fits and two.cpu_bytes_per_node == z3o.cpu_bytes_per_node // 2
     unchecked = estimate(model, Inputs(num_processes=8, gpu_memory_gb=79.6), ("zero3_offload_optimizer",))[0]
     assert unchecked.host_fits is None and unchecked.fits
@@ -216,9 +252,16 @@ def test_recommendation_says_what_would_fit_when_host_ram_is_short():
     assert "LoRA" in text and "2 nodes of 8" in text and "without offload" in text
 
 
-@pytest.mark.parametrize("bad", [dict(gpu_memory_gb=float("inf")), dict(gpu_memory_gb=float("nan")),
-                                 dict(host_memory_gb=0), dict(host_memory_gb=float("inf")),
-                                 dict(gradient_checkpointing=True, selective_checkpointing=True)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(gpu_memory_gb=float("inf")),
+        dict(gpu_memory_gb=float("nan")),
+        dict(host_memory_gb=0),
+        dict(host_memory_gb=float("inf")),
+        dict(gradient_checkpointing=True, selective_checkpointing=True),
+    ],
+)
 def test_bad_memory_inputs(bad):
     with pytest.raises(UserError):
         estimate(ModelInfo("x", 10**9), Inputs(**bad))

@@ -41,8 +41,14 @@ PUBLISHED = {  # safetensors totals on the Hugging Face Hub
 }
 # the safetensors of these tied models also store lm_head (2.03B for Qwen3-1.7B); parameters() counts it once
 MODEL_CARD_BILLIONS_TIED = {"Qwen/Qwen3-1.7B": 1.7}
-MODEL_CARD_BILLIONS = {"Qwen/Qwen2.5-1.5B": 1.54, "Qwen/Qwen2.5-3B": 3.09, "Qwen/Qwen2.5-14B": 14.7,
-                       "Qwen/Qwen2.5-72B": 72.7, "Qwen/Qwen3-0.6B": 0.6, "Qwen/Qwen3-8B": 8.2}
+MODEL_CARD_BILLIONS = {
+    "Qwen/Qwen2.5-1.5B": 1.54,
+    "Qwen/Qwen2.5-3B": 3.09,
+    "Qwen/Qwen2.5-14B": 14.7,
+    "Qwen/Qwen2.5-72B": 72.7,
+    "Qwen/Qwen3-0.6B": 0.6,
+    "Qwen/Qwen3-8B": 8.2,
+}
 
 
 @pytest.mark.parametrize("name,total", PUBLISHED.items())
@@ -52,11 +58,19 @@ def test_published_totals_exact(name, total):
 
 @pytest.mark.parametrize("name,billions", {**MODEL_CARD_BILLIONS, **MODEL_CARD_BILLIONS_TIED}.items())
 def test_model_card_totals(name, billions):
-    assert count_params(PRESETS[name]).total / 1e9 == pytest.approx(billions, abs=0.1)  # cards round or truncate
+    assert count_params(PRESETS[name]).total / 1e9 == pytest.approx(
+        billions, abs=0.1
+    )  # cards round or truncate
 
 
-TINY = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-            num_key_value_heads=2)
+TINY = dict(
+    vocab_size=101,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+)
 TINY_CONFIGS = [
     ("llama", dict(tie_word_embeddings=True)),
     ("llama", dict(tie_word_embeddings=False)),
@@ -70,10 +84,23 @@ TINY_CONFIGS = [
     ("gemma3_text", dict(head_dim=16)),
     ("phi3", dict(pad_token_id=None)),
     ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
-    ("qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
-                       shared_expert_intermediate_size=40)),
-    ("qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, head_dim=16,
-                       decoder_sparse_step=2, mlp_only_layers=[0])),
+    (
+        "qwen2_moe",
+        dict(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40
+        ),
+    ),
+    (
+        "qwen3_moe",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            head_dim=16,
+            decoder_sparse_step=2,
+            mlp_only_layers=[0],
+        ),
+    ),
 ]
 
 
@@ -113,14 +140,26 @@ def test_every_preset_matches_transformers(name):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     spec = PRESETS[name]
-    fields = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                  num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                  num_key_value_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
-                  tie_word_embeddings=spec.tie_word_embeddings, pad_token_id=None)
+    fields = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        pad_token_id=None,
+    )
     if spec.num_experts:
         key = "num_local_experts" if spec.model_type == "mixtral" else "num_experts"
-        fields.update({key: spec.num_experts, "num_experts_per_tok": spec.num_experts_per_tok,
-                       "moe_intermediate_size": spec.moe_intermediate_size})
+        fields.update(
+            {
+                key: spec.num_experts,
+                "num_experts_per_tok": spec.num_experts_per_tok,
+                "moe_intermediate_size": spec.moe_intermediate_size,
+            }
+        )
     config = transformers.AutoConfig.for_model(spec.model_type, **fields)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
@@ -131,12 +170,23 @@ def test_preset_names_are_distinct():
     assert len({normalise(name) for name in PRESETS}) == len(PRESETS)
 
 
-@pytest.mark.parametrize("model_type,extra,targets", [
-    ("qwen2", {}, None),
-    ("phi3", dict(pad_token_id=None), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
-    ("qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
-                       shared_expert_intermediate_size=40), None),
-])
+@pytest.mark.parametrize(
+    "model_type,extra,targets",
+    [
+        ("qwen2", {}, None),
+        ("phi3", dict(pad_token_id=None), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+        (
+            "qwen2_moe",
+            dict(
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+            ),
+            None,
+        ),
+    ],
+)
 def test_lora_count_matches_peft(model_type, extra, targets):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
@@ -177,14 +227,16 @@ def test_missing_file_and_bad_configs(tmp_path):
 
 def test_cli_modules_import_no_heavy_libraries():
     # only our two command modules (the dispatcher imports every command, which is not ours to police)
-    code = ("import argparse, sys, disttune.plan, disttune.estimate, disttune.cli.plan, disttune.cli.estimate\n"
-            "parser = argparse.ArgumentParser(); sub = parser.add_subparsers()\n"
-            "disttune.cli.plan.register(sub); disttune.cli.estimate.register(sub)\n"
-            "for argv in (['estimate', '--model', 'meta-llama/Llama-3.1-8B', '--json'],\n"
-            "             ['plan', '--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '4']):\n"
-            "    args = parser.parse_args(argv); assert args.run(args) == 0\n"
-            "heavy = [m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)\n")
+    code = (
+        "import argparse, sys, disttune.plan, disttune.estimate, disttune.cli.plan, disttune.cli.estimate\n"
+        "parser = argparse.ArgumentParser(); sub = parser.add_subparsers()\n"
+        "disttune.cli.plan.register(sub); disttune.cli.estimate.register(sub)\n"
+        "for argv in (['estimate', '--model', 'meta-llama/Llama-3.1-8B', '--json'],\n"
+        "             ['plan', '--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '4']):\n"
+        "    args = parser.parse_args(argv); assert args.run(args) == 0\n"
+        "heavy = [m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stderr
@@ -194,17 +246,41 @@ def test_any_config_values_give_a_spec_or_a_user_error():
     """Whatever a config.json holds in its shape fields: a spec whose counts work, or a UserError (no traceback)."""
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
-    value = st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=True) | st.text(max_size=3) \
+    value = (
+        st.none()
+        | st.booleans()
+        | st.integers(-3, 300)
+        | st.floats(allow_nan=True)
+        | st.text(max_size=3)
         | st.lists(st.integers(-1, 3), max_size=3)
-    keys = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "num_experts", "num_local_experts", "num_experts_per_tok",
-            "moe_intermediate_size", "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers",
-            "n_embd", "n_layer", "n_head", "n_inner", "n_positions"]
+    )
+    keys = [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "num_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "shared_expert_intermediate_size",
+        "decoder_sparse_step",
+        "mlp_only_layers",
+        "n_embd",
+        "n_layer",
+        "n_head",
+        "n_inner",
+        "n_positions",
+    ]
 
     @hypothesis.settings(max_examples=300, deadline=None)
-    @hypothesis.given(model_type=st.sampled_from(["llama", "gemma2", "phi3", "gpt2", "mixtral", "qwen2_moe",
-                                                  "qwen3_moe"]),
-                      values=st.fixed_dictionaries({}, optional={k: value for k in keys}))
+    @hypothesis.given(
+        model_type=st.sampled_from(["llama", "gemma2", "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe"]),
+        values=st.fixed_dictionaries({}, optional={k: value for k in keys}),
+    )
     def check(model_type, values):
         try:
             spec = spec_from_config({"model_type": model_type, **valid, **values})
@@ -215,8 +291,17 @@ def test_any_config_values_give_a_spec_or_a_user_error():
         assert counts.total >= counts.active > 0
         outcomes.append("counted")
 
-    valid = {**TINY, "n_embd": 48, "n_layer": 2, "n_head": 6, "n_positions": 64, "num_experts": 4,
-             "num_experts_per_tok": 2, "moe_intermediate_size": 24, "shared_expert_intermediate_size": 40}
+    valid = {
+        **TINY,
+        "n_embd": 48,
+        "n_layer": 2,
+        "n_head": 6,
+        "n_positions": 64,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 24,
+        "shared_expert_intermediate_size": 40,
+    }
     outcomes: list[str] = []
     check()
     assert {"refused", "counted"} <= set(outcomes)  # both paths ran

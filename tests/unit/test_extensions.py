@@ -78,11 +78,18 @@ def test_recent_build_output_keeps_an_old_lock_alive(cache):
 def hold(lock, how: str) -> subprocess.Popen:
     """A live process that holds ``lock`` the way a build does; the path goes in by environment only, so
     that its command line does not name the folder."""
-    code = {"open": "import os, time; fd = os.open(os.environ['LOCK'], os.O_RDONLY); print('ready', flush=True); "
-                    "time.sleep(60)",
-            "cwd": "import time; print('ready', flush=True); time.sleep(60)"}[how]
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "LOCK": str(lock)},
-                            cwd=lock.parent if how == "cwd" else None, stdout=subprocess.PIPE, text=True)
+    code = {
+        "open": "import os, time; fd = os.open(os.environ['LOCK'], os.O_RDONLY); print('ready', flush=True); "
+        "time.sleep(60)",
+        "cwd": "import time; print('ready', flush=True); time.sleep(60)",
+    }[how]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "LOCK": str(lock)},
+        cwd=lock.parent if how == "cwd" else None,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -151,10 +158,15 @@ def test_a_process_stuck_on_a_lock_says_so_and_names_the_file(cache, tmp_path, h
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert len(lines) == 2 and lines[0] == lines[1], lines  # said again at every look while the wait lasts
-    assert lines[0].startswith(f"disttune: waiting for DeepSpeed to build op cpu_adam (lock {lock} held for 10 min ")
+    assert lines[0].startswith(
+        f"disttune: waiting for DeepSpeed to build op cpu_adam (lock {lock} held for 10 min "
+    )
     assert lines[0].endswith(f", stop this launch, delete {lock} and launch again)")
-    who = (f"by process {holder.pid}, still building; if that process is stuck" if held
-           else "and no live process holds it: a killed build left it")
+    who = (
+        f"by process {holder.pid}, still building; if that process is stuck"
+        if held
+        else "and no live process holds it: a killed build left it"
+    )
     assert who in lines[0]
 
 

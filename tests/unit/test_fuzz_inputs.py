@@ -22,16 +22,52 @@ from disttune.errors import UserError
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-KEYS = ["distributed_type", "num_processes", "mixed_precision", "deepspeed_config", "zero_stage",
-        "deepspeed_config_file", "fsdp_config", "gradient_accumulation_steps", "machine_rank", "num_machines",
-        "offload_optimizer_device", "main_process_port", "use_cpu", "gpu_ids", "bogus key", "fsdp_version"]
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["MULTI_GPU", "DEEPSPEED", "FSDP", "bf16", "fp16", "no",
-                                                           "auto", "cpu", "all", "nvme", "/nonexistent.json"]))
+KEYS = [
+    "distributed_type",
+    "num_processes",
+    "mixed_precision",
+    "deepspeed_config",
+    "zero_stage",
+    "deepspeed_config_file",
+    "fsdp_config",
+    "gradient_accumulation_steps",
+    "machine_rank",
+    "num_machines",
+    "offload_optimizer_device",
+    "main_process_port",
+    "use_cpu",
+    "gpu_ids",
+    "bogus key",
+    "fsdp_version",
+]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "MULTI_GPU",
+            "DEEPSPEED",
+            "FSDP",
+            "bf16",
+            "fp16",
+            "no",
+            "auto",
+            "cpu",
+            "all",
+            "nvme",
+            "/nonexistent.json",
+        ]
+    ),
+)
 NESTED = st.recursive(
     SCALARS,
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=5)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=5),
+    ),
     max_leaves=20,
 )
 CONFIG_DICTS = st.dictionaries(st.sampled_from(KEYS), NESTED, max_size=8)
@@ -71,9 +107,36 @@ def test_check_config_on_random_nested_dicts(tmp_path, data, as_json):
         assert str(exc)
 
 
-CLI_WORDS = ["check", "plan", "estimate", "config", "new", "--strategy", "ddp", "zero2", "zero3", "fsdp2",
-             "--num_processes", "--model", "7b", "tiny", "--json", "--help", "--global_batch_size", "--mixed_precision",
-             "bf16", "-1", "0", "3", "1e9", "nan", "--per_device_train_batch_size", "--gpus", "--output", "list"]
+CLI_WORDS = [
+    "check",
+    "plan",
+    "estimate",
+    "config",
+    "new",
+    "--strategy",
+    "ddp",
+    "zero2",
+    "zero3",
+    "fsdp2",
+    "--num_processes",
+    "--model",
+    "7b",
+    "tiny",
+    "--json",
+    "--help",
+    "--global_batch_size",
+    "--mixed_precision",
+    "bf16",
+    "-1",
+    "0",
+    "3",
+    "1e9",
+    "nan",
+    "--per_device_train_batch_size",
+    "--gpus",
+    "--output",
+    "list",
+]
 ARGV = st.lists(st.sampled_from(CLI_WORDS) | st.text(alphabet=string.printable, max_size=10), max_size=8)
 
 
@@ -90,9 +153,28 @@ def test_cli_on_random_argv(tmp_path, command, argv, capsys):
     assert code in (0, 1, 2), (command, argv, code)
 
 
-TRAIN_WORDS = ["--max_steps", "--learning_rate", "--per_device_train_batch_size", "--save_steps", "--output_dir",
-               "--resume_from_checkpoint", "latest", "true", "--lr_scaling", "sqrt", "--hang_dump_s",
-               "--skip_nonfinite_steps", "--config", "--save_total_limit", "-3", "0", "1e-3", "abc", "nan", "--bf16"]
+TRAIN_WORDS = [
+    "--max_steps",
+    "--learning_rate",
+    "--per_device_train_batch_size",
+    "--save_steps",
+    "--output_dir",
+    "--resume_from_checkpoint",
+    "latest",
+    "true",
+    "--lr_scaling",
+    "sqrt",
+    "--hang_dump_s",
+    "--skip_nonfinite_steps",
+    "--config",
+    "--save_total_limit",
+    "-3",
+    "0",
+    "1e-3",
+    "abc",
+    "nan",
+    "--bf16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +184,17 @@ def train_parser_env(tmp_path_factory):
 
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     folder = tmp_path_factory.mktemp("train-fuzz")
-    parse_arguments(["--output_dir", str(folder / "out")])  # the first parse imports TRL/transformers: not timed
+    parse_arguments(
+        ["--output_dir", str(folder / "out")]
+    )  # the first parse imports TRL/transformers: not timed
     yield folder
     os.environ.update(saved)
 
 
 @settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(argv=st.lists(st.sampled_from(TRAIN_WORDS) | st.text(alphabet=string.printable, max_size=8), max_size=6))
+@given(
+    argv=st.lists(st.sampled_from(TRAIN_WORDS) | st.text(alphabet=string.printable, max_size=8), max_size=6)
+)
 def test_training_script_parser_on_random_argv(train_parser_env, argv, capsys):
     from disttune.train.main import parse_arguments
 
@@ -139,9 +225,9 @@ def test_aliases_and_nesting_are_bounded(tmp_path, text):
     import time
 
     path = _write(tmp_path, "aliases.yaml", text)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds of this process: a loaded machine does not make it flaky
     try:
         check_config(path)
     except UserError:
         pass
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0

@@ -64,6 +64,10 @@ def test_step_probe_takes_the_fullest_moment():
 def test_flops_and_mfu():
     assert flops_per_token(1000, 100, 2, 8, 16) == 6 * 900 + 12 * 2 * 8 * 16
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12 and peak_flops(None) is None and peak_flops("cpu") is None
+    assert (
+        peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+        and peak_flops(None) is None
+        and peak_flops("cpu") is None
+    )
     assert mfu(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
     assert mfu(1000.0, 1e9, None, 2) is None

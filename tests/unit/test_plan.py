@@ -27,14 +27,22 @@ def test_global_batch_rejects_non_positive_ints(bad):
 def test_seed_example_convert_one_gpu_to_four():
     src = plan.solve(1, per_device=4, accumulation=4)
     out = plan.convert(src, 4)
-    assert (out.num_processes, out.per_device_train_batch_size, out.gradient_accumulation_steps,
-            out.global_batch_size) == (4, 4, 1, 16)
+    assert (
+        out.num_processes,
+        out.per_device_train_batch_size,
+        out.gradient_accumulation_steps,
+        out.global_batch_size,
+    ) == (4, 4, 1, 16)
 
 
 def test_convert_lowers_per_device_when_accumulation_cannot_absorb():
     src = plan.solve(1, per_device=4, accumulation=2)  # global 8
     out = plan.convert(src, 4)
-    assert (out.per_device_train_batch_size, out.gradient_accumulation_steps, out.global_batch_size) == (2, 1, 8)
+    assert (out.per_device_train_batch_size, out.gradient_accumulation_steps, out.global_batch_size) == (
+        2,
+        1,
+        8,
+    )
 
 
 def test_convert_impossible_lists_nearest_options():
@@ -73,8 +81,10 @@ def test_solve_each_unknown():
 def test_solve_not_divisible_lists_options():
     with pytest.raises(UserError, match="not divisible") as info:
         plan.solve(3, per_device=4, global_batch=16)
-    assert [(o.per_device_train_batch_size, o.gradient_accumulation_steps, o.global_batch_size)
-            for o in info.value.options][:2] == [(4, 1, 12), (4, 2, 24)]
+    assert [
+        (o.per_device_train_batch_size, o.gradient_accumulation_steps, o.global_batch_size)
+        for o in info.value.options
+    ][:2] == [(4, 1, 12), (4, 2, 24)]
 
 
 def test_solve_needs_two_and_checks_agreement():
@@ -106,8 +116,17 @@ def test_with_derived_tokens_and_steps():
     assert p.tokens_per_step == 16 * 2048 and p.steps_per_epoch == 7
 
 
-@pytest.mark.parametrize("n,b,w,a,drop", [(1000, 4, 2, 4, False), (1001, 4, 2, 4, True), (7, 2, 4, 3, False),
-                                          (7, 2, 4, 3, True), (130, 3, 8, 2, False), (64, 8, 8, 1, True)])
+@pytest.mark.parametrize(
+    "n,b,w,a,drop",
+    [
+        (1000, 4, 2, 4, False),
+        (1001, 4, 2, 4, True),
+        (7, 2, 4, 3, False),
+        (7, 2, 4, 3, True),
+        (130, 3, 8, 2, False),
+        (64, 8, 8, 1, True),
+    ],
+)
 def test_steps_per_epoch_against_accelerate_sampler(n, b, w, a, drop):
     """Independent reference: accelerate's own sharded batch sampler length, then the Trainer's formula."""
     torch_data = pytest.importorskip("torch.utils.data")

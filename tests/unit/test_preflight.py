@@ -58,7 +58,10 @@ def test_output_dir_refusals(tmp_path):
 
 
 def test_resume_compatibility():
-    ddp2, zero2 = {"world_size": 2, "strategy": "ddp"}, {"world_size": 2, "strategy": "deepspeed-zero2", "step": 8}
+    ddp2, zero2 = (
+        {"world_size": 2, "strategy": "ddp"},
+        {"world_size": 2, "strategy": "deepspeed-zero2", "step": 8},
+    )
     assert check_resume_compatible("c", ddp2, ddp2) is None
     with pytest.raises(UserError, match="written under deepspeed-zero2"):
         check_resume_compatible("c", zero2, ddp2)

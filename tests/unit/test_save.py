@@ -65,7 +65,10 @@ def test_a_tensor_missing_from_the_files_fails_with_its_name(tmp_path, trained):
     with pytest.raises(RuntimeError) as error:
         check_final_model(folder, gathered)
     message = str(error.value)
-    assert "not in the saved files, so the loader initialised them itself: model.layers.1.mlp.down_proj.weight" in message
+    assert (
+        "not in the saved files, so the loader initialised them itself: model.layers.1.mlp.down_proj.weight"
+        in message
+    )
     assert "do not use them" in message
     assert "zero3_save_16bit_model" not in message  # not a ZeRO-3 gathering problem: no misleading fix
 
@@ -80,8 +83,11 @@ def test_a_stale_tensor_fails_with_its_name_and_difference(tmp_path, trained):
         tensors["model.layers.0.self_attn.q_proj.bias"][3] += 0.25
 
     _rewrite(folder, stale)
-    with pytest.raises(RuntimeError, match=r"loaded with values other than the trained ones: "
-                                           r"model\.layers\.0\.self_attn\.q_proj\.bias \(max \|difference\| 0\.25\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"loaded with values other than the trained ones: "
+        r"model\.layers\.0\.self_attn\.q_proj\.bias \(max \|difference\| 0\.25\)",
+    ):
         check_final_model(folder, gathered)
 
 
@@ -131,5 +137,7 @@ def test_the_adapter_check_fails_on_a_changed_lora_tensor(tmp_path, trained):
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] * 2
     save_file(tensors, file)
-    with pytest.raises(RuntimeError, match=f"the LoRA adapter in .* loaded with values other than the trained ones: {name}"):
+    with pytest.raises(
+        RuntimeError, match=f"the LoRA adapter in .* loaded with values other than the trained ones: {name}"
+    ):
         check_adapter(tmp_path / "final", expected)

@@ -20,16 +20,27 @@ CONFIGS = Path(strategies.__file__).parent / "accelerate_configs"
 
 
 def test_the_table_and_its_readers_import_no_heavy_library():
-    code = ("import sys, disttune.strategies, disttune.config.new, disttune.plan, disttune.estimate, disttune.bench\n"
-            "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'accelerate') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys, disttune.strategies, disttune.config.new, disttune.plan, disttune.estimate, disttune.bench\n"
+        "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'accelerate') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_names_users_type_are_pinned():
     """A new name (or a renamed one) is a decision: users type these and read them in estimate's JSON."""
-    assert strategies.NAMES == ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload_optimizer",
-                                "zero3_offload_params", "zero3_offload", "fsdp2")
+    assert strategies.NAMES == (
+        "ddp",
+        "zero1",
+        "zero2",
+        "zero3",
+        "zero2_offload",
+        "zero3_offload_optimizer",
+        "zero3_offload_params",
+        "zero3_offload",
+        "fsdp2",
+    )
     assert tuple(s.name for s in SHIPPED) == ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp2")
     assert strategies.ALIASES == {"zero3_offload_all": "zero3_offload"}
 
@@ -44,7 +55,9 @@ def test_names_and_speed_ranks_are_unique():
 def test_every_shipped_yaml_is_a_row_or_the_baseline():
     shipped = {p.name for p in CONFIGS.glob("*.yaml")}
     assert shipped == {s.config_file for s in SHIPPED} | {BASELINE_CONFIG}
-    assert (Path(__file__).resolve().parents[2] / "accelerate_configs" / BASELINE_CONFIG).is_file()  # the root link
+    assert (
+        Path(__file__).resolve().parents[2] / "accelerate_configs" / BASELINE_CONFIG
+    ).is_file()  # the root link
 
 
 def _facts(data: dict) -> dict:
@@ -54,15 +67,21 @@ def _facts(data: dict) -> dict:
         "distributed_type": data["distributed_type"],
         "zero_stage": ds["zero_stage"] if ds else None,
         "offload_optimizer": (ds["offload_optimizer_device"] != "none") if ds else False,
-        "offload_params": (ds["offload_param_device"] != "none") if ds else bool(fsdp and fsdp["fsdp_offload_params"]),
+        "offload_params": (ds["offload_param_device"] != "none")
+        if ds
+        else bool(fsdp and fsdp["fsdp_offload_params"]),
         "fsdp_version": fsdp["fsdp_version"] if fsdp else None,
     }
 
 
 def _row_facts(row: strategies.Strategy) -> dict:
-    return {"distributed_type": row.distributed_type, "zero_stage": row.zero_stage,
-            "offload_optimizer": row.offload_optimizer, "offload_params": row.offload_params,
-            "fsdp_version": row.fsdp_version}
+    return {
+        "distributed_type": row.distributed_type,
+        "zero_stage": row.zero_stage,
+        "offload_optimizer": row.offload_optimizer,
+        "offload_params": row.offload_params,
+        "fsdp_version": row.fsdp_version,
+    }
 
 
 @pytest.mark.parametrize("row", SHIPPED, ids=lambda s: s.name)
@@ -71,8 +90,10 @@ def test_shipped_yaml_agrees_with_its_row(row):
     data = yaml.safe_load(text)
     assert _facts(data) == _row_facts(row)
     if data.get("deepspeed_config"):  # offload goes to the CPU in the shipped files, never NVMe
-        assert {data["deepspeed_config"]["offload_optimizer_device"], data["deepspeed_config"]["offload_param_device"]} \
-            <= {"none", "cpu"}
+        assert {
+            data["deepspeed_config"]["offload_optimizer_device"],
+            data["deepspeed_config"]["offload_param_device"],
+        } <= {"none", "cpu"}
     head = text.splitlines()[:3]
     assert head[0] == f"# {row.what}" and head[1] == f"# {row.pick_when}"
     assert f"--config_file accelerate_configs/{row.config_file} " in head[2]
@@ -143,7 +164,9 @@ def test_recommend_follows_the_speed_rank_and_refuses_a_strategy_without_one():
     from disttune.estimate.strategies import Inputs, ModelInfo, estimate
 
     assert SPEED_ORDER == tuple(s.name for s in sorted(STRATEGIES, key=lambda s: s.speed_rank))
-    assert SPEED_ORDER[:5] == ("ddp", "zero1", "zero2", "fsdp2", "zero3") and SPEED_ORDER[-1] == "zero3_offload"
+    assert (
+        SPEED_ORDER[:5] == ("ddp", "zero1", "zero2", "fsdp2", "zero3") and SPEED_ORDER[-1] == "zero3_offload"
+    )
     results = estimate(ModelInfo("x", 10**8), Inputs())
     assert recommend(list(reversed(results))).strategy == "ddp"
     with pytest.raises(ValueError, match="'zero9' has no row"):
@@ -167,10 +190,14 @@ def test_an_estimate_only_row_says_how_to_configure_it():
             assert _facts(data) == _row_facts(row)
     assert strategies.start_from("zero3_offload_optimizer") == (
         "zero3_offload_optimizer has no shipped config: copy accelerate_configs/deepspeed_zero3.yaml and set "
-        "offload_optimizer_device: cpu under deepspeed_config")
+        "offload_optimizer_device: cpu under deepspeed_config"
+    )
     model, inputs = ModelInfo("8b", 8 * 10**9), Inputs(num_processes=8, gpu_memory_gb=24)
     rec = recommend(estimate(model, inputs, ("zero3", "zero3_offload_optimizer")), model, inputs)
-    assert rec.strategy == "zero3_offload_optimizer" and "copy accelerate_configs/deepspeed_zero3.yaml" in rec.reason
+    assert (
+        rec.strategy == "zero3_offload_optimizer"
+        and "copy accelerate_configs/deepspeed_zero3.yaml" in rec.reason
+    )
 
 
 def test_running_setups_map_to_rows_and_checkpoint_layouts():
@@ -189,8 +216,14 @@ def test_running_setups_map_to_rows_and_checkpoint_layouts():
 
 
 def _accelerator(distributed_type, deepspeed=None, fsdp=None):
-    state = SimpleNamespace(distributed_type=f"DistributedType.{distributed_type}", deepspeed_plugin=deepspeed,
-                            fsdp_plugin=fsdp, num_processes=2, mixed_precision="bf16", backend="gloo")
+    state = SimpleNamespace(
+        distributed_type=f"DistributedType.{distributed_type}",
+        deepspeed_plugin=deepspeed,
+        fsdp_plugin=fsdp,
+        num_processes=2,
+        mixed_precision="bf16",
+        backend="gloo",
+    )
     return SimpleNamespace(state=state, device="cpu")
 
 
@@ -200,7 +233,9 @@ def test_describe_names_the_row_a_run_matches():
     zero = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
     offload = SimpleNamespace(zero_stage=3, deepspeed_config=zero)
     assert describe(_accelerator("DEEPSPEED", deepspeed=offload))["strategy"] == "zero3_offload"
-    plain = SimpleNamespace(zero_stage=2, deepspeed_config={"zero_optimization": {"offload_optimizer": {"device": "none"}}})
+    plain = SimpleNamespace(
+        zero_stage=2, deepspeed_config={"zero_optimization": {"offload_optimizer": {"device": "none"}}}
+    )
     assert describe(_accelerator("DEEPSPEED", deepspeed=plain))["strategy"] == "zero2"
     fsdp = SimpleNamespace(fsdp_version=2, cpu_offload=type("OffloadPolicy", (), {})())
     info = describe(_accelerator("FSDP", fsdp=fsdp))

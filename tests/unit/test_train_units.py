@@ -26,14 +26,18 @@ def test_config_values_apply_when_the_user_set_none():
 
 def test_an_explicit_equal_value_is_fine():
     args = _args(gradient_accumulation_steps=4)
-    reconcile.reconcile_batch_settings(args, {"gradient_accumulation_steps"}, {reconcile.GA_ENV: "4"}, "c.yaml")
+    reconcile.reconcile_batch_settings(
+        args, {"gradient_accumulation_steps"}, {reconcile.GA_ENV: "4"}, "c.yaml"
+    )
     assert args.gradient_accumulation_steps == 4
 
 
 def test_an_explicit_conflict_names_both_places_and_the_fix():
     args = _args(gradient_accumulation_steps=8)
     with pytest.raises(UserError) as err:
-        reconcile.reconcile_batch_settings(args, {"gradient_accumulation_steps"}, {reconcile.GA_ENV: "2"}, "z2.yaml")
+        reconcile.reconcile_batch_settings(
+            args, {"gradient_accumulation_steps"}, {reconcile.GA_ENV: "2"}, "z2.yaml"
+        )
     message = str(err.value)
     assert "gradient_accumulation_steps is 8 on the command line" in message
     assert "deepspeed_config.gradient_accumulation_steps is 2 in z2.yaml" in message
@@ -45,7 +49,12 @@ def test_clipping_conflict_and_auto_values():
     with pytest.raises(UserError, match="max_grad_norm is 0.3 on the command line"):
         reconcile.reconcile_batch_settings(args, {"max_grad_norm"}, {reconcile.CLIP_ENV: "1.0"}, "c.yaml")
     args = _args()
-    assert reconcile.reconcile_batch_settings(args, set(), {reconcile.GA_ENV: "auto", reconcile.CLIP_ENV: "none"}) == []
+    assert (
+        reconcile.reconcile_batch_settings(
+            args, set(), {reconcile.GA_ENV: "auto", reconcile.CLIP_ENV: "none"}
+        )
+        == []
+    )
     assert args.gradient_accumulation_steps == 1
 
 
@@ -117,7 +126,9 @@ def test_tiny_tokenizer_round_trips_and_masks_the_assistant_turn():
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     out = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "42"}],
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
     )
     masked = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tokenizer.decode(masked) == "42<|end|>"
@@ -147,10 +158,23 @@ def test_explicit_names_come_from_the_command_line_and_the_recipe(tmp_path):
 
 
 def test_plan_text_shows_the_global_batch_formula():
-    info = {"distributed_type": "DEEPSPEED", "zero_stage": 3, "world_size": 4, "device": "cuda:0", "mixed_precision": "bf16"}
+    info = {
+        "distributed_type": "DEEPSPEED",
+        "zero_stage": 3,
+        "world_size": 4,
+        "device": "cuda:0",
+        "mixed_precision": "bf16",
+    }
     args = SimpleNamespace(
-        per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512, learning_rate=2e-5, max_steps=100,
-        num_train_epochs=3, save_strategy="steps", save_steps=50, save_total_limit=None,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_length=512,
+        learning_rate=2e-5,
+        max_steps=100,
+        num_train_epochs=3,
+        save_strategy="steps",
+        save_steps=50,
+        save_total_limit=None,
     )
     text = format_plan(info, args, tokens_per_step=32 * 512)
     assert "DEEPSPEED ZeRO-3" in text
@@ -162,8 +186,9 @@ def test_plan_text_shows_the_global_batch_formula():
 def test_the_batch_plan_is_computed_once_from_the_arguments():
     from disttune.train.main import batch_plan
 
-    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512,
-                           learning_rate=2e-5)
+    args = SimpleNamespace(
+        per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512, learning_rate=2e-5
+    )
     plan = batch_plan(args, world_size=4)
     assert (plan.global_batch_size, plan.tokens_per_step, plan.num_processes) == (32, 32 * 512, 4)
     assert batch_plan(SimpleNamespace(**{**vars(args), "max_length": None}), 1).tokens_per_step is None
@@ -175,8 +200,12 @@ def test_an_unreachable_hub_dataset_is_a_user_error(monkeypatch):
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)  # what an offline machine gets, without the wait
-    with pytest.raises(UserError, match=r"--dataset_name org/name: cannot load it \(ConnectionError: Couldn't reach"):
+    monkeypatch.setattr(
+        datasets, "load_dataset", unreachable
+    )  # what an offline machine gets, without the wait
+    with pytest.raises(
+        UserError, match=r"--dataset_name org/name: cannot load it \(ConnectionError: Couldn't reach"
+    ):
         data.load_train_dataset("org/name")
 
 
@@ -204,7 +233,9 @@ def test_the_command_line_overrides_the_recipe_precision():
     assert values == {"bf16": False, "fp16": False}
 
 
-@pytest.mark.parametrize(("user", "launched"), [({"bf16": True}, "bf16"), ({"fp16": False}, "bf16"), ({}, "fp16")])
+@pytest.mark.parametrize(
+    ("user", "launched"), [({"bf16": True}, "bf16"), ({"fp16": False}, "bf16"), ({}, "fp16")]
+)
 def test_agreeing_precision_flags_are_fine(user, launched):
     reconcile.reconcile_precision(user, launched, config_name="c.yaml")
 
@@ -264,8 +295,12 @@ def test_a_missing_model_folder_is_named_as_such(tmp_path):
 
     from disttune.train.main import load_model_and_tokenizer
 
-    args = SimpleNamespace(model_name_or_path=str(tmp_path / "Qwen2.5-7B"), model_revision=None, dtype=None,
-                           attn_implementation=None)
+    args = SimpleNamespace(
+        model_name_or_path=str(tmp_path / "Qwen2.5-7B"),
+        model_revision=None,
+        dtype=None,
+        attn_implementation=None,
+    )
     with pytest.raises(UserError, match=r"Qwen2.5-7B: no such folder") as err:
         load_model_and_tokenizer(args)
     assert "fix: give the folder" in str(err.value)

@@ -1,7 +1,7 @@
 """``disttune bench``: run the same job under each strategy and measure it.
 
-    disttune bench --output_dir runs/bench
-    disttune bench --strategies ddp,zero3 --num_processes 2 --max_steps 10 --output_dir runs/bench
+disttune bench --output_dir runs/bench
+disttune bench --strategies ddp,zero3 --num_processes 2 --max_steps 10 --output_dir runs/bench
 """
 
 from __future__ import annotations
@@ -14,22 +14,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from disttune.bench import STRATEGIES, VARIANTS
 
     p = subparsers.add_parser(
-        "bench", help="run the training script under each strategy; tokens/s, memory, loss vs the estimate",
+        "bench",
+        help="run the training script under each strategy; tokens/s, memory, loss vs the estimate",
         description="Launches the training script through accelerate launch under each strategy (same data, "
-                    "seed and global batch) and writes bench.json, bench.md and bench.png in --output_dir.")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated subset of {', '.join(STRATEGIES)}")
+        "seed and global batch) and writes bench.json, bench.md and bench.png in --output_dir.",
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated subset of {', '.join(STRATEGIES)}",
+    )
     p.add_argument("--num_processes", type=int, default=2, help="processes per run (default 2)")
     p.add_argument("--model", default="tiny", help="'tiny' (built-in) or a local model folder (default tiny)")
     p.add_argument("--max_steps", type=int, default=5, help="optimizer steps per run (default 5)")
     p.add_argument("--per_device_train_batch_size", type=int, default=8)
     p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="default: bf16 with a GPU, no on the CPU")
-    p.add_argument("--variant", choices=tuple(VARIANTS), default="default",
-                   help="a fast default to measure: fused_adamw, packing, liger (needs liger-kernel)")
+    p.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: bf16 with a GPU, no on the CPU",
+    )
+    p.add_argument(
+        "--variant",
+        choices=tuple(VARIANTS),
+        default="default",
+        help="a fast default to measure: fused_adamw, packing, liger (needs liger-kernel)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--script", help="the training script (default: 07_distributed_training.py)")
-    p.add_argument("--output_dir", required=True, help="where bench.json, bench.md, bench.png and the runs go")
+    p.add_argument(
+        "--output_dir", required=True, help="where bench.json, bench.md, bench.png and the runs go"
+    )
     p.set_defaults(run=run)
 
 
@@ -41,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from disttune.errors import UserError
 
     strategies = parse_strategies(args.strategies)
-    problems = [f"--{name} must be a positive whole number, got {getattr(args, name)}"
-                for name in ("num_processes", "max_steps", "per_device_train_batch_size", "max_length")
-                if getattr(args, name) < 1]
+    problems = [
+        f"--{name} must be a positive whole number, got {getattr(args, name)}"
+        for name in ("num_processes", "max_steps", "per_device_train_batch_size", "max_length")
+        if getattr(args, name) < 1
+    ]
     if problems:
         raise UserError("; ".join(problems) + ".")
     mixed_precision = args.mixed_precision
@@ -52,8 +70,18 @@ def run(args: argparse.Namespace) -> int:
 
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     out = Path(args.output_dir)
-    data = run_bench(strategies, out, args.num_processes, args.model, args.max_steps,
-                     args.per_device_train_batch_size, args.max_length, mixed_precision, args.variant, args.seed,
-                     args.script)
+    data = run_bench(
+        strategies,
+        out,
+        args.num_processes,
+        args.model,
+        args.max_steps,
+        args.per_device_train_batch_size,
+        args.max_length,
+        mixed_precision,
+        args.variant,
+        args.seed,
+        args.script,
+    )
     print(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return 1 if any("error" in r for r in data["runs"]) else 0

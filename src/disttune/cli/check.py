@@ -26,14 +26,27 @@ EPILOG = (
 def register(subparsers) -> None:
     """Add the ``check`` command."""
     parser = subparsers.add_parser(
-        "check", help=HELP, description=HELP + ".", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        "check",
+        help=HELP,
+        description=HELP + ".",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num_processes", type=int, default=None, metavar="N",
-                        help="total processes (overrides the YAML's num_processes for the batch-size checks)")  # fmt: skip
+    parser.add_argument(
+        "--num_processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="total processes (overrides the YAML's num_processes for the batch-size checks)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
-    parser.add_argument("items", nargs=argparse.REMAINDER, metavar="CONFIG [CONFIG ...] [-- SCRIPT ARGS]",
-                        help="accelerate YAML files and/or DeepSpeed JSON files")  # fmt: skip
+    parser.add_argument(
+        "items",
+        nargs=argparse.REMAINDER,
+        metavar="CONFIG [CONFIG ...] [-- SCRIPT ARGS]",
+        help="accelerate YAML files and/or DeepSpeed JSON files",
+    )
     parser.set_defaults(run=run)
 
 
@@ -75,7 +88,9 @@ def render_text(report) -> str:
     for f in report.findings:
         where = f"{f.file}:{f.key}" if f.key else f.file
         value = "" if f.value is None else f" (value: {f.value!r})"
-        said = f.message if not f.key and f.message.startswith(f.file) else f"{where}: {f.message}"  # file:line
+        said = (
+            f.message if not f.key and f.message.startswith(f.file) else f"{where}: {f.message}"
+        )  # file:line
         lines.append(f"{f.severity.upper()} {said}{value}\n  fix: {f.fix}")
     lines += [f"note: {n}" for n in report.notes]
     e, w, k = report.errors, report.warnings, len(report.files)
@@ -104,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
     configs, script_args = _split(args)
     if not configs:
-        raise UserError("give at least one config file, e.g. disttune check accelerate_configs/deepspeed_zero3.yaml",
-                        exit_code=2)  # fmt: skip
+        raise UserError(
+            "give at least one config file, e.g. disttune check accelerate_configs/deepspeed_zero3.yaml",
+            exit_code=2,
+        )
     if args.num_processes is not None and args.num_processes < 1:
         raise UserError("--num_processes must be at least 1", exit_code=2)
     report = check_files(configs, args.num_processes, script_args)

@@ -23,18 +23,32 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     parser.set_defaults(run=lambda args: _usage(parser))
 
-    new = sub.add_parser("new", help="write an accelerate YAML that passes `disttune check`",
-                         description="Write an accelerate YAML that passes `disttune check`.")  # fmt: skip
+    new = sub.add_parser(
+        "new",
+        help="write an accelerate YAML that passes `disttune check`",
+        description="Write an accelerate YAML that passes `disttune check`.",
+    )
     new.add_argument("--strategy", required=True, choices=STRATEGIES)
-    new.add_argument("--num_processes", type=int, default=None, metavar="N",
-                     help="total processes over all machines (default: GPUs seen by nvidia-smi x --num_machines)")  # fmt: skip
+    new.add_argument(
+        "--num_processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="total processes over all machines (default: GPUs seen by nvidia-smi x --num_machines)",
+    )
     new.add_argument("--num_machines", type=int, default=1, metavar="N")
     new.add_argument("--machine_rank", type=int, default=0, metavar="I")
     new.add_argument("--main_process_ip", default=None, metavar="ADDR")
     new.add_argument("--main_process_port", type=int, default=29500, metavar="PORT")
-    new.add_argument("--mixed_precision", choices=PRECISIONS, default="auto",
-                     help="auto: bf16 when every local GPU has compute capability >= 8.0, else fp16")  # fmt: skip
-    new.add_argument("--output", "-o", default=None, metavar="FILE", help="write here (default: print the YAML)")
+    new.add_argument(
+        "--mixed_precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 when every local GPU has compute capability >= 8.0, else fp16",
+    )
+    new.add_argument(
+        "--output", "-o", default=None, metavar="FILE", help="write here (default: print the YAML)"
+    )
     new.add_argument("--force", action="store_true", help="overwrite existing files")
     new.add_argument("--slurm", action="store_true", help="also write an sbatch script next to --output")
     new.set_defaults(run=run_new)
@@ -87,15 +101,26 @@ def run_new(args: argparse.Namespace) -> int:
     num_processes = args.num_processes
     if num_processes is None:
         if not gpus:
-            raise UserError("--num_processes is required here: no GPU is visible (nvidia-smi found none), so the "
-                            "number of processes cannot be guessed. Pass the total over all machines, "
-                            "e.g. --num_processes 8")  # fmt: skip
+            raise UserError(
+                "--num_processes is required here: no GPU is visible (nvidia-smi found none), so the "
+                "number of processes cannot be guessed. Pass the total over all machines, "
+                "e.g. --num_processes 8"
+            )
         num_processes = len(gpus) * args.num_machines
-        notes.append(f"num_processes: {num_processes} ({len(gpus)} local GPUs x {args.num_machines} machine(s))")
+        notes.append(
+            f"num_processes: {num_processes} ({len(gpus)} local GPUs x {args.num_machines} machine(s))"
+        )
     precision, note = pick_mixed_precision(args.mixed_precision, gpus)
     notes += [note] if note else []
-    cfg = NewConfig(args.strategy, num_processes, args.num_machines, args.machine_rank,
-                    args.main_process_ip, args.main_process_port, precision)  # fmt: skip
+    cfg = NewConfig(
+        args.strategy,
+        num_processes,
+        args.num_machines,
+        args.machine_rank,
+        args.main_process_ip,
+        args.main_process_port,
+        precision,
+    )
     validate(cfg, slurm=args.slurm)
     if args.slurm and not args.output:
         raise UserError("--slurm writes the sbatch script next to the YAML: give --output FILE.yaml")

@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Main node to test a TCP connection to (run this on the other nodes). Nothing is probed without it.",
     )
     parser.add_argument(
-        "--port", type=int, metavar="P", help="Rendezvous port (default: main_process_port of CONFIG, else 29500)."
+        "--port",
+        type=int,
+        metavar="P",
+        help="Rendezvous port (default: main_process_port of CONFIG, else 29500).",
     )
     parser.add_argument("--json", action="store_true", help="Print the same data as JSON.")
     parser.set_defaults(run=run)
@@ -37,10 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from disttune.errors import UserError
 
     if args.config and not Path(args.config).is_file():
-        raise UserError(f"config file {args.config!r} does not exist. Pass the path of an accelerate config "
-                        "YAML, e.g. src/disttune/accelerate_configs/multi_gpu_ddp.yaml.")
+        raise UserError(
+            f"config file {args.config!r} does not exist. Pass the path of an accelerate config "
+            "YAML, e.g. src/disttune/accelerate_configs/multi_gpu_ddp.yaml."
+        )
     if args.port is not None and not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port} is not a TCP port; use a number between 1 and 65535 (e.g. 29500).")
+        raise UserError(
+            f"--port {args.port} is not a TCP port; use a number between 1 and 65535 (e.g. 29500)."
+        )
     checks = run_checks(config_path=args.config, probe_host=args.probe_host, port=args.port)
     failed = any(c.status == "fail" for c in checks)
     if args.json:

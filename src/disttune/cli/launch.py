@@ -6,7 +6,9 @@ import argparse
 
 from disttune.errors import UserError
 
-USAGE = "disttune launch CONFIG [accelerate options] [--debug] [--timeout SECONDS] [--dry_run] -- SCRIPT [ARGS]"
+USAGE = (
+    "disttune launch CONFIG [accelerate options] [--debug] [--timeout SECONDS] [--dry_run] -- SCRIPT [ARGS]"
+)
 
 # accelerate launch options passed through unchanged (same names, same meaning).
 PASSTHROUGH: dict[str, dict] = {
@@ -22,7 +24,9 @@ PASSTHROUGH: dict[str, dict] = {
     "--max_restarts": {"type": int, "metavar": "N"},
     "--monitor_interval": {"type": float, "metavar": "SECONDS"},
     "--deepspeed_hostfile": {"metavar": "FILE"},
-    "--deepspeed_multinode_launcher": {"choices": ["pdsh", "standard", "openmpi", "mvapich", "mpich", "nossh"]},
+    "--deepspeed_multinode_launcher": {
+        "choices": ["pdsh", "standard", "openmpi", "mvapich", "mpich", "nossh"]
+    },
     "--same_network": {"action": "store_true"},
     "--cpu": {"action": "store_true", "help": "Force the CPU even when GPUs are visible."},
     "--quiet": {"action": "store_true"},
@@ -44,13 +48,22 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     for flag, spec in PASSTHROUGH.items():
         group.add_argument(flag, **spec)
     ours = parser.add_argument_group("disttune options")
-    ours.add_argument("--debug", action="store_true",
-                      help="Set NCCL_DEBUG=INFO, ACCELERATE_LOG_LEVEL=INFO, TORCH_DISTRIBUTED_DEBUG=DETAIL in the "
-                      "child and pass accelerate's --debug.")
-    ours.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                      help="Collective timeout: appended to the script as --ddp_timeout SECONDS (NCCL_TIMEOUT does "
-                      "nothing).")
-    ours.add_argument("--dry_run", action="store_true", help="Print the command and env changes; run nothing.")
+    ours.add_argument(
+        "--debug",
+        action="store_true",
+        help="Set NCCL_DEBUG=INFO, ACCELERATE_LOG_LEVEL=INFO, TORCH_DISTRIBUTED_DEBUG=DETAIL in the "
+        "child and pass accelerate's --debug.",
+    )
+    ours.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="Collective timeout: appended to the script as --ddp_timeout SECONDS (NCCL_TIMEOUT does "
+        "nothing).",
+    )
+    ours.add_argument(
+        "--dry_run", action="store_true", help="Print the command and env changes; run nothing."
+    )
     ours.add_argument("--json", action="store_true", help="With --dry_run: print the same data as JSON.")
 
 
@@ -119,11 +132,14 @@ def run(args: argparse.Namespace) -> int:
 
     script, script_args = split_rest(args)
     if args.json and not args.dry_run:
-        raise UserError("--json only applies to --dry_run (a real launch streams the script's output).",
-                        exit_code=2)
+        raise UserError(
+            "--json only applies to --dry_run (a real launch streams the script's output).", exit_code=2
+        )
     if not Path(args.config).is_file():
-        raise UserError(f"config file {args.config!r} does not exist. Pass an accelerate config YAML, e.g. "
-                        "src/disttune/accelerate_configs/multi_gpu_ddp.yaml.")
+        raise UserError(
+            f"config file {args.config!r} does not exist. Pass an accelerate config YAML, e.g. "
+            "src/disttune/accelerate_configs/multi_gpu_ddp.yaml."
+        )
     if not Path(script).is_file():
         raise UserError(f"training script {script!r} does not exist. Give its path after `--`.")
     argv, env_updates = build_launch_command(
@@ -134,8 +150,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"disttune launch: warning: {f.file}: {f.key}: {f.message} (fix: {f.fix})", file=sys.stderr)
     if args.dry_run:
         if args.json:
-            print(json.dumps({"argv": argv, "env": env_updates, "warnings": [f.to_dict() for f in warnings]},
-                             indent=2))
+            print(
+                json.dumps(
+                    {"argv": argv, "env": env_updates, "warnings": [f.to_dict() for f in warnings]}, indent=2
+                )
+            )
         else:
             print("disttune launch --dry_run: nothing started. Would run:")
             for key, value in env_updates.items():

@@ -1,8 +1,8 @@
 """``disttune report``: loss, throughput and memory of finished runs, in one PNG and a markdown table.
 
-    disttune report runs/demo
-    disttune report runs/bench                        # every strategy of a `disttune bench`
-    disttune report runs/resumed runs/twin --output runs/resume.png
+disttune report runs/demo
+disttune report runs/bench                        # every strategy of a `disttune bench`
+disttune report runs/resumed runs/twin --output runs/resume.png
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` to the ``disttune`` parser."""
     p = subparsers.add_parser(
-        "report", help="plot loss, tokens/s and memory of one or several runs (PNG + markdown table)",
+        "report",
+        help="plot loss, tokens/s and memory of one or several runs (PNG + markdown table)",
         description="Reads metrics.jsonl and run_summary.json of each RUN_DIR (a training run's --output_dir, "
-                    "or a `disttune bench` folder for all its strategies) and draws them over each other in one "
-                    "PNG; the markdown table beside it has strategy, world size, global batch, steps, final loss, "
-                    "tokens/s and peak memory per run. A resumed run's resume point is marked.")
+        "or a `disttune bench` folder for all its strategies) and draws them over each other in one "
+        "PNG; the markdown table beside it has strategy, world size, global batch, steps, final loss, "
+        "tokens/s and peak memory per run. A resumed run's resume point is marked.",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run's --output_dir or a bench folder")
-    p.add_argument("--output", help="the PNG to write; the markdown goes beside it with .md (default: "
-                                    "RUN_DIR/report.png for one RUN_DIR, ./report.png for several)")
+    p.add_argument(
+        "--output",
+        help="the PNG to write; the markdown goes beside it with .md (default: "
+        "RUN_DIR/report.png for one RUN_DIR, ./report.png for several)",
+    )
     p.set_defaults(run=run)
 
 

@@ -48,8 +48,10 @@ def check_size(text: str, where: str) -> None:
     """Refuse text larger than ``MAX_BYTES``."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_BYTES:
-        raise Refused(f"{where}: refused: {size:,} bytes is more than a config can be ({MAX_BYTES // 1024} KiB); "
-                      "is this the right file?")  # fmt: skip
+        raise Refused(
+            f"{where}: refused: {size:,} bytes is more than a config can be ({MAX_BYTES // 1024} KiB); "
+            "is this the right file?"
+        )
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -77,7 +79,9 @@ class _BoundedLoader(yaml.SafeLoader):
             self._refuse(event, f"alias *{event.anchor} points into the collection that holds it (a cycle)")
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             if self.depth >= MAX_DEPTH:
-                self._refuse(event, f"nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
+                self._refuse(
+                    event, f"nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)"
+                )
             self.depth += 1
             if event.anchor:
                 self.open_anchors.add(event.anchor)
@@ -90,7 +94,9 @@ class _BoundedLoader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         size = self._size(node)
         if size > MAX_VALUES:
-            self._refuse(event, f"its aliases expand to more than {MAX_VALUES:,} values (a 'billion laughs' file?)")
+            self._refuse(
+                event, f"its aliases expand to more than {MAX_VALUES:,} values (a 'billion laughs' file?)"
+            )
         return node
 
     def _size(self, node) -> int:
@@ -138,7 +144,9 @@ def parse_yaml(text: str, where: str) -> Parsed:
     # composer sees the first node, so flow nesting is counted on the raw text first.
     line = _too_deep(_YAML_TOKENS, text)
     if line is not None:
-        raise Refused(f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
+        raise Refused(
+            f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)"
+        )
     loader = _BoundedLoader(text, where)
     try:
         root = loader.get_single_node()
@@ -180,7 +188,9 @@ def parse_json(text: str, where: str) -> Parsed:
     check_size(text, where)
     line = _too_deep(_JSON_TOKENS, text)
     if line is not None:
-        raise Refused(f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)")
+        raise Refused(
+            f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)"
+        )
 
     def pairs_hook(pairs):
         obj = _Object(pairs)

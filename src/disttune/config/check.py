@@ -85,16 +85,23 @@ def config_kind(data: dict, path: Path) -> tuple[str, str | None]:
     by_extension = DEEPSPEED if path.suffix.lower() == ".json" else ACCELERATE
     if accelerate == deepspeed:
         article = "an" if by_extension == ACCELERATE else "a"
-        return by_extension, (f"{path}: read as {article} {by_extension} (assumed from the "
-                              f"{path.suffix or 'missing'} extension: its keys do not tell)")  # fmt: skip
+        return by_extension, (
+            f"{path}: read as {article} {by_extension} (assumed from the "
+            f"{path.suffix or 'missing'} extension: its keys do not tell)"
+        )
     kind = ACCELERATE if accelerate > deepspeed else DEEPSPEED
     if kind != by_extension:
         article = "an" if kind == ACCELERATE else "a"
-        return kind, f"{path}: read as {article} {kind} (its keys are {kind.split()[0]}'s), whatever the extension"
+        return (
+            kind,
+            f"{path}: read as {article} {kind} (its keys are {kind.split()[0]}'s), whatever the extension",
+        )
     return kind, None
 
 
-def check_files(paths, num_processes: int | None = None, script_args: list[str] | None = None, cwd=None) -> CheckReport:
+def check_files(
+    paths, num_processes: int | None = None, script_args: list[str] | None = None, cwd=None
+) -> CheckReport:
     """Check each path (accelerate config, or a DeepSpeed JSON given directly) and collect everything."""
     report = CheckReport()
     parsed_args = parse_script_args(script_args) if script_args else None
@@ -119,7 +126,9 @@ def check_files(paths, num_processes: int | None = None, script_args: list[str] 
     return report
 
 
-def check_config(path, num_processes: int | None = None, script_args: list[str] | None = None) -> list[Finding]:
+def check_config(
+    path, num_processes: int | None = None, script_args: list[str] | None = None
+) -> list[Finding]:
     """All findings for one accelerate config (with the DeepSpeed JSON it references) or one DeepSpeed JSON."""
     return check_files([path], num_processes, script_args).findings
 
@@ -142,16 +151,30 @@ def _load(report: CheckReport, path: Path, file: str, syntax: str = "any", json_
         json_only[path] = parsed.json_error
     if not isinstance(parsed.data, dict):
         kind = "empty" if parsed.data is None else f"a {type(parsed.data).__name__}, not a mapping"
-        report.findings.append(error(file, "", None, f"{file}: the file is {kind}",
-                                     "a config is a mapping of keys such as `distributed_type: MULTI_GPU` (accelerate) "
-                                     'or `"zero_optimization": {...}` (DeepSpeed); start from `disttune config new`'))  # fmt: skip
+        report.findings.append(
+            error(
+                file,
+                "",
+                None,
+                f"{file}: the file is {kind}",
+                "a config is a mapping of keys such as `distributed_type: MULTI_GPU` (accelerate) "
+                'or `"zero_optimization": {...}` (DeepSpeed); start from `disttune config new`',
+            )
+        )
         return None
     report.findings += [
-        error(file, key, None, f"'{key}' is written twice in the same mapping"
-              + (f" (again on line {line})" if line else "") + "; only the last value is used, the other is silently "
-              "ignored", "keep only the one you meant")
+        error(
+            file,
+            key,
+            None,
+            f"'{key}' is written twice in the same mapping"
+            + (f" (again on line {line})" if line else "")
+            + "; only the last value is used, the other is silently "
+            "ignored",
+            "keep only the one you meant",
+        )
         for key, line in parsed.repeated
-    ]  # fmt: skip
+    ]
     return parsed.data
 
 
@@ -161,7 +184,9 @@ _COMPILE_HINT = (
     "remove it: DeepSpeed 0.19.8 has no compile.disable/backend (its compile section holds DeepCompile settings); "
     "to use torch.compile call engine.compile() or your trainer's torch_compile option",
 )
-DEEPSPEED_CONTEXT = Context(renamed.DEEPSPEED, {"compile.disable": _COMPILE_HINT, "compile.backend": _COMPILE_HINT})
+DEEPSPEED_CONTEXT = Context(
+    renamed.DEEPSPEED, {"compile.disable": _COMPILE_HINT, "compile.backend": _COMPILE_HINT}
+)
 ACCELERATE_CONTEXT = Context(
     renamed.ACCELERATE,
     {
@@ -207,7 +232,13 @@ def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes,
     y = Accelerate(data, str(path), num_processes)
     schema = SAGEMAKER_CONFIG if y.sagemaker else CLUSTER_CONFIG
     report.findings += check_section(data, schema, y.file, context=ACCELERATE_CONTEXT)
-    for rule in (rule_distributed_type, rule_mixed_precision, rule_processes, rule_gpu_ids, rule_ignored_sections):
+    for rule in (
+        rule_distributed_type,
+        rule_mixed_precision,
+        rule_processes,
+        rule_gpu_ids,
+        rule_ignored_sections,
+    ):
         report.findings += rule(y)
     report.findings += rule_fsdp(y)
     report.notes += notes_processes(y)
@@ -230,7 +261,10 @@ def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes,
 
 def _yaml_settings(y: Accelerate) -> dict[str, Setting]:
     settings = {}
-    for name, key in (("gradient_accumulation_steps", "gradient_accumulation_steps"), ("max_grad_norm", "gradient_clipping")):
+    for name, key in (
+        ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+        ("max_grad_norm", "gradient_clipping"),
+    ):
         if y.ds.get(key) not in (None, "auto"):
             settings[name] = Setting(y.ds[key], y.file, f"deepspeed_config.{key}")
     return settings
@@ -244,9 +278,16 @@ def _referenced_json(report: CheckReport, y: Accelerate, yaml_path: Path, cwd) -
     found = resolve_deepspeed_config_file(str(value), yaml_path, cwd)
     if found.path is None:
         tried = " and ".join(_display(p) for p in found.tried)
-        report.findings.append(error(y.file, key, value, f"the DeepSpeed config file does not exist (looked at {tried})",
-                                     "fix the path; accelerate opens it relative to the directory you launch from, "
-                                     "so an absolute path is the safest"))  # fmt: skip
+        report.findings.append(
+            error(
+                y.file,
+                key,
+                value,
+                f"the DeepSpeed config file does not exist (looked at {tried})",
+                "fix the path; accelerate opens it relative to the directory you launch from, "
+                "so an absolute path is the safest",
+            )
+        )
         return None, ""
     ds_file = _display(found.path)
     where = {

@@ -32,17 +32,30 @@ def check_deepspeed_rules(data: dict, file: str, world: int | None) -> list[Find
     out: list[Finding] = []
     zero = data.get("zero_optimization")
     if zero is None:
-        out.append(error(file, "zero_optimization", None,
-                         "missing: accelerate (and HF Trainer through it) stops with 'Please specify the ZeRO "
-                         "optimization config in the DeepSpeed config'",
-                         'add "zero_optimization": {"stage": 2} (0 disables ZeRO)'))  # fmt: skip
+        out.append(
+            error(
+                file,
+                "zero_optimization",
+                None,
+                "missing: accelerate (and HF Trainer through it) stops with 'Please specify the ZeRO "
+                "optimization config in the DeepSpeed config'",
+                'add "zero_optimization": {"stage": 2} (0 disables ZeRO)',
+            )
+        )
     if isinstance(zero, dict):
         out += rule_zero(zero_from_json(file, zero))
         out += _zero(zero, file, json_zero_stage(data))
     both = [s for s in ("fp16", "bf16") if isinstance(data.get(s), dict) and truth(data[s].get("enabled"))]
     if len(both) == 2:
-        out.append(error(file, "bf16.enabled", True, "fp16 and bf16 are both enabled; DeepSpeed allows only one",
-                         "set one of fp16.enabled / bf16.enabled to false (or both to \"auto\")"))  # fmt: skip
+        out.append(
+            error(
+                file,
+                "bf16.enabled",
+                True,
+                "fp16 and bf16 are both enabled; DeepSpeed allows only one",
+                'set one of fp16.enabled / bf16.enabled to false (or both to "auto")',
+            )
+        )
     out += _batch(data, file, world)
     return out
 
@@ -54,13 +67,25 @@ def _zero(zero: dict, file: str, stage: int | None) -> list[Finding]:
     block = zero.get("offload_optimizer")
     ratio = block.get("ratio") if isinstance(block, dict) else None
     if isinstance(ratio, (int, float)) and ratio < 1 and stage != 3:
-        out.append(error(file, f"{p}offload_optimizer.ratio", ratio,
-                         "partial optimizer offload (ratio < 1) is only supported with ZeRO-3; DeepSpeed asserts",
-                         'use "stage": 3, or remove ratio'))  # fmt: skip
+        out.append(
+            error(
+                file,
+                f"{p}offload_optimizer.ratio",
+                ratio,
+                "partial optimizer offload (ratio < 1) is only supported with ZeRO-3; DeepSpeed asserts",
+                'use "stage": 3, or remove ratio',
+            )
+        )
     if truth(zero.get("compute_grad_norm")) is False and stage not in (1, 2):
-        out.append(error(file, p + "compute_grad_norm", zero["compute_grad_norm"],
-                         "compute_grad_norm false is supported only with ZeRO stage 1 or 2 (DeepSpeed raises)",
-                         "remove compute_grad_norm, or use stage 1 or 2"))  # fmt: skip
+        out.append(
+            error(
+                file,
+                p + "compute_grad_norm",
+                zero["compute_grad_norm"],
+                "compute_grad_norm false is supported only with ZeRO stage 1 or 2 (DeepSpeed raises)",
+                "remove compute_grad_norm, or use stage 1 or 2",
+            )
+        )
     return out
 
 
@@ -74,22 +99,40 @@ def _batch(data: dict, file: str, world: int | None) -> list[Finding]:
         # that it is above 0 and divides evenly (accelerate fills the micro batch from the dataloader instead,
         # which then has to multiply back to train_batch_size).
         if tbs % (gas * world) != 0:
-            return [error(file, "train_batch_size", tbs,
-                          f"train_batch_size {tbs} cannot be split over gradient_accumulation_steps x processes = "
-                          f"{gas} x {world} = {gas * world} (a micro-batch of {tbs / (gas * world):g} per process); "
-                          "DeepSpeed asserts",
-                          f'set "train_batch_size": "auto", or a multiple of {gas * world}')]  # fmt: skip
+            return [
+                error(
+                    file,
+                    "train_batch_size",
+                    tbs,
+                    f"train_batch_size {tbs} cannot be split over gradient_accumulation_steps x processes = "
+                    f"{gas} x {world} = {gas * world} (a micro-batch of {tbs / (gas * world):g} per process); "
+                    "DeepSpeed asserts",
+                    f'set "train_batch_size": "auto", or a multiple of {gas * world}',
+                )
+            ]
         return []
     if tbs is None or micro is None or gas is None:
         return []
     if world is not None and tbs != micro * gas * world:
-        return [error(file, "train_batch_size", tbs,
-                      f"train_batch_size must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x "
-                      f"processes = {micro} x {gas} x {world} = {micro * gas * world}; DeepSpeed asserts",
-                      f'set "train_batch_size": {micro * gas * world}, or "auto"')]  # fmt: skip
+        return [
+            error(
+                file,
+                "train_batch_size",
+                tbs,
+                f"train_batch_size must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x "
+                f"processes = {micro} x {gas} x {world} = {micro * gas * world}; DeepSpeed asserts",
+                f'set "train_batch_size": {micro * gas * world}, or "auto"',
+            )
+        ]
     if world is None and (micro * gas == 0 or tbs % (micro * gas) != 0):
-        return [error(file, "train_batch_size", tbs,
-                      f"train_batch_size is not a multiple of train_micro_batch_size_per_gpu x "
-                      f"gradient_accumulation_steps = {micro * gas}, so no number of processes fits",
-                      'set "train_batch_size": "auto" (filled from the other two and the world size)')]  # fmt: skip
+        return [
+            error(
+                file,
+                "train_batch_size",
+                tbs,
+                f"train_batch_size is not a multiple of train_micro_batch_size_per_gpu x "
+                f"gradient_accumulation_steps = {micro * gas}, so no number of processes fits",
+                'set "train_batch_size": "auto" (filled from the other two and the world size)',
+            )
+        ]
     return []

@@ -69,23 +69,51 @@ ZENFLOW = {
 
 # DeepSpeedZeroConfig: (field name, alias) pairs are both accepted (populate_by_name=True).
 _ZERO_BOOLS = (
-    "contiguous_gradients", "reduce_scatter", "use_multi_rank_bucket_allreduce", "allgather_partitions",
-    "overlap_comm", "compute_grad_norm", "load_from_fp32_weights", "elastic_checkpoint", "cpu_offload_param",
-    "cpu_offload_use_pin_memory", "cpu_offload", "stage3_gather_fp16_weights_on_model_save",
-    "ignore_unused_parameters", "legacy_stage1", "round_robin_gradients", "parameter_alignment",
-    "zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients",
-    "memory_efficient_linear", "pipeline_loading_checkpoint", "override_module_apply",
-    "log_trace_cache_warnings", "enable_sanity_checks", "save_muon_momentum_buffer_in_memory",
-    "use_all_reduce_for_fetch_params", "stage3_use_all_reduce_for_fetch_params",
-    "allgather_sequential", "stage3_allgather_sequential",
-)  # fmt: skip
+    "contiguous_gradients",
+    "reduce_scatter",
+    "use_multi_rank_bucket_allreduce",
+    "allgather_partitions",
+    "overlap_comm",
+    "compute_grad_norm",
+    "load_from_fp32_weights",
+    "elastic_checkpoint",
+    "cpu_offload_param",
+    "cpu_offload_use_pin_memory",
+    "cpu_offload",
+    "stage3_gather_fp16_weights_on_model_save",
+    "ignore_unused_parameters",
+    "legacy_stage1",
+    "round_robin_gradients",
+    "parameter_alignment",
+    "zero_quantized_weights",
+    "zero_quantized_nontrainable_weights",
+    "zero_quantized_gradients",
+    "memory_efficient_linear",
+    "pipeline_loading_checkpoint",
+    "override_module_apply",
+    "log_trace_cache_warnings",
+    "enable_sanity_checks",
+    "save_muon_momentum_buffer_in_memory",
+    "use_all_reduce_for_fetch_params",
+    "stage3_use_all_reduce_for_fetch_params",
+    "allgather_sequential",
+    "stage3_allgather_sequential",
+)
 _ZERO_INTS = (
-    "allgather_bucket_size", "sub_group_size", "model_persistence_threshold",
-    "stage3_model_persistence_threshold", "max_live_parameters", "stage3_max_live_parameters",
-    "max_reuse_distance", "stage3_max_reuse_distance", "module_granularity_threshold",
-    "stage3_module_granularity_threshold", "zero_hpz_partition_size", "prefetch_bucket_size",
+    "allgather_bucket_size",
+    "sub_group_size",
+    "model_persistence_threshold",
+    "stage3_model_persistence_threshold",
+    "max_live_parameters",
+    "stage3_max_live_parameters",
+    "max_reuse_distance",
+    "stage3_max_reuse_distance",
+    "module_granularity_threshold",
+    "stage3_module_granularity_threshold",
+    "zero_hpz_partition_size",
+    "prefetch_bucket_size",
     "param_persistence_threshold",
-)  # fmt: skip
+)
 ZERO_OPTIMIZATION = {
     "stage": Key("intish", (0, 1, 2, 3), auto=True),
     **dict.fromkeys(_ZERO_BOOLS, BOOLISH),
@@ -99,7 +127,9 @@ ZERO_OPTIMIZATION = {
     "offload_param": sec(OFFLOAD_PARAM, unknown="error", unknown_why=_FORBID),
     "offload_optimizer": sec(OFFLOAD_OPTIMIZER, unknown="error", unknown_why=_FORBID),
     "zenflow": sec(ZENFLOW, unknown="error", unknown_why=_FORBID),
-    "leaf_module": sec({"classes": ANY, "names": ANY, "name_suffixes": ANY}, unknown="error", unknown_why=_FORBID),
+    "leaf_module": sec(
+        {"classes": ANY, "names": ANY, "name_suffixes": ANY}, unknown="error", unknown_why=_FORBID
+    ),
 }
 
 FP16 = {
@@ -136,13 +166,31 @@ TENSOR_PARALLEL = {
     "kernel_inject": BOOLISH,
 }
 _COMPILE_BOOLS = (
-    "deepcompile", "autoep_non_moe", "free_activation", "offload_activation", "offload_activation_pin_memory",
-    "offload_opt_states", "double_buffer", "symmetric_memory", "debug_log", "offload_parameters",
-    "sync_before_reduce", "sync_after_reduce", "sync_before_allgather", "sync_after_allgather",
-    "keep_int_input_tensors", "keep_all_input_tensors",
-)  # fmt: skip
+    "deepcompile",
+    "autoep_non_moe",
+    "free_activation",
+    "offload_activation",
+    "offload_activation_pin_memory",
+    "offload_opt_states",
+    "double_buffer",
+    "symmetric_memory",
+    "debug_log",
+    "offload_parameters",
+    "sync_before_reduce",
+    "sync_after_reduce",
+    "sync_before_allgather",
+    "sync_after_allgather",
+    "keep_int_input_tensors",
+    "keep_all_input_tensors",
+)
 COMPILE = {**dict.fromkeys(_COMPILE_BOOLS, BOOLISH), "free_activation_threshold": INTISH, "passes": ANY}
-COMMS_LOGGER = {"enabled": BOOLISH, "prof_all": BOOLISH, "prof_ops": ANY, "verbose": BOOLISH, "debug": BOOLISH}
+COMMS_LOGGER = {
+    "enabled": BOOLISH,
+    "prof_all": BOOLISH,
+    "prof_ops": ANY,
+    "verbose": BOOLISH,
+    "debug": BOOLISH,
+}
 _MONITOR = {"enabled": BOOLISH, "output_path": STR, "job_name": STR}
 WANDB = {"enabled": BOOLISH, "group": STR, "team": STR, "project": STR}
 COMET = {
@@ -167,11 +215,29 @@ SCHEDULER = {"type": STR, "params": DICT}
 
 # Sections DeepSpeed knows but that disttune does not model key by key.
 _OPEN_SECTIONS = (
-    "amp", "activation_checkpointing", "flops_profiler", "autotuning", "aio", "checkpoint", "data_types",
-    "elasticity", "pipeline", "nebula", "quantize_training", "eigenvalue", "progressive_layer_drop",
-    "curriculum_learning", "data_efficiency", "compression_training", "sparse_attention",
-    "weight_quantization", "expert_parallel", "timers", "torch_autocast", "datastates_ckpt",
-)  # fmt: skip
+    "amp",
+    "activation_checkpointing",
+    "flops_profiler",
+    "autotuning",
+    "aio",
+    "checkpoint",
+    "data_types",
+    "elasticity",
+    "pipeline",
+    "nebula",
+    "quantize_training",
+    "eigenvalue",
+    "progressive_layer_drop",
+    "curriculum_learning",
+    "data_efficiency",
+    "compression_training",
+    "sparse_attention",
+    "weight_quantization",
+    "expert_parallel",
+    "timers",
+    "torch_autocast",
+    "datastates_ckpt",
+)
 
 
 def _strict(keys: dict[str, Key]) -> Key:
@@ -181,8 +247,9 @@ def _strict(keys: dict[str, Key]) -> Key:
 DEEPSPEED_JSON = Section(
     {
         "train_batch_size": Key("int", auto=True, minimum=1, why_minimum=": DeepSpeed asserts it is above 0"),
-        "train_micro_batch_size_per_gpu": Key("int", auto=True, minimum=1,
-                                              why_minimum=": DeepSpeed asserts it is above 0"),  # fmt: skip
+        "train_micro_batch_size_per_gpu": Key(
+            "int", auto=True, minimum=1, why_minimum=": DeepSpeed asserts it is above 0"
+        ),
         "gradient_accumulation_steps": Key("int", auto=True, minimum=1, why_minimum=ACCUMULATION.why_minimum),
         "gradient_clipping": CLIPPING,
         "steps_per_print": INTISH,

@@ -19,18 +19,26 @@ SHIPPED_DIR = "accelerate_configs"
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        with open(path, "rb") as handle:  # at most one byte past the limit: /dev/zero or a huge file stops here
+        with open(
+            path, "rb"
+        ) as handle:  # at most one byte past the limit: /dev/zero or a huge file stops here
             raw = handle.read(MAX_BYTES + 1)
         if len(raw) > MAX_BYTES:
-            raise UserError(f"{path}: refused: larger than a config can be ({MAX_BYTES // 1024} KiB); "
-                            "is this the right file?")  # fmt: skip
+            raise UserError(
+                f"{path}: refused: larger than a config can be ({MAX_BYTES // 1024} KiB); "
+                "is this the right file?"
+            )
         return raw.decode("utf-8").replace("\r\n", "\n")
     except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found. Check the path (it is read relative to {Path.cwd()}).") from None
+        raise UserError(
+            f"{path}: {what} not found. Check the path (it is read relative to {Path.cwd()})."
+        ) from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a {what}. Pass the file inside it.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the {what} ({exc}). Check its permissions and encoding.") from None
+        raise UserError(
+            f"{path}: cannot read the {what} ({exc}). Check its permissions and encoding."
+        ) from None
 
 
 def _yaml_error(where: str, exc: yaml.YAMLError) -> UserError:
@@ -114,7 +122,9 @@ def load_deepspeed_json(path) -> dict:
     """The DeepSpeed JSON at ``path`` as a dict; ``UserError`` (file, line, fix) if it cannot be used."""
     data = read_config(path, "DeepSpeed config", syntax="json").data
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a DeepSpeed config is a JSON object ({{...}}), not a {type(data).__name__}.")
+        raise UserError(
+            f"{path}: a DeepSpeed config is a JSON object ({{...}}), not a {type(data).__name__}."
+        )
     return data
 
 

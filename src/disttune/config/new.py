@@ -48,8 +48,12 @@ def detect_gpus(runner=subprocess.run) -> list[Gpu] | None:
     if runner is subprocess.run and shutil.which("nvidia-smi") is None:
         return None
     try:
-        proc = runner(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                      capture_output=True, text=True, timeout=10)  # fmt: skip
+        proc = runner(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if proc.returncode != 0:
@@ -69,14 +73,21 @@ def pick_mixed_precision(requested: str, gpus: list[Gpu] | None) -> tuple[str, s
     if requested != "auto":
         return requested, None
     if not gpus:
-        return "bf16", ("mixed_precision: auto picked bf16 because no NVIDIA GPU is visible here (nvidia-smi found "
-                        "none); bf16 needs Ampere (compute capability 8.0) or newer on the training machines: "
-                        "pass --mixed_precision fp16 for older GPUs")  # fmt: skip
+        return "bf16", (
+            "mixed_precision: auto picked bf16 because no NVIDIA GPU is visible here (nvidia-smi found "
+            "none); bf16 needs Ampere (compute capability 8.0) or newer on the training machines: "
+            "pass --mixed_precision fp16 for older GPUs"
+        )
     old = [g for g in gpus if g.compute_cap < 8.0]
     if old:
-        return "fp16", (f"mixed_precision: auto picked fp16 because {old[0].name} has compute capability "
-                        f"{old[0].compute_cap} (bf16 needs 8.0 or newer)")  # fmt: skip
-    return "bf16", f"mixed_precision: auto picked bf16 (all {len(gpus)} local GPUs have compute capability >= 8.0)"
+        return "fp16", (
+            f"mixed_precision: auto picked fp16 because {old[0].name} has compute capability "
+            f"{old[0].compute_cap} (bf16 needs 8.0 or newer)"
+        )
+    return (
+        "bf16",
+        f"mixed_precision: auto picked bf16 (all {len(gpus)} local GPUs have compute capability >= 8.0)",
+    )
 
 
 def validate(cfg: NewConfig, slurm: bool = False) -> None:
@@ -89,15 +100,21 @@ def validate(cfg: NewConfig, slurm: bool = False) -> None:
     if cfg.num_machines < 1:
         problems.append("--num_machines must be at least 1")
     elif cfg.num_processes % cfg.num_machines:
-        problems.append(f"--num_processes {cfg.num_processes} (the total) must be a multiple of "
-                        f"--num_machines {cfg.num_machines}")  # fmt: skip
+        problems.append(
+            f"--num_processes {cfg.num_processes} (the total) must be a multiple of "
+            f"--num_machines {cfg.num_machines}"
+        )
     if cfg.num_machines >= 1 and not 0 <= cfg.machine_rank < cfg.num_machines:
-        problems.append(f"--machine_rank must be in 0..{cfg.num_machines - 1} for {cfg.num_machines} machine(s)")
+        problems.append(
+            f"--machine_rank must be in 0..{cfg.num_machines - 1} for {cfg.num_machines} machine(s)"
+        )
     if not 1 <= cfg.main_process_port <= 65535:
         problems.append("--main_process_port must be in 1-65535")
     if cfg.num_machines > 1 and not cfg.main_process_ip and not slurm:
-        problems.append("several machines need --main_process_ip (the address of the machine with rank 0), "
-                        "or --slurm to take it from the allocation")  # fmt: skip
+        problems.append(
+            "several machines need --main_process_ip (the address of the machine with rank 0), "
+            "or --slurm to take it from the allocation"
+        )
     if problems:
         raise UserError("cannot write the config:\n  - " + "\n  - ".join(problems))
 
@@ -182,19 +199,22 @@ def render_sbatch(cfg: NewConfig, config_path: str) -> str:
         "--main_process_ip $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) "
         f"--main_process_port {cfg.main_process_port} {SCRIPT}"
     )
-    return "\n".join([
-        "#!/bin/bash",
-        f"#SBATCH --job-name=disttune-{cfg.strategy}",
-        f"#SBATCH --nodes={cfg.num_machines}",
-        "#SBATCH --ntasks-per-node=1          # one accelerate launch per node; it starts the GPU processes",
-        f"#SBATCH --gpus-per-node={cfg.per_machine}",
-        "#SBATCH --output=%x-%j.out",
-        "# Written by `disttune config new --slurm`. Submit with: sbatch " + Path(config_path).with_suffix(".sbatch").name,
-        "set -euo pipefail",
-        "# Single quotes: $SLURM_NODEID and the main node's name are read on each node by srun's task.",
-        f"srun bash -c '{inner}'",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"#SBATCH --job-name=disttune-{cfg.strategy}",
+            f"#SBATCH --nodes={cfg.num_machines}",
+            "#SBATCH --ntasks-per-node=1          # one accelerate launch per node; it starts the GPU processes",
+            f"#SBATCH --gpus-per-node={cfg.per_machine}",
+            "#SBATCH --output=%x-%j.out",
+            "# Written by `disttune config new --slurm`. Submit with: sbatch "
+            + Path(config_path).with_suffix(".sbatch").name,
+            "set -euo pipefail",
+            "# Single quotes: $SLURM_NODEID and the main node's name are read on each node by srun's task.",
+            f"srun bash -c '{inner}'",
+            "",
+        ]
+    )
 
 
 def yaml_config_for(cfg: NewConfig, slurm: bool) -> NewConfig:
@@ -211,7 +231,9 @@ def write_new(cfg: NewConfig, output: Path, force: bool = False, slurm: bool = F
     problems = []
     if not output.parent.is_dir():
         problems.append(f"the folder {output.parent} does not exist; create it first")
-    problems += [f"{t} already exists; pass --force to overwrite it" for t in targets if t.exists() and not force]
+    problems += [
+        f"{t} already exists; pass --force to overwrite it" for t in targets if t.exists() and not force
+    ]
     if problems:
         raise UserError("cannot write the config:\n  - " + "\n  - ".join(problems))
     output.write_text(render_yaml(yaml_config_for(cfg, slurm), str(output)), encoding="utf-8")

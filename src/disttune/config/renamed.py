@@ -29,7 +29,9 @@ class Renamed:
 ACCELERATE = {
     # huggingface/accelerate PR #2288 (issue #2275), released in 0.26.0; the old name was read with a
     # deprecation warning for a while, and accelerate 1.15 no longer reads it.
-    "fsdp_config.fsdp_backward_prefetch_policy": Renamed("fsdp_backward_prefetch", "accelerate 0.26.0", read=False),
+    "fsdp_config.fsdp_backward_prefetch_policy": Renamed(
+        "fsdp_backward_prefetch", "accelerate 0.26.0", read=False
+    ),
 }
 
 # DeepSpeed JSON
@@ -48,6 +50,8 @@ DEEPSPEED = {
         'offload_param: {"device": "cpu"}', "DeepSpeed 0.3.15 (ZeRO-Infinity)", read=True
     ),
     "zero_optimization.cpu_offload_use_pin_memory": Renamed(
-        "offload_param.pin_memory / offload_optimizer.pin_memory", "DeepSpeed 0.3.15 (ZeRO-Infinity)", read=False
+        "offload_param.pin_memory / offload_optimizer.pin_memory",
+        "DeepSpeed 0.3.15 (ZeRO-Infinity)",
+        read=False,
     ),
 }

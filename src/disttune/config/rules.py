@@ -76,17 +76,37 @@ def rule_distributed_type(y: Accelerate) -> list[Finding]:
     """distributed_type is required and one accelerate knows (an unquoted NO loads as false: accelerate runs NO)."""
     value = y.dtype
     if "distributed_type" not in y.data:
-        return [error(y.file, "distributed_type", None, "missing: accelerate requires distributed_type",
-                      "add distributed_type: MULTI_GPU (or DEEPSPEED, FSDP, 'NO', ...)")]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "distributed_type",
+                None,
+                "missing: accelerate requires distributed_type",
+                "add distributed_type: MULTI_GPU (or DEEPSPEED, FSDP, 'NO', ...)",
+            )
+        ]
     if value is True:
-        return [error(y.file, "distributed_type", value,
-                      "YAML reads an unquoted yes/true/on as the boolean true, which is no distributed type",
-                      "write a distributed type, e.g. distributed_type: MULTI_GPU")]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "distributed_type",
+                value,
+                "YAML reads an unquoted yes/true/on as the boolean true, which is no distributed type",
+                "write a distributed type, e.g. distributed_type: MULTI_GPU",
+            )
+        ]
     allowed = SAGEMAKER_DISTRIBUTED_TYPES if y.sagemaker else DISTRIBUTED_TYPES
     if value not in allowed:
         close = difflib.get_close_matches(str(value).upper(), allowed, n=1)
-        return [error(y.file, "distributed_type", value, "not a distributed type accelerate knows (names are upper case)",
-                      f"use one of: {', '.join(allowed)}" + (f" (did you mean {close[0]}?)" if close else ""))]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "distributed_type",
+                value,
+                "not a distributed type accelerate knows (names are upper case)",
+                f"use one of: {', '.join(allowed)}" + (f" (did you mean {close[0]}?)" if close else ""),
+            )
+        ]
     return []
 
 
@@ -94,13 +114,26 @@ def rule_mixed_precision(y: Accelerate) -> list[Finding]:
     """mixed_precision is no|fp16|bf16|fp8; YAML reads an unquoted no as false and accelerate then crashes."""
     value = y.data.get("mixed_precision")
     if isinstance(value, bool):
-        return [error(y.file, "mixed_precision", value,
-                      "YAML reads an unquoted no as the boolean false; accelerate launch then fails "
-                      "('bool' object has no attribute 'lower')",
-                      "quote it: mixed_precision: 'no'")]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "mixed_precision",
+                value,
+                "YAML reads an unquoted no as the boolean false; accelerate launch then fails "
+                "('bool' object has no attribute 'lower')",
+                "quote it: mixed_precision: 'no'",
+            )
+        ]
     if value is not None and str(value).lower() not in MIXED_PRECISIONS:
-        return [error(y.file, "mixed_precision", value, "not a mixed precision accelerate knows",
-                      "use one of: 'no', fp16, bf16, fp8")]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "mixed_precision",
+                value,
+                "not a mixed precision accelerate knows",
+                "use one of: 'no', fp16, bf16, fp8",
+            )
+        ]
     return []
 
 
@@ -111,32 +144,62 @@ def rule_processes(y: Accelerate) -> list[Finding]:
     if y.sagemaker:
         return out
     if "num_processes" not in d and y.num_processes is None and y.dtype not in ("NO", None, False):
-        out.append(error(y.file, "num_processes", None,
-                         "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
-                         "add num_processes: <total processes over all machines> (or pass --num_processes)"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "num_processes",
+                None,
+                "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
+                "add num_processes: <total processes over all machines> (or pass --num_processes)",
+            )
+        )
     if y.dtype == "NO" and world is not None and world > 1:
-        out.append(error(y.file, "num_processes", world,
-                           f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
-                           "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
-                           "or set num_processes: 1"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "num_processes",
+                world,
+                f"distributed_type 'NO' starts a single process; num_processes {world} is ignored",
+                "use distributed_type: MULTI_GPU (or DEEPSPEED/FSDP) for several processes, "
+                "or set num_processes: 1",
+            )
+        )
     mpirun = d.get("mpirun_config") if isinstance(d.get("mpirun_config"), dict) else {}
     if y.dtype == "MULTI_CPU" and world is not None and world > 1 and not mpirun.get("mpirun_hostfile"):
-        out.append(error(y.file, "num_processes", world,
-                           f"distributed_type 'MULTI_CPU' without mpirun_hostfile: accelerate launch starts a single "
-                           f"process, not {world}",
-                           "use distributed_type: MULTI_GPU (on a machine without GPUs it runs N CPU processes "
-                           "over gloo with the disttune training script), or set mpirun_config.mpirun_hostfile to launch with "
-                           "mpirun"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "num_processes",
+                world,
+                f"distributed_type 'MULTI_CPU' without mpirun_hostfile: accelerate launch starts a single "
+                f"process, not {world}",
+                "use distributed_type: MULTI_GPU (on a machine without GPUs it runs N CPU processes "
+                "over gloo with the disttune training script), or set mpirun_config.mpirun_hostfile to launch with "
+                "mpirun",
+            )
+        )
     if world is not None and world >= 1 and world % machines != 0:
-        out.append(error(y.file, "num_processes", world,
-                         f"{world} processes cannot be split evenly over {machines} machines "
-                         f"(accelerate starts num_processes // num_machines = {world // machines} per machine)",
-                         f"make num_processes a multiple of num_machines, e.g. {machines * max(1, world // machines)}"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "num_processes",
+                world,
+                f"{world} processes cannot be split evenly over {machines} machines "
+                f"(accelerate starts num_processes // num_machines = {world // machines} per machine)",
+                f"make num_processes a multiple of num_machines, e.g. {machines * max(1, world // machines)}",
+            )
+        )
     rank = as_int(d.get("machine_rank"))
     if rank is not None and not 0 <= rank < machines:
-        out.append(error(y.file, "machine_rank", rank,
-                         f"machine_rank must be in 0..{machines - 1} for num_machines {machines}",
-                         "set machine_rank: 0 on the main machine and 1, 2, ... on the others"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "machine_rank",
+                rank,
+                f"machine_rank must be in 0..{machines - 1} for num_machines {machines}",
+                "set machine_rank: 0 on the main machine and 1, 2, ... on the others",
+            )
+        )
     out += _main_process(y)
     return out
 
@@ -148,25 +211,50 @@ def _main_process(y: Accelerate) -> list[Finding]:
     if port is not None:
         ok = isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535
         if not ok:
-            out.append(error(y.file, "main_process_port", port, "not a TCP port number",
-                             "use a whole number in 1-65535, unquoted, e.g. main_process_port: 29500"))  # fmt: skip
+            out.append(
+                error(
+                    y.file,
+                    "main_process_port",
+                    port,
+                    "not a TCP port number",
+                    "use a whole number in 1-65535, unquoted, e.g. main_process_port: 29500",
+                )
+            )
         elif port == 0 and machines > 1:
-            out.append(error(y.file, "main_process_port", port,
-                             "port 0 picks a random free port on each machine, so the machines cannot meet",
-                             "use the same fixed port on every machine, e.g. 29500"))  # fmt: skip
+            out.append(
+                error(
+                    y.file,
+                    "main_process_port",
+                    port,
+                    "port 0 picks a random free port on each machine, so the machines cannot meet",
+                    "use the same fixed port on every machine, e.g. 29500",
+                )
+            )
     # SLURM-style configs leave the address and the rank to the launch line: a warning, not an error.
     if machines > 1 and not d.get("main_process_ip"):
-        out.append(warning(y.file, "main_process_ip", d.get("main_process_ip"),
-                           f"num_machines is {machines} but there is no main_process_ip: the machines find rank 0 "
-                           "only if every launch line gives it",
-                           "pass --main_process_ip ADDR_OF_RANK_0 to accelerate launch on every machine (as a SLURM "
-                           "script does), or set main_process_ip here"))  # fmt: skip
+        out.append(
+            warning(
+                y.file,
+                "main_process_ip",
+                d.get("main_process_ip"),
+                f"num_machines is {machines} but there is no main_process_ip: the machines find rank 0 "
+                "only if every launch line gives it",
+                "pass --main_process_ip ADDR_OF_RANK_0 to accelerate launch on every machine (as a SLURM "
+                "script does), or set main_process_ip here",
+            )
+        )
     if machines > 1 and "machine_rank" not in d:
-        out.append(warning(y.file, "machine_rank", None,
-                           f"num_machines is {machines} but there is no machine_rank: every machine would start as "
-                           "rank 0 unless its launch line says otherwise",
-                           "pass --machine_rank 0, 1, ... to accelerate launch on each machine (e.g. $SLURM_NODEID), "
-                           "or write one config per machine"))  # fmt: skip
+        out.append(
+            warning(
+                y.file,
+                "machine_rank",
+                None,
+                f"num_machines is {machines} but there is no machine_rank: every machine would start as "
+                "rank 0 unless its launch line says otherwise",
+                "pass --machine_rank 0, 1, ... to accelerate launch on each machine (e.g. $SLURM_NODEID), "
+                "or write one config per machine",
+            )
+        )
     return out
 
 
@@ -174,8 +262,10 @@ def notes_processes(y: Accelerate) -> list[str]:
     """Facts worth saying that are not problems: several "machines" on a loopback address (fine on one host)."""
     ip = str(y.data.get("main_process_ip") or "")
     if y.machines > 1 and (ip in ("localhost", "::1") or ip.startswith("127.")):
-        return [f"{y.file}: main_process_ip {ip} is a loopback address: only processes on this host can join "
-                f"the {y.machines} machines (use the LAN/InfiniBand address of machine_rank 0 for real machines)"]
+        return [
+            f"{y.file}: main_process_ip {ip} is a loopback address: only processes on this host can join "
+            f"the {y.machines} machines (use the LAN/InfiniBand address of machine_rank 0 for real machines)"
+        ]
     return []
 
 
@@ -185,38 +275,68 @@ def rule_gpu_ids(y: Accelerate) -> list[Finding]:
     if value is None or y.sagemaker:
         return []
     if not isinstance(value, str):
-        return [error(y.file, "gpu_ids", value,
-                      f"gpu_ids must be a string; YAML reads {value!r} as a {type(value).__name__} and "
-                      "accelerate launch fails calling .split on it",
-                      f"quote it: gpu_ids: '{value}' (or gpu_ids: all)")]  # fmt: skip
+        return [
+            error(
+                y.file,
+                "gpu_ids",
+                value,
+                f"gpu_ids must be a string; YAML reads {value!r} as a {type(value).__name__} and "
+                "accelerate launch fails calling .split on it",
+                f"quote it: gpu_ids: '{value}' (or gpu_ids: all)",
+            )
+        ]
     if value.strip().lower() == "all" or y.dtype not in GPU_TYPES or y.data.get("use_cpu") is True:
         return []
     ids = [s for s in value.split(",") if s.strip()]
     out: list[Finding] = []
     world = y.world
     if y.dtype == "MULTI_GPU" and y.machines <= 1 and len(ids) < 2:
-        out.append(error(y.file, "gpu_ids", value,
-                         "MULTI_GPU with fewer than two GPU ids: accelerate launch refuses it",
-                         "list at least two ids (gpu_ids: '0,1') or use gpu_ids: all"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "gpu_ids",
+                value,
+                "MULTI_GPU with fewer than two GPU ids: accelerate launch refuses it",
+                "list at least two ids (gpu_ids: '0,1') or use gpu_ids: all",
+            )
+        )
     elif world is not None and world % y.machines == 0:
         per = world // y.machines
         if per > len(ids):
-            out.append(error(y.file, "gpu_ids", value,
-                             f"{per} processes per machine but only {len(ids)} GPU ids: the extra processes "
-                             "find no GPU of their own",
-                             f"list {per} GPU ids, or lower num_processes to {len(ids) * y.machines}"))  # fmt: skip
+            out.append(
+                error(
+                    y.file,
+                    "gpu_ids",
+                    value,
+                    f"{per} processes per machine but only {len(ids)} GPU ids: the extra processes "
+                    "find no GPU of their own",
+                    f"list {per} GPU ids, or lower num_processes to {len(ids) * y.machines}",
+                )
+            )
         elif per < len(ids):
-            out.append(warning(y.file, "gpu_ids", value,
-                               f"{len(ids)} GPU ids but only {per} processes per machine: "
-                               f"{len(ids) - per} of the listed GPUs stay idle",
-                               f"set num_processes to {len(ids) * y.machines}, or list {per} ids"))  # fmt: skip
+            out.append(
+                warning(
+                    y.file,
+                    "gpu_ids",
+                    value,
+                    f"{len(ids)} GPU ids but only {per} processes per machine: "
+                    f"{len(ids) - per} of the listed GPUs stay idle",
+                    f"set num_processes to {len(ids) * y.machines}, or list {per} ids",
+                )
+            )
     launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
-        out.append(error(y.file, "gpu_ids", value,
-                           f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
-                           "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
-                           "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
-                           "or use deepspeed_multinode_launcher: standard"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "gpu_ids",
+                value,
+                f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
+                "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
+                "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
+                "or use deepspeed_multinode_launcher: standard",
+            )
+        )
     return out
 
 
@@ -225,13 +345,25 @@ def rule_ignored_sections(y: Accelerate) -> list[Finding]:
     out: list[Finding] = []
     both = " (DeepSpeed and FSDP are both configured)" if y.ds and y.fsdp else ""
     if y.ds and y.dtype != "DEEPSPEED":
-        out.append(error(y.file, "deepspeed_config", None,
-                           f"distributed_type is {y.dtype!r}, so deepspeed_config is ignored{both}",
-                           "set distributed_type: DEEPSPEED to use it, or remove deepspeed_config"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "deepspeed_config",
+                None,
+                f"distributed_type is {y.dtype!r}, so deepspeed_config is ignored{both}",
+                "set distributed_type: DEEPSPEED to use it, or remove deepspeed_config",
+            )
+        )
     if y.fsdp and y.dtype != "FSDP":
-        out.append(error(y.file, "fsdp_config", None,
-                           f"distributed_type is {y.dtype!r}, so fsdp_config is ignored{both}",
-                           "set distributed_type: FSDP to use it, or remove fsdp_config"))  # fmt: skip
+        out.append(
+            error(
+                y.file,
+                "fsdp_config",
+                None,
+                f"distributed_type is {y.dtype!r}, so fsdp_config is ignored{both}",
+                "set distributed_type: FSDP to use it, or remove fsdp_config",
+            )
+        )
     return out
 
 
@@ -250,27 +382,51 @@ def rule_deepspeed(y: Accelerate, ds_json: dict | None = None, ds_file: str = ""
     if has_file:
         for key, json_key in CONFIG_FILE_CONFLICTS.items():
             if key in ds:
-                out.append(error(f, p + key, ds[key],
-                                 "accelerate refuses this key next to deepspeed_config_file (ValueError: When using "
-                                 "`deepspeed_config_file`, the following accelerate config variables will be ignored)",
-                                 f"remove it here and set `{json_key}` in the DeepSpeed JSON instead"))  # fmt: skip
+                out.append(
+                    error(
+                        f,
+                        p + key,
+                        ds[key],
+                        "accelerate refuses this key next to deepspeed_config_file (ValueError: When using "
+                        "`deepspeed_config_file`, the following accelerate config variables will be ignored)",
+                        f"remove it here and set `{json_key}` in the DeepSpeed JSON instead",
+                    )
+                )
         if y.data.get("mixed_precision") is not None:
             precision, key = json_precision(ds_json) if ds_json is not None else (None, None)
             mp = str(y.data["mixed_precision"]).lower()
-            also = f"; it also contradicts {ds_file} ({key} means {precision})" if precision not in (None, mp) else ""
-            out.append(error(f, "mixed_precision", y.data["mixed_precision"],
-                             "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
-                             f"(it is one of the 'variables that will be ignored'){also}",
-                             "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON"))  # fmt: skip
+            also = (
+                f"; it also contradicts {ds_file} ({key} means {precision})"
+                if precision not in (None, mp)
+                else ""
+            )
+            out.append(
+                error(
+                    f,
+                    "mixed_precision",
+                    y.data["mixed_precision"],
+                    "accelerate refuses mixed_precision in the YAML next to deepspeed_config_file "
+                    f"(it is one of the 'variables that will be ignored'){also}",
+                    "remove mixed_precision here and set fp16.enabled / bf16.enabled in the DeepSpeed JSON",
+                )
+            )
     json_stage = json_zero_stage(ds_json) if has_file and ds_json is not None else None
-    out += rule_zero(zero_from_yaml(f, ds, json_stage, has_file, tuple(CONFIG_FILE_CONFLICTS) if has_file else ()))
+    out += rule_zero(
+        zero_from_yaml(f, ds, json_stage, has_file, tuple(CONFIG_FILE_CONFLICTS) if has_file else ())
+    )
     launcher = ds.get("deepspeed_multinode_launcher") or "pdsh"
     if y.machines > 1 and launcher != "standard" and not ds.get("deepspeed_hostfile"):
-        out.append(error(f, p + "deepspeed_hostfile", None,
-                         f"num_machines > 1 with the {launcher!r} launcher needs a hostfile; without one accelerate "
-                         "runs `deepspeed --hostfile None` and DeepSpeed trains on the local machine only",
-                         "set deepspeed_hostfile, or use deepspeed_multinode_launcher: standard and run "
-                         "accelerate launch on every machine"))  # fmt: skip
+        out.append(
+            error(
+                f,
+                p + "deepspeed_hostfile",
+                None,
+                f"num_machines > 1 with the {launcher!r} launcher needs a hostfile; without one accelerate "
+                "runs `deepspeed --hostfile None` and DeepSpeed trains on the local machine only",
+                "set deepspeed_hostfile, or use deepspeed_multinode_launcher: standard and run "
+                "accelerate launch on every machine",
+            )
+        )
     return out
 
 

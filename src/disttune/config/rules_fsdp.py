@@ -43,47 +43,101 @@ def rule_fsdp(y: Accelerate) -> list[Finding]:
     reshard = fs.get("fsdp_reshard_after_forward")
     if version == 2:
         if reshard is not None and truth(reshard) is None:
-            out.append(error(f, p + "fsdp_reshard_after_forward", reshard,
-                             "FSDP2 needs true or false here (accelerate: 'not supported with FSDP2, please set to a bool')",
-                             "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)"))  # fmt: skip
+            out.append(
+                error(
+                    f,
+                    p + "fsdp_reshard_after_forward",
+                    reshard,
+                    "FSDP2 needs true or false here (accelerate: 'not supported with FSDP2, please set to a bool')",
+                    "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)",
+                )
+            )
         for key, fix in _V2_IGNORED.items():
             if key in fs:
                 out.append(error(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
         prefetch = fs.get("fsdp_backward_prefetch")
         if prefetch is not None and str(prefetch).upper() != "NO_PREFETCH":
-            out.append(error(f, p + "fsdp_backward_prefetch", prefetch,
-                               "FSDP2 does not support backward prefetch; accelerate sets it to None",
-                               "remove it"))  # fmt: skip
+            out.append(
+                error(
+                    f,
+                    p + "fsdp_backward_prefetch",
+                    prefetch,
+                    "FSDP2 does not support backward prefetch; accelerate sets it to None",
+                    "remove it",
+                )
+            )
         if truth(fs.get("fsdp_forward_prefetch")):
-            out.append(error(f, p + "fsdp_forward_prefetch", fs["fsdp_forward_prefetch"],
-                               "ignored under fsdp_version 2 (not implemented in FSDP2)", "remove it"))  # fmt: skip
+            out.append(
+                error(
+                    f,
+                    p + "fsdp_forward_prefetch",
+                    fs["fsdp_forward_prefetch"],
+                    "ignored under fsdp_version 2 (not implemented in FSDP2)",
+                    "remove it",
+                )
+            )
         sdt = fs.get("fsdp_state_dict_type")
         if sdt is not None and str(sdt).upper() in ("LOCAL_STATE_DICT", "2"):
-            out.append(error(f, p + "fsdp_state_dict_type", sdt, "FSDP2 does not support LOCAL_STATE_DICT",
-                             "use FULL_STATE_DICT (one loadable checkpoint) or SHARDED_STATE_DICT"))  # fmt: skip
+            out.append(
+                error(
+                    f,
+                    p + "fsdp_state_dict_type",
+                    sdt,
+                    "FSDP2 does not support LOCAL_STATE_DICT",
+                    "use FULL_STATE_DICT (one loadable checkpoint) or SHARDED_STATE_DICT",
+                )
+            )
     else:
         effective = _strategy_name(fs.get("fsdp_sharding_strategy", "FULL_SHARD"))
         wanted = _strategy_name(reshard)
         if wanted is None and truth(reshard) is not None:
             wanted = "FULL_SHARD" if truth(reshard) else "SHARD_GRAD_OP"
         if reshard is not None and wanted != effective:
-            out.append(error(f, p + "fsdp_reshard_after_forward", reshard,
-                               f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
-                               f"({effective}), which wins",
-                               f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead"))  # fmt: skip
+            out.append(
+                error(
+                    f,
+                    p + "fsdp_reshard_after_forward",
+                    reshard,
+                    f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
+                    f"({effective}), which wins",
+                    f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead",
+                )
+            )
     offload_ac = truth(fs.get("fsdp_activation_checkpointing_offload"))
     if offload_ac and version != 2:
-        out.append(error(f, p + "fsdp_activation_checkpointing_offload", True,
-                         "needs fsdp_version 2 (accelerate raises otherwise)", "set fsdp_version: 2 or remove it"))  # fmt: skip
+        out.append(
+            error(
+                f,
+                p + "fsdp_activation_checkpointing_offload",
+                True,
+                "needs fsdp_version 2 (accelerate raises otherwise)",
+                "set fsdp_version: 2 or remove it",
+            )
+        )
     if offload_ac and not truth(fs.get("fsdp_activation_checkpointing")):
-        out.append(error(f, p + "fsdp_activation_checkpointing_offload", True,
-                         "needs fsdp_activation_checkpointing: true (accelerate raises otherwise)",
-                         "set fsdp_activation_checkpointing: true"))  # fmt: skip
-    if truth(fs.get("fsdp_sync_module_states")) is False and truth(fs.get("fsdp_cpu_ram_efficient_loading")) is not False:
-        out.append(error(f, p + "fsdp_sync_module_states", fs["fsdp_sync_module_states"],
-                         "accelerate launch refuses fsdp_cpu_ram_efficient_loading (default true) without "
-                         "fsdp_sync_module_states",
-                         "set fsdp_sync_module_states: true, or fsdp_cpu_ram_efficient_loading: false"))  # fmt: skip
+        out.append(
+            error(
+                f,
+                p + "fsdp_activation_checkpointing_offload",
+                True,
+                "needs fsdp_activation_checkpointing: true (accelerate raises otherwise)",
+                "set fsdp_activation_checkpointing: true",
+            )
+        )
+    if (
+        truth(fs.get("fsdp_sync_module_states")) is False
+        and truth(fs.get("fsdp_cpu_ram_efficient_loading")) is not False
+    ):
+        out.append(
+            error(
+                f,
+                p + "fsdp_sync_module_states",
+                fs["fsdp_sync_module_states"],
+                "accelerate launch refuses fsdp_cpu_ram_efficient_loading (default true) without "
+                "fsdp_sync_module_states",
+                "set fsdp_sync_module_states: true, or fsdp_cpu_ram_efficient_loading: false",
+            )
+        )
     out += _wrap_policy(y)
     return out
 
@@ -93,11 +147,23 @@ def _wrap_policy(y: Accelerate) -> list[Finding]:
     policy = str(fs.get("fsdp_auto_wrap_policy") or "NO_WRAP").upper()
     out: list[Finding] = []
     if fs.get("fsdp_transformer_layer_cls_to_wrap") is not None and policy != "TRANSFORMER_BASED_WRAP":
-        out.append(error(f, p + "fsdp_transformer_layer_cls_to_wrap", fs["fsdp_transformer_layer_cls_to_wrap"],
-                           f"only used with fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP; ignored with {policy}",
-                           "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, or remove it"))  # fmt: skip
+        out.append(
+            error(
+                f,
+                p + "fsdp_transformer_layer_cls_to_wrap",
+                fs["fsdp_transformer_layer_cls_to_wrap"],
+                f"only used with fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP; ignored with {policy}",
+                "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, or remove it",
+            )
+        )
     if fs.get("fsdp_min_num_params") is not None and policy != "SIZE_BASED_WRAP":
-        out.append(error(f, p + "fsdp_min_num_params", fs["fsdp_min_num_params"],
-                           f"only used with fsdp_auto_wrap_policy SIZE_BASED_WRAP; ignored with {policy}",
-                           "set fsdp_auto_wrap_policy: SIZE_BASED_WRAP, or remove it"))  # fmt: skip
+        out.append(
+            error(
+                f,
+                p + "fsdp_min_num_params",
+                fs["fsdp_min_num_params"],
+                f"only used with fsdp_auto_wrap_policy SIZE_BASED_WRAP; ignored with {policy}",
+                "set fsdp_auto_wrap_policy: SIZE_BASED_WRAP, or remove it",
+            )
+        )
     return out

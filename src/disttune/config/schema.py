@@ -17,7 +17,20 @@ from dataclasses import dataclass, field
 
 # Value kinds. "bool"/"int"/"float" are strict (accelerate uses the value as is); the "...ish" kinds
 # also accept the strings accelerate or pydantic convert ("true", "4", "1e9").
-KINDS = ("any", "str", "bool", "boolish", "int", "intish", "float", "floatish", "enum", "list", "dict", "section")
+KINDS = (
+    "any",
+    "str",
+    "bool",
+    "boolish",
+    "int",
+    "intish",
+    "float",
+    "floatish",
+    "enum",
+    "list",
+    "dict",
+    "section",
+)
 
 TRUE_STRINGS = ("y", "yes", "t", "true", "on", "1")
 FALSE_STRINGS = ("n", "no", "f", "false", "off", "0")
@@ -86,17 +99,44 @@ def enum(*choices: str, fold: str = "", auto: bool = False) -> Key:
 ANY, STR, BOOL, BOOLISH = Key("any"), Key("str"), Key("bool"), Key("boolish")
 
 # Numbers with a floor (shared by the accelerate config and the DeepSpeed JSON).
-ACCUMULATION = Key("intish", auto=True, minimum=1, why_minimum=": every optimizer step needs at least one micro-batch")
-CLIPPING = Key("floatish", auto=True, minimum=0, why_minimum=(
-    ": DeepSpeed clips only when it is above 0, so a negative value silently turns clipping off (0 means off)"))
+ACCUMULATION = Key(
+    "intish", auto=True, minimum=1, why_minimum=": every optimizer step needs at least one micro-batch"
+)
+CLIPPING = Key(
+    "floatish",
+    auto=True,
+    minimum=0,
+    why_minimum=(
+        ": DeepSpeed clips only when it is above 0, so a negative value silently turns clipping off (0 means off)"
+    ),
+)
 PROCESSES = Key("int", minimum=1, why_minimum=": accelerate needs at least one process to run")
-INT, INTISH, FLOAT, FLOATISH, LIST, DICT = Key("int"), Key("intish"), Key("float"), Key("floatish"), Key("list"), Key("dict")
+INT, INTISH, FLOAT, FLOATISH, LIST, DICT = (
+    Key("int"),
+    Key("intish"),
+    Key("float"),
+    Key("floatish"),
+    Key("list"),
+    Key("dict"),
+)
 
 # accelerate/utils/dataclasses.py DistributedType, ComputeEnvironment, PrecisionType, SageMakerDistributedType.
 DISTRIBUTED_TYPES = (
-    "NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_XPU",
-    "DEEPSPEED", "FSDP", "XLA", "MEGATRON_LM", "MULTI_HPU", "MULTI_NEURON",
-)  # fmt: skip
+    "NO",
+    "MULTI_CPU",
+    "MULTI_GPU",
+    "MULTI_NPU",
+    "MULTI_MLU",
+    "MULTI_SDAA",
+    "MULTI_MUSA",
+    "MULTI_XPU",
+    "DEEPSPEED",
+    "FSDP",
+    "XLA",
+    "MEGATRON_LM",
+    "MULTI_HPU",
+    "MULTI_NEURON",
+)
 SAGEMAKER_DISTRIBUTED_TYPES = ("NO", "DATA_PARALLEL", "MODEL_PARALLEL")
 COMPUTE_ENVIRONMENTS = ("LOCAL_MACHINE", "AMAZON_SAGEMAKER")
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -208,14 +248,34 @@ PARALLELISM_CONFIG = Section(
 )
 
 _MEGATRON_KEYS = (
-    "tp_degree", "use_custom_fsdp", "no_load_optim", "eod_mask_loss", "overlap_cpu_optimizer_d2h_h2d",
-    "no_save_optim", "optimizer_cpu_offload", "use_precision_aware_optimizer",
-    "decoder_last_pipeline_num_layers", "pp_degree", "num_micro_batches", "sequence_parallelism",
-    "recompute_activations", "use_distributed_optimizer", "gradient_clipping", "recompute_granularity",
-    "recompute_method", "recompute_num_layers", "attention_backend", "expert_model_parallel_size",
-    "context_parallel_size", "attention_dropout", "hidden_dropout", "attention_softmax_in_fp32",
-    "expert_tensor_parallel_size", "calculate_per_token_loss", "use_rotary_position_embeddings",
-)  # fmt: skip
+    "tp_degree",
+    "use_custom_fsdp",
+    "no_load_optim",
+    "eod_mask_loss",
+    "overlap_cpu_optimizer_d2h_h2d",
+    "no_save_optim",
+    "optimizer_cpu_offload",
+    "use_precision_aware_optimizer",
+    "decoder_last_pipeline_num_layers",
+    "pp_degree",
+    "num_micro_batches",
+    "sequence_parallelism",
+    "recompute_activations",
+    "use_distributed_optimizer",
+    "gradient_clipping",
+    "recompute_granularity",
+    "recompute_method",
+    "recompute_num_layers",
+    "attention_backend",
+    "expert_model_parallel_size",
+    "context_parallel_size",
+    "attention_dropout",
+    "hidden_dropout",
+    "attention_softmax_in_fp32",
+    "expert_tensor_parallel_size",
+    "calculate_per_token_loss",
+    "use_rotary_position_embeddings",
+)
 MEGATRON_LM_CONFIG = Section(
     {"megatron_lm_" + k: ANY for k in _MEGATRON_KEYS}, unknown="warning", unknown_why=_IGNORED
 )

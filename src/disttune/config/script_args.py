@@ -127,11 +127,17 @@ def check_script_args(args: ScriptArgs, settings: dict[str, Setting]) -> list[Fi
         if given is None or setting.value is None or _same(given, setting.value):
             continue
         flag = raw.get(name, f"--{name} {given}")
-        out.append(error(setting.file, setting.key, setting.value,
-                         f"the config says {setting.value} but the script is given {flag}: HF Trainer / TRL stop with "
-                         "'DeepSpeed config values that mismatch TrainingArguments'",
-                         f"drop {flag} (the script adopts the config's value), or set {setting.key} "
-                         f"to {given} (or \"auto\" in a DeepSpeed JSON)"))  # fmt: skip
+        out.append(
+            error(
+                setting.file,
+                setting.key,
+                setting.value,
+                f"the config says {setting.value} but the script is given {flag}: HF Trainer / TRL stop with "
+                "'DeepSpeed config values that mismatch TrainingArguments'",
+                f"drop {flag} (the script adopts the config's value), or set {setting.key} "
+                f'to {given} (or "auto" in a DeepSpeed JSON)',
+            )
+        )
     return out
 
 
@@ -154,11 +160,19 @@ def check_precision_args(args: ScriptArgs, sources: list[Setting]) -> list[Findi
             if source.key == "mixed_precision":
                 fix_config = f"set mixed_precision: {wanted} in the config"
             else:
-                fix_config = f"set {wanted if wanted != 'no' else flag_name}.enabled to " \
-                             f"{'true' if wanted != 'no' else 'false'} (or \"auto\") in {source.file}"
-            out.append(error(source.file, source.key, source.value,
-                             f"the config sets the precision to {precision} ({source.file}: {source.key}) but the "
-                             f"script is given {flag}: the training script takes the precision from the config and "
-                             "stops on an explicit flag that disagrees",
-                             f"drop {flag} (the script takes the precision from the config), or {fix_config}"))  # fmt: skip
+                fix_config = (
+                    f"set {wanted if wanted != 'no' else flag_name}.enabled to "
+                    f'{"true" if wanted != "no" else "false"} (or "auto") in {source.file}'
+                )
+            out.append(
+                error(
+                    source.file,
+                    source.key,
+                    source.value,
+                    f"the config sets the precision to {precision} ({source.file}: {source.key}) but the "
+                    f"script is given {flag}: the training script takes the precision from the config and "
+                    "stops on an explicit flag that disagrees",
+                    f"drop {flag} (the script takes the precision from the config), or {fix_config}",
+                )
+            )
     return out

@@ -76,7 +76,9 @@ def _fold(value: object, how: str) -> str:
     return text.upper() if how == "upper" else text.lower() if how == "lower" else text
 
 
-def check_value(value: object, key: Key, file: str, dotted: str, context: Context | None = None) -> list[Finding]:
+def check_value(
+    value: object, key: Key, file: str, dotted: str, context: Context | None = None
+) -> list[Finding]:
     """Findings for one value against its spec (``None`` means unset and is always fine)."""
     if value is None:
         return []
@@ -85,11 +87,13 @@ def check_value(value: object, key: Key, file: str, dotted: str, context: Contex
             return []
         return [
             error(
-                file, dotted, value,
+                file,
+                dotted,
+                value,
                 "'auto' is not allowed here: neither accelerate nor HF Trainer fills this key in",
                 "write a concrete value",
             )
-        ]  # fmt: skip
+        ]
     if not _type_ok(value, key):
         want = _KIND_WORDS.get(key.kind, "one of " + ", ".join(map(str, key.choices)))
         hint = ""
@@ -99,10 +103,14 @@ def check_value(value: object, key: Key, file: str, dotted: str, context: Contex
             hint = " (YAML reads unquoted yes/no/true/false/on/off as booleans)"
         return [
             error(
-                file, dotted, value, f"expected {want}, got {type(value).__name__} {value!r}{hint}",
-                f"write {dotted.rsplit('.', 1)[-1]}: <{want}>" + (", without quotes" if isinstance(value, str) else ""),
+                file,
+                dotted,
+                value,
+                f"expected {want}, got {type(value).__name__} {value!r}{hint}",
+                f"write {dotted.rsplit('.', 1)[-1]}: <{want}>"
+                + (", without quotes" if isinstance(value, str) else ""),
             )
-        ]  # fmt: skip
+        ]
     if key.choices:
         folded = _fold(value, key.fold) if key.kind == "enum" else value
         if isinstance(folded, str) and key.kind != "enum" and folded.strip().lstrip("-").isdigit():
@@ -112,13 +120,22 @@ def check_value(value: object, key: Key, file: str, dotted: str, context: Contex
         if folded not in key.choices:
             names = [c for c in key.choices if not (isinstance(c, str) and c.isdigit())]
             close = difflib.get_close_matches(str(folded), [str(c) for c in names], n=1)
-            fix = f"use one of: {', '.join(map(str, names))}" + (f" (did you mean {close[0]}?)" if close else "")
+            fix = f"use one of: {', '.join(map(str, names))}" + (
+                f" (did you mean {close[0]}?)" if close else ""
+            )
             return [error(file, dotted, value, f"{value!r} is not an allowed value", fix)]
     if key.minimum is not None:
         number = _number(value)
         if number is not None and number < key.minimum:
-            return [error(file, dotted, value, f"must be at least {key.minimum:g}{key.why_minimum}",
-                          f"set {dotted.rsplit('.', 1)[-1]} to {key.minimum:g} or more")]  # fmt: skip
+            return [
+                error(
+                    file,
+                    dotted,
+                    value,
+                    f"must be at least {key.minimum:g}{key.why_minimum}",
+                    f"set {dotted.rsplit('.', 1)[-1]} to {key.minimum:g} or more",
+                )
+            ]
     if key.kind == "section" and key.section is not None:
         return check_section(value, key.section, file, dotted, context)  # type: ignore[arg-type]
     return []
@@ -177,10 +194,22 @@ def check_section(
 def _renamed(renamed: Renamed, name: str, value: object, file: str, dotted: str) -> Finding:
     fix = f"rename it to {renamed.new}"
     if renamed.read:
-        return warning(file, dotted, value, f"{name!r} was renamed to {renamed.new!r} in {renamed.since}; the old "
-                       "name still works but is deprecated", fix)  # fmt: skip
-    return error(file, dotted, value, f"{name!r} was renamed to {renamed.new!r} in {renamed.since} and is no longer "
-                 "read, so the setting has no effect", fix)  # fmt: skip
+        return warning(
+            file,
+            dotted,
+            value,
+            f"{name!r} was renamed to {renamed.new!r} in {renamed.since}; the old "
+            "name still works but is deprecated",
+            fix,
+        )
+    return error(
+        file,
+        dotted,
+        value,
+        f"{name!r} was renamed to {renamed.new!r} in {renamed.since} and is no longer "
+        "read, so the setting has no effect",
+        fix,
+    )
 
 
 def _unknown(name, value, data, section, file, dotted, known, hint) -> Finding:

@@ -85,10 +85,21 @@ def zero_from_yaml(file: str, ds: dict, json_stage: int | None, has_file: bool, 
     if not has_file:
         for what in ("param", "optimizer"):
             value = ds.get(f"offload_{what}_device")
-            offload[what] = Offload(str(value or "none").lower(), value, p + f"offload_{what}_device",
-                                    ds.get(f"offload_{what}_nvme_path"), p + f"offload_{what}_nvme_path")  # fmt: skip
-    flags = [(p + k, ds[k]) for k in ("zero3_init_flag", "zero3_save_16bit_model") if truth(ds.get(k)) and k not in refused]
-    stage = json_stage if has_file else as_int(ds.get("zero_stage", 2))  # DeepSpeedPlugin's default stage is 2
+            offload[what] = Offload(
+                str(value or "none").lower(),
+                value,
+                p + f"offload_{what}_device",
+                ds.get(f"offload_{what}_nvme_path"),
+                p + f"offload_{what}_nvme_path",
+            )
+    flags = [
+        (p + k, ds[k])
+        for k in ("zero3_init_flag", "zero3_save_16bit_model")
+        if truth(ds.get(k)) and k not in refused
+    ]
+    stage = (
+        json_stage if has_file else as_int(ds.get("zero_stage", 2))
+    )  # DeepSpeedPlugin's default stage is 2
     return Zero(file, stage, p + "zero_stage" if not has_file else "zero_optimization.stage", offload, flags)
 
 
@@ -99,12 +110,27 @@ def zero_from_json(file: str, zero: dict) -> Zero:
     for what in ("param", "optimizer"):
         block = zero.get(f"offload_{what}")
         if isinstance(block, dict):
-            offload[what] = Offload(str(block.get("device") or "none").lower(), block.get("device"),
-                                    f"{p}offload_{what}.device", block.get("nvme_path"), f"{p}offload_{what}.nvme_path")  # fmt: skip
-    flags = [(p + k, zero[k]) for k in ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save")
-             if truth(zero.get(k))]  # fmt: skip
-    return Zero(file, concrete_int(zero.get("stage", 0)), p + "stage", offload, flags,
-                stage_fix='"stage": {n}', no_offload_fix="remove offload_{what}")  # fmt: skip
+            offload[what] = Offload(
+                str(block.get("device") or "none").lower(),
+                block.get("device"),
+                f"{p}offload_{what}.device",
+                block.get("nvme_path"),
+                f"{p}offload_{what}.nvme_path",
+            )
+    flags = [
+        (p + k, zero[k])
+        for k in ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save")
+        if truth(zero.get(k))
+    ]
+    return Zero(
+        file,
+        concrete_int(zero.get("stage", 0)),
+        p + "stage",
+        offload,
+        flags,
+        stage_fix='"stage": {n}',
+        no_offload_fix="remove offload_{what}",
+    )
 
 
 def rule_zero(z: Zero) -> list[Finding]:
@@ -113,23 +139,54 @@ def rule_zero(z: Zero) -> list[Finding]:
     stage_name = z.stage_key.rsplit(".", 1)[-1]
     param, optim = z.offload.get("param"), z.offload.get("optimizer")
     if param and param.device in ("cpu", "nvme") and z.stage is not None and z.stage != 3:
-        out.append(error(z.file, param.key, param.value,
-                         f"parameter offload needs ZeRO-3; with {stage_name} {z.stage} DeepSpeed keeps the parameters "
-                         "on the GPU",
-                         f"use {z.stage_fix.format(n=3)}, or {z.no_offload_fix.format(what='param')}"))  # fmt: skip
+        out.append(
+            error(
+                z.file,
+                param.key,
+                param.value,
+                f"parameter offload needs ZeRO-3; with {stage_name} {z.stage} DeepSpeed keeps the parameters "
+                "on the GPU",
+                f"use {z.stage_fix.format(n=3)}, or {z.no_offload_fix.format(what='param')}",
+            )
+        )
     if optim and optim.device in ("cpu", "nvme") and z.stage == 0:
-        out.append(error(z.file, optim.key, optim.value,
-                         f"optimizer offload needs ZeRO stage 1, 2 or 3; with {stage_name} 0 it does nothing",
-                         f"use {z.stage_fix.format(n=2)} (or 3), or {z.no_offload_fix.format(what='optimizer')}"))  # fmt: skip
+        out.append(
+            error(
+                z.file,
+                optim.key,
+                optim.value,
+                f"optimizer offload needs ZeRO stage 1, 2 or 3; with {stage_name} 0 it does nothing",
+                f"use {z.stage_fix.format(n=2)} (or 3), or {z.no_offload_fix.format(what='optimizer')}",
+            )
+        )
     for offload in z.offload.values():
         if offload.device == "nvme" and not offload.nvme_path:
-            short = offload.key.rsplit(".", 1)[-1] if "_device" in offload.key else offload.key.split(".", 1)[-1]
-            nvme = offload.nvme_key.rsplit(".", 1)[-1] if "_device" in offload.key else offload.nvme_key.split(".", 1)[-1]
-            out.append(error(z.file, offload.nvme_key, None,
-                             f"{short} is nvme but {nvme} is missing (DeepSpeed would get no folder to offload to)",
-                             f"set {nvme} to a folder on a fast local NVMe drive, e.g. /local_nvme"))  # fmt: skip
+            short = (
+                offload.key.rsplit(".", 1)[-1] if "_device" in offload.key else offload.key.split(".", 1)[-1]
+            )
+            nvme = (
+                offload.nvme_key.rsplit(".", 1)[-1]
+                if "_device" in offload.key
+                else offload.nvme_key.split(".", 1)[-1]
+            )
+            out.append(
+                error(
+                    z.file,
+                    offload.nvme_key,
+                    None,
+                    f"{short} is nvme but {nvme} is missing (DeepSpeed would get no folder to offload to)",
+                    f"set {nvme} to a folder on a fast local NVMe drive, e.g. /local_nvme",
+                )
+            )
     if z.stage is not None and z.stage != 3:
         for key, value in z.zero3_only:
-            out.append(error(z.file, key, value, f"only applies to ZeRO-3; with ZeRO stage {z.stage} it is ignored",
-                             f"remove it, or use {z.stage_fix.format(n=3)}"))  # fmt: skip
+            out.append(
+                error(
+                    z.file,
+                    key,
+                    value,
+                    f"only applies to ZeRO-3; with ZeRO stage {z.stage} it is ignored",
+                    f"remove it, or use {z.stage_fix.format(n=3)}",
+                )
+            )
     return out

@@ -32,8 +32,16 @@ def _key(name: str) -> str:
 
 
 _BY_KEY = {_key(name): name for name in GPUS_MIB}
-_ALIASES = {"H100": "H100-80GB", "H800": "H100-80GB", "A100": "A100-80GB", "H100-94GB": "H100-NVL",
-            "H200-141GB": "H200", "L40S-48GB": "L40S", "4090": "RTX-4090", "V100": "V100-32GB"}
+_ALIASES = {
+    "H100": "H100-80GB",
+    "H800": "H100-80GB",
+    "A100": "A100-80GB",
+    "H100-94GB": "H100-NVL",
+    "H200-141GB": "H200",
+    "L40S-48GB": "L40S",
+    "4090": "RTX-4090",
+    "V100": "V100-32GB",
+}
 
 
 def gpu_memory_gib(name: str) -> tuple[str, float]:
@@ -41,6 +49,8 @@ def gpu_memory_gib(name: str) -> tuple[str, float]:
     key = _key(name)
     card = _BY_KEY.get(key) or _ALIASES.get(key)
     if card is None:
-        raise UserError(f"--gpu {name}: unknown card. Known: {', '.join(GPUS_MIB)}. Or give the memory the "
-                        f"driver reports with --gpu_memory_gb (GiB: nvidia-smi's MiB / 1024).")
+        raise UserError(
+            f"--gpu {name}: unknown card. Known: {', '.join(GPUS_MIB)}. Or give the memory the "
+            f"driver reports with --gpu_memory_gb (GiB: nvidia-smi's MiB / 1024)."
+        )
     return card, GPUS_MIB[card] / 1024

@@ -27,7 +27,9 @@ from disttune.strategies import NAMES
 
 STRATEGIES = NAMES  # every row of disttune/strategies.py; each has a formula below (a test checks)
 GIB = 1024**3
-CUDA_CONTEXT_BYTES = GIB // 2  # CUDA context + loaded kernels + cuBLAS handles, lazy module loading (CUDA >= 11.7)
+CUDA_CONTEXT_BYTES = (
+    GIB // 2
+)  # CUDA context + loaded kernels + cuBLAS handles, lazy module loading (CUDA >= 11.7)
 NCCL_BYTES = GIB // 2  # one communicator: 2 ring peers x up to 32 channels x (Simple 4 MiB + LL128 ~4.6 MiB)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit")
@@ -51,8 +53,11 @@ def hf_auto_buckets(hidden_size: int) -> dict[str, int]:
     Measured: a live ZeRO-3 run of the tiny preset (h=128) had threshold 1280 and a 16384-element ipg bucket.
     """
     h = int(hidden_size)
-    return {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
-            "stage3_param_persistence_threshold": 10 * h}
+    return {
+        "reduce_bucket_size": h * h,
+        "stage3_prefetch_bucket_size": int(0.9 * h * h),
+        "stage3_param_persistence_threshold": 10 * h,
+    }
 
 
 S12 = "deepspeed/runtime/zero/stage_1_and_2.py"
@@ -67,10 +72,10 @@ TERM_SOURCES = {
     "grads.full": f"{S12}: param.grad in the model dtype, full size until step (ZeRO-1)",
     "grads.partition": f"{S12}: grads_in_partition / {S3}: grad_partitions_flat_buffer, model dtype",
     "optim.fp32_master_partition": f"{S12}: single_partition_of_fp32_groups (a clone, even in fp32) / "
-                                   f"{S3}: fp32_partitioned_groups_flat (a clone too: measured in fp32)",
+    f"{S3}: fp32_partitioned_groups_flat (a clone too: measured in fp32)",
     "params.partition": f"{S3} + partition_parameters.py: ds_tensor partitions in lp_param_buffer",
     "params.persistent": "deepspeed/runtime/zero/parameter_offload.py: params <= "
-                         "stage3_param_persistence_threshold stay gathered (full) on every rank",
+    "stage3_param_persistence_threshold stay gathered (full) on every rank",
     "cpu.params.bit16_buffer": f"{S12}: param_buffer_of_bit16_for_cpu_offload_groups (offload)",
     "cpu.grads.fp32_partition": f"{S12}: single_partition_of_fp32_groups[i].grad, pinned (offload)",
     "cpu.grads.partition": f"{S3}: grad_partitions_flat_buffer on self.device=cpu (offload_optimizer)",
@@ -82,24 +87,24 @@ TERM_SOURCES = {
     "cpu.params.bit16_partition": f"{S3}: ds_tensor partitions on the CPU (offload_param only; optimizer on GPU)",
     # buffers
     "ddp_reducer_buckets": "torch DDP Reducer: flat bucket copy of every grad (gradient_as_bucket_view=False, "
-                           "accelerate's default)",
+    "accelerate's default)",
     "ipg_bucket": f"{S12} setup_buckets / {S3} _setup_for_real_optimizer: reduce_bucket_size elements",
     "fp32_grad_partition_at_step": f"{S12} step: flat_grad_partition.to(fp32), transient",
     "fp32_grad_subgroup": f"{S3} _prepare_fp32_grad_for_sub_group: flatten(averaged_gradients) (w) .to(fp32) (4), "
-                          "one sub group of min(sub_group_size, T/N) at a time, during step",
+    "one sub group of min(sub_group_size, T/N) at a time, during step",
     # allocator reserve: freed blocks the caching allocator keeps but cannot hand to a later, larger request
     "logits_forward_block": "torch caching allocator: the 16-bit lm_head output, freed after ForCausalLMLoss's "
-                            "upcast; every later request of the loss is a 4-byte one, larger, so it stays cached",
+    "upcast; every later request of the loss is a 4-byte one, larger, so it stays cached",
     "phase_segments": "torch caching allocator: the step's flat fp32 gradient is larger than any block backward "
-                      "freed (a request never spans two blocks), so the two phases take separate segments",
+    "freed (a request never spans two blocks), so the two phases take separate segments",
     "gathered_params": f"{S3}/partitioned_param_coordinator.py: the module being computed (largest weight) + "
-                       "stage3_prefetch_bucket_size, capped by stage3_max_live_parameters",
+    "stage3_prefetch_bucket_size, capped by stage3_max_live_parameters",
     "offload_grad_staging": f"{S12}: temp_grad_buffer_for_gpu_offload (largest param)",
     "unsharded_params": "torch FSDP2: root unit (embeddings, lm_head) + current and prefetched layer, all-gathered",
     "unsharded_grads": "torch FSDP2: one layer's unsharded grads before reduce-scatter",
     "unreduced_grad": f"{S12}/{S3}: the largest parameter's 16-bit .grad, whole on the GPU until it is copied "
-                      "into the reduce bucket (DeepSpeed's estimator: 4 bytes x largest layer = this + the "
-                      "gathered 16-bit weight)",
+    "into the reduce bucket (DeepSpeed's estimator: 4 bytes x largest layer = this + the "
+    "gathered 16-bit weight)",
     # runtime (outside torch's caching allocator: nvidia-smi shows it, torch.cuda.max_memory_reserved does not)
     "cuda_context": "CUDA driver: context, the kernels loaded so far and cuBLAS/cuDNN handles (~0.3-1 GiB)",
     "nccl_buffers": "NCCL: per-peer, per-channel protocol buffers of the communicator (NCCL_BUFFSIZE 4 MiB)",
@@ -120,9 +125,15 @@ def _optimizer_terms(trainable: int, optimizer: str, prefix: str = "") -> dict[s
     return {f"{prefix}optim.exp_avg": per_state, f"{prefix}optim.exp_avg_sq": per_state}
 
 
-def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
-                          optimizer: str = "adamw", trainable_params: int | None = None,
-                          persistent_params: int = 0) -> dict[str, int]:
+def model_state_breakdown(
+    strategy: str,
+    num_params: int,
+    num_processes: int,
+    mixed_precision: str,
+    optimizer: str = "adamw",
+    trainable_params: int | None = None,
+    persistent_params: int = 0,
+) -> dict[str, int]:
     """Per-rank bytes of parameters, gradients and optimizer states, one named term each.
 
     ``num_params`` counts all weights; ``trainable_params`` the ones with requires_grad (default all);
@@ -145,32 +156,56 @@ def model_state_breakdown(strategy: str, num_params: int, num_processes: int, mi
         terms = {"params.fp32": 4 * shard(T), "params.frozen": w * shard(F), "grads.fp32": 4 * shard(T)}
         terms.update(_optimizer_terms(shard(T), optimizer))
     elif strategy in ("zero1", "zero2"):
-        terms = {"params.bit16_flat": w * P,
-                 "grads.full" if strategy == "zero1" else "grads.partition": w * (T if strategy == "zero1" else Tn),
-                 "optim.fp32_master_partition": 4 * Tn}
+        terms = {
+            "params.bit16_flat": w * P,
+            "grads.full" if strategy == "zero1" else "grads.partition": w
+            * (T if strategy == "zero1" else Tn),
+            "optim.fp32_master_partition": 4 * Tn,
+        }
         terms.update(_optimizer_terms(Tn, optimizer))
     elif strategy == "zero3":
-        terms = {"params.partition": w * Pn, "params.persistent": w * persistent_params,
-                 "grads.partition": w * Tn,
-                 # _create_fp32_partitions has a branch sharing an fp32 partition, but live fp32 runs
-                 # (DeepSpeed 0.19.8, 2 CPU ranks) hold a separate clone: counted as one
-                 "optim.fp32_master_partition": 4 * Tn}
+        terms = {
+            "params.partition": w * Pn,
+            "params.persistent": w * persistent_params,
+            "grads.partition": w * Tn,
+            # _create_fp32_partitions has a branch sharing an fp32 partition, but live fp32 runs
+            # (DeepSpeed 0.19.8, 2 CPU ranks) hold a separate clone: counted as one
+            "optim.fp32_master_partition": 4 * Tn,
+        }
         terms.update(_optimizer_terms(Tn, optimizer))
     elif strategy == "zero2_offload":
-        terms = {"params.bit16_flat": w * P, "cpu.params.bit16_buffer": w * Tn, "cpu.grads.fp32_partition": 4 * Tn,
-                 "cpu.optim.fp32_master_partition": 4 * Tn}
+        terms = {
+            "params.bit16_flat": w * P,
+            "cpu.params.bit16_buffer": w * Tn,
+            "cpu.grads.fp32_partition": 4 * Tn,
+            "cpu.optim.fp32_master_partition": 4 * Tn,
+        }
         terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
     elif strategy == "zero3_offload_params":  # parameters in host RAM, gradients and optimizer on the GPU
-        terms = {"cpu.params.bit16_partition": w * Pn, "params.persistent": w * persistent_params,
-                 "grads.partition": w * Tn, "optim.fp32_master_partition": 4 * Tn}
+        terms = {
+            "cpu.params.bit16_partition": w * Pn,
+            "params.persistent": w * persistent_params,
+            "grads.partition": w * Tn,
+            "optim.fp32_master_partition": 4 * Tn,
+        }
         terms.update(_optimizer_terms(Tn, optimizer))
-    elif strategy in ("zero3_offload_optimizer", "zero3_offload"):  # optimizer (and, zero3_offload, params) on CPU
+    elif strategy in (
+        "zero3_offload_optimizer",
+        "zero3_offload",
+    ):  # optimizer (and, zero3_offload, params) on CPU
         params_key = "cpu.params.partition" if strategy == "zero3_offload" else "params.partition"
-        terms = {params_key: w * Pn, "params.persistent": w * persistent_params, "cpu.grads.partition": w * Tn,
-                 "cpu.grads.fp32_subgroup": 4 * Tn, "cpu.optim.fp32_master_partition": 4 * Tn}
+        terms = {
+            params_key: w * Pn,
+            "params.persistent": w * persistent_params,
+            "cpu.grads.partition": w * Tn,
+            "cpu.grads.fp32_subgroup": 4 * Tn,
+            "cpu.optim.fp32_master_partition": 4 * Tn,
+        }
         terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
     else:
-        raise ValueError(f"strategy {strategy!r} has a row in disttune/strategies.py but no memory formula here")
+        raise ValueError(
+            f"strategy {strategy!r} has a row in disttune/strategies.py but no memory formula here"
+        )
     return terms
 
 
@@ -185,11 +220,19 @@ def summarize(terms: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def buffer_breakdown(strategy: str, num_params: int, num_processes: int, mixed_precision: str,
-                     trainable_params: int | None = None, largest_tensor: int | None = None,
-                     layer_params: int | None = None, root_params: int | None = None,
-                     deepspeed: dict[str, int] | None = None, largest_trainable: int | None = None,
-                     largest_gathered: int | None = None) -> dict[str, int]:
+def buffer_breakdown(
+    strategy: str,
+    num_params: int,
+    num_processes: int,
+    mixed_precision: str,
+    trainable_params: int | None = None,
+    largest_tensor: int | None = None,
+    layer_params: int | None = None,
+    root_params: int | None = None,
+    deepspeed: dict[str, int] | None = None,
+    largest_trainable: int | None = None,
+    largest_gathered: int | None = None,
+) -> dict[str, int]:
     """Per-rank GPU bytes the implementations hold beyond the paper's model states.
 
     ddp_reducer_buckets = 4T; ZeRO-1/2: ipg_bucket = reduce_bucket_size x w, fp32_grad_partition_at_step
@@ -239,11 +282,22 @@ def runtime_breakdown(num_processes: int) -> dict[str, int]:
     return {"cuda_context": CUDA_CONTEXT_BYTES, **({"nccl_buffers": NCCL_BYTES} if num_processes > 1 else {})}
 
 
-def activation_bytes(per_device_batch: int, max_length: int, hidden_size: int, num_hidden_layers: int,
-                     intermediate_size: float, q_dim: int, kv_dim: int, mixed_precision: str,
-                     gradient_checkpointing: bool = False, num_attention_heads: int | None = None,
-                     attention: str = "sdpa", selective_checkpointing: bool = False, norms_per_layer: int = 2,
-                     mlp_gated: bool = True) -> int:
+def activation_bytes(
+    per_device_batch: int,
+    max_length: int,
+    hidden_size: int,
+    num_hidden_layers: int,
+    intermediate_size: float,
+    q_dim: int,
+    kv_dim: int,
+    mixed_precision: str,
+    gradient_checkpointing: bool = False,
+    num_attention_heads: int | None = None,
+    attention: str = "sdpa",
+    selective_checkpointing: bool = False,
+    norms_per_layer: int = 2,
+    mlp_gated: bool = True,
+) -> int:
     """Saved activations of the decoder stack (logits excluded), per rank, at the start of backward.
 
     Per layer and token, in elements of the compute dtype (w bytes), what autograd keeps for a Llama-style
@@ -260,7 +314,9 @@ def activation_bytes(per_device_batch: int, max_length: int, hidden_size: int, n
     """
     w = 2 if mixed_precision in ("fp16", "bf16") else 4
     s, b, h, i = max_length, per_device_batch, hidden_size, intermediate_size
-    per_layer = int(w * s * b * (4 * h * norms_per_layer + 2 * q_dim + 2 * kv_dim + (4 if mlp_gated else 2) * i))
+    per_layer = int(
+        w * s * b * (4 * h * norms_per_layer + 2 * q_dim + 2 * kv_dim + (4 if mlp_gated else 2) * i)
+    )
     if attention == "eager":
         per_layer += (num_attention_heads or 0) * s * s * b * (4 + w)
     if gradient_checkpointing:
@@ -282,8 +338,14 @@ def logits_bytes(per_device_batch: int, max_length: int, vocab_size: int, mixed_
     return per_device_batch * max_length * vocab_size * 12
 
 
-def fused_cross_entropy_bytes(per_device_batch: int, max_length: int, vocab_size: int, hidden_size: int,
-                              mixed_precision: str, lm_head_trainable: bool = True) -> int:
+def fused_cross_entropy_bytes(
+    per_device_batch: int,
+    max_length: int,
+    vocab_size: int,
+    hidden_size: int,
+    mixed_precision: str,
+    lm_head_trainable: bool = True,
+) -> int:
     """Liger's fused linear cross-entropy (``--use_liger_kernel``): the logits are never whole.
 
     liger_kernel/ops/fused_linear_cross_entropy.py computes chunks of C = next_pow2(ceil(bs / ceil(V/h)))
@@ -293,5 +355,8 @@ def fused_cross_entropy_bytes(per_device_batch: int, max_length: int, vocab_size
     w = 2 if mixed_precision in ("fp16", "bf16") else 4
     tokens = per_device_batch * max_length
     chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(vocab_size / hidden_size))))))
-    return w * (min(chunk, tokens) * vocab_size + tokens * hidden_size
-                + (vocab_size * hidden_size if lm_head_trainable else 0))
+    return w * (
+        min(chunk, tokens) * vocab_size
+        + tokens * hidden_size
+        + (vocab_size * hidden_size if lm_head_trainable else 0)
+    )

@@ -140,10 +140,18 @@ def count_params(spec: ModelSpec, persistence_threshold: int = 100_000) -> Param
     final_norm = spec.hidden_size * (2 if spec.norm_bias else 1)
     total = embed + positions + n_dense * sum(dense) + n_moe * sum(moe) + final_norm + lm_head
     extra = [embed, positions, lm_head] + [spec.hidden_size] * (2 if spec.norm_bias else 1)
-    small = (n_dense * sum(n for n in dense if n <= persistence_threshold)
-             + n_moe * sum(n for n in moe if n <= persistence_threshold)
-             + sum(n for n in extra if 0 < n <= persistence_threshold))
-    idle_experts = n_moe * (spec.num_experts - spec.num_experts_per_tok) * 3 * spec.moe_intermediate_size * spec.hidden_size
+    small = (
+        n_dense * sum(n for n in dense if n <= persistence_threshold)
+        + n_moe * sum(n for n in moe if n <= persistence_threshold)
+        + sum(n for n in extra if 0 < n <= persistence_threshold)
+    )
+    idle_experts = (
+        n_moe
+        * (spec.num_experts - spec.num_experts_per_tok)
+        * 3
+        * spec.moe_intermediate_size
+        * spec.hidden_size
+    )
     per_layer = max(sum(dense) if n_dense else 0, sum(moe) if n_moe else 0)
     largest = max([*(dense if n_dense else []), *moe, embed, positions])
     return ParamCount(total, embed, lm_head, per_layer, largest, small, total - idle_experts)
@@ -161,21 +169,39 @@ def lora_params(spec: ModelSpec, r: int, targets: tuple[str, ...] = LORA_TARGETS
     def mlp(i: int) -> int:
         if not spec.mlp_gated:
             return r * (h + i) * 2
-        gate_up = r * (h + 2 * i) if spec.fused_gate_up else sum(r * (h + i) for t in ("gate_proj", "up_proj")
-                                                                   if t in targets)
+        gate_up = (
+            r * (h + 2 * i)
+            if spec.fused_gate_up
+            else sum(r * (h + i) for t in ("gate_proj", "up_proj") if t in targets)
+        )
         return gate_up + (r * (i + h) if "down_proj" in targets else 0)
 
     shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
-    attention = (r * (h + q + 2 * kv) + r * (q + h) if spec.fused_qkv
-                 else sum(r * sum(shapes[t]) for t in targets if t in shapes))
+    attention = (
+        r * (h + q + 2 * kv) + r * (q + h)
+        if spec.fused_qkv
+        else sum(r * sum(shapes[t]) for t in targets if t in shapes)
+    )
     n_moe = spec.num_moe_layers
     dense = (spec.num_hidden_layers - n_moe) * mlp(spec.intermediate_size)
     shared = n_moe * mlp(spec.shared_expert_intermediate_size) if spec.shared_expert_intermediate_size else 0
     return spec.num_hidden_layers * attention + dense + shared
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
-               "mixtral", "qwen2_moe", "qwen3_moe")
+MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+)
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -186,8 +212,10 @@ def _whole(config: dict, key: str, name: str, default=None, minimum: int = 1) ->
         raise UserError(f"{name}: missing key {key!r}; is this a transformers config.json?")
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value != int(value) or value < minimum:
-        raise UserError(f"{name}: {key} is {value!r}; it must be a whole number >= {minimum}. Fix the "
-                        f"config.json (or pass the model's published config).")
+        raise UserError(
+            f"{name}: {key} is {value!r}; it must be a whole number >= {minimum}. Fix the "
+            f"config.json (or pass the model's published config)."
+        )
     return int(value)
 
 
@@ -195,14 +223,24 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
     """A ``ModelSpec`` from a parsed transformers ``config.json`` (the decoders in ``MODEL_TYPES``)."""
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
-        hint = (" It is a multimodal config: point --model at its text decoder's config, or use --num_params."
-                if "text_config" in config else "")
-        raise UserError(f"{name}: model_type {model_type!r} is not supported; estimate knows "
-                        f"{', '.join(MODEL_TYPES)}.{hint} Use --num_params N (with --hidden_size and "
-                        f"--num_hidden_layers for activations) for other models.")
+        hint = (
+            " It is a multimodal config: point --model at its text decoder's config, or use --num_params."
+            if "text_config" in config
+            else ""
+        )
+        raise UserError(
+            f"{name}: model_type {model_type!r} is not supported; estimate knows "
+            f"{', '.join(MODEL_TYPES)}.{hint} Use --num_params N (with --hidden_size and "
+            f"--num_hidden_layers for activations) for other models."
+        )
     if model_type == "gpt2":  # GPT-2 names its fields differently
-        config = {**config, "vocab_size": config.get("vocab_size"), "hidden_size": config.get("n_embd"),
-                  "num_hidden_layers": config.get("n_layer"), "num_attention_heads": config.get("n_head")}
+        config = {
+            **config,
+            "vocab_size": config.get("vocab_size"),
+            "hidden_size": config.get("n_embd"),
+            "num_hidden_layers": config.get("n_layer"),
+            "num_attention_heads": config.get("n_head"),
+        }
         if config.get("n_inner") is None and isinstance(config["hidden_size"], int):
             config["intermediate_size"] = 4 * config["hidden_size"]
         else:
@@ -213,7 +251,9 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
     if a % kv:
         raise UserError(f"{name}: num_attention_heads {a} is not a multiple of num_key_value_heads {kv}.")
     if config.get("head_dim") is None and h % a:
-        raise UserError(f"{name}: hidden_size {h} is not divisible by num_attention_heads {a}; give head_dim.")
+        raise UserError(
+            f"{name}: hidden_size {h} is not divisible by num_attention_heads {a}; give head_dim."
+        )
     d = _whole(config, "head_dim", name, default=h // a)
     attention_bias = bool(config.get("attention_bias", False))
     moe = {}
@@ -230,22 +270,45 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
             raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
         dense_only = set(dense_only)
         moe_layers = sum(1 for j in range(n) if j not in dense_only and (j + 1) % step == 0)
-        shared = _whole(config, "shared_expert_intermediate_size", name, minimum=0) if model_type == "qwen2_moe" else 0
-        moe = dict(num_experts=e, num_experts_per_tok=k, num_moe_layers=moe_layers,
-                   moe_intermediate_size=i if model_type == "mixtral" else _whole(config, "moe_intermediate_size", name),
-                   shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared))
+        shared = (
+            _whole(config, "shared_expert_intermediate_size", name, minimum=0)
+            if model_type == "qwen2_moe"
+            else 0
+        )
+        moe = dict(
+            num_experts=e,
+            num_experts_per_tok=k,
+            num_moe_layers=moe_layers,
+            moe_intermediate_size=i
+            if model_type == "mixtral"
+            else _whole(config, "moe_intermediate_size", name),
+            shared_expert_intermediate_size=shared,
+            shared_expert_gate=bool(shared),
+        )
     gemma = model_type in ("gemma2", "gemma3_text")
     return ModelSpec(
-        name=name, model_type=model_type, vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
-        num_attention_heads=a, num_key_value_heads=kv, head_dim=d,
+        name=name,
+        model_type=model_type,
+        vocab_size=v,
+        hidden_size=h,
+        intermediate_size=i,
+        num_hidden_layers=n,
+        num_attention_heads=a,
+        num_key_value_heads=kv,
+        head_dim=d,
         tie_word_embeddings=bool(config.get("tie_word_embeddings", model_type.startswith(("gemma", "gpt2")))),
         qkv_bias=model_type in ("qwen2", "qwen2_moe", "gpt2") or attention_bias,
         o_bias=model_type == "gpt2" or (model_type not in ("qwen2", "qwen2_moe") and attention_bias),
         mlp_bias=model_type == "gpt2" or bool(config.get("mlp_bias", False)),
-        qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"), norms_per_layer=4 if gemma else 2,
-        norm_bias=model_type == "gpt2", mlp_gated=model_type != "gpt2", fused_qkv=model_type in ("phi3", "gpt2"),
+        qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"),
+        norms_per_layer=4 if gemma else 2,
+        norm_bias=model_type == "gpt2",
+        mlp_gated=model_type != "gpt2",
+        fused_qkv=model_type in ("phi3", "gpt2"),
         fused_gate_up=model_type == "phi3",
-        position_embeddings=_whole(config, "n_positions", name) if model_type == "gpt2" else 0, **moe)
+        position_embeddings=_whole(config, "n_positions", name) if model_type == "gpt2" else 0,
+        **moe,
+    )
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
@@ -256,8 +319,10 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():
-            raise UserError(f"--model {name_or_path}: the folder has no config.json; point at a model folder "
-                            f"or a config.json file, or use a preset (disttune estimate --list_models).")
+            raise UserError(
+                f"--model {name_or_path}: the folder has no config.json; point at a model folder "
+                f"or a config.json file, or use a preset (disttune estimate --list_models)."
+            )
     if path.is_file():
         try:
             config = json.loads(path.read_text())
@@ -271,5 +336,7 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         return PRESETS[key]
     if "/" in name_or_path and name_or_path.count("/") > 1 or name_or_path.endswith(".json"):
         raise UserError(f"--model {name_or_path}: no such file or folder.")
-    raise UserError(f"--model {name_or_path}: not a file, folder or known model. Known models: "
-                    f"{', '.join(PRESETS)}. Or pass a config.json path, or --num_params N.")
+    raise UserError(
+        f"--model {name_or_path}: not a file, folder or known model. Known models: "
+        f"{', '.join(PRESETS)}. Or pass a config.json path, or --num_params N."
+    )

@@ -26,37 +26,49 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def recommend(results: list[StrategyEstimate], model: ModelInfo | None = None,
-              inputs: Inputs | None = None) -> Recommendation:
+def recommend(
+    results: list[StrategyEstimate], model: ModelInfo | None = None, inputs: Inputs | None = None
+) -> Recommendation:
     """Fastest (lowest ``speed_rank``) strategy that fits the GPU and the host RAM; otherwise what would fit.
 
     With ``model`` and ``inputs`` the suggestions are checked by re-estimating: gradient checkpointing,
     per-device batch 1, LoRA r=16, more nodes of the same size, and ZeRO-3 without offload on more GPUs.
     """
-    ranked = sorted(results, key=lambda r: speed_rank(r.name))  # a name without a rank raises, never drops out
+    ranked = sorted(
+        results, key=lambda r: speed_rank(r.name)
+    )  # a name without a rank raises, never drops out
     budget = (1 - HEADROOM) * inputs.gpu_memory_gb * GIB if inputs else None
     host_short = [r for r in ranked if r.gpu_fits and r.host_fits is False]
     host_note = "".join(f" {r.name} would fit the GPUs but {r.why}." for r in host_short)
     for r in ranked:
         if r.fits:
             slower = [s.name for s in ranked if s.name != r.name and s.fits]
-            why = (f"{r.name} is the fastest strategy that fits: {_gib(r.total_bytes)} per GPU"
-                   + (f" of the {_gib(int(budget))} usable ({int(HEADROOM * 100)}% headroom kept)" if budget else "")
-                   + (f", {_gib(r.cpu_bytes_per_node)} host RAM per node" if r.cpu_bytes_per_node else "")
-                   + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
-                   + (f" Also fits: {', '.join(slower)}." if slower else "") + host_note)
+            why = (
+                f"{r.name} is the fastest strategy that fits: {_gib(r.total_bytes)} per GPU"
+                + (
+                    f" of the {_gib(int(budget))} usable ({int(HEADROOM * 100)}% headroom kept)"
+                    if budget
+                    else ""
+                )
+                + (f", {_gib(r.cpu_bytes_per_node)} host RAM per node" if r.cpu_bytes_per_node else "")
+                + ("; faster ones do not fit." if ranked[0].name != r.name else ".")
+                + (f" Also fits: {', '.join(slower)}." if slower else "")
+                + host_note
+            )
             how = start_from(r.name)
             return Recommendation(r.name, why + (f" {how}." if how else ""))
     smallest = min(ranked, key=lambda r: r.total_bytes) if ranked else None
     if host_short:
         reason = "Nothing fits: every strategy that fits the GPUs needs more host RAM than the node has."
     else:
-        reason = "Nothing fits" + (f": the smallest is {smallest.name} at {_gib(smallest.total_bytes)}"
-                                   if smallest else "")
+        reason = "Nothing fits" + (
+            f": the smallest is {smallest.name} at {_gib(smallest.total_bytes)}" if smallest else ""
+        )
         reason += f" per GPU against {_gib(int(budget))} usable." if budget else "."
     reason += host_note
-    return Recommendation(None, reason, tuple(_suggestions(model, inputs, [r.name for r in ranked]))
-                          if model and inputs else ())
+    return Recommendation(
+        None, reason, tuple(_suggestions(model, inputs, [r.name for r in ranked])) if model and inputs else ()
+    )
 
 
 def _first_fit(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> StrategyEstimate | None:
@@ -80,8 +92,13 @@ def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> lis
     if not (inputs.gradient_checkpointing or inputs.selective_checkpointing):
         tries.append(("turn on --gradient_checkpointing", replace(inputs, gradient_checkpointing=True)))
     if inputs.per_device_train_batch_size > 1:
-        tries.append(("use --per_device_train_batch_size 1 (raise --gradient_accumulation_steps to keep the "
-                      "global batch)", replace(inputs, per_device_train_batch_size=1)))
+        tries.append(
+            (
+                "use --per_device_train_batch_size 1 (raise --gradient_accumulation_steps to keep the "
+                "global batch)",
+                replace(inputs, per_device_train_batch_size=1),
+            )
+        )
     if inputs.lora_r is None and model.spec is not None:
         tries.append(("train LoRA adapters (--lora_r 16)", replace(inputs, lora_r=16)))
     for text, changed in tries:
@@ -94,7 +111,11 @@ def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> lis
         more = _scaled(inputs, procs)
         hit = _first_fit(model, more, strategies)
         if hit:
-            nodes = f" ({more.num_machines} nodes of {procs // more.num_machines})" if more.num_machines > 1 else ""
+            nodes = (
+                f" ({more.num_machines} nodes of {procs // more.num_machines})"
+                if more.num_machines > 1
+                else ""
+            )
             out.append(f"use {procs} GPUs{nodes}: {_needs(hit)}.")
     plain = [s for s in strategies if s not in OFFLOAD]
     if (hit is None or hit.name in OFFLOAD) and plain:
@@ -116,5 +137,8 @@ def rule_of_thumb(results: list[StrategyEstimate]) -> dict[str, dict[str, float]
     if "ddp" not in by_name:
         return None
     base = by_name["ddp"].total_bytes
-    return {s: {"rule_of_thumb": RULE_OF_THUMB[s], "exact": 1 - by_name[s].total_bytes / base}
-            for s in RULE_OF_THUMB if s in by_name}
+    return {
+        s: {"rule_of_thumb": RULE_OF_THUMB[s], "exact": 1 - by_name[s].total_bytes / base}
+        for s in RULE_OF_THUMB
+        if s in by_name
+    }

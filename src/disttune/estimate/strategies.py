@@ -87,18 +87,26 @@ def validate(inputs: Inputs) -> None:
     if inputs.lora_r is not None and inputs.lora_r < 1:
         problems.append(f"--lora_r must be a positive whole number, got {inputs.lora_r}")
     if not _positive(inputs.gpu_memory_gb):
-        problems.append(f"--gpu_memory_gb must be a positive finite number of GiB, got {inputs.gpu_memory_gb}")
+        problems.append(
+            f"--gpu_memory_gb must be a positive finite number of GiB, got {inputs.gpu_memory_gb}"
+        )
     if inputs.host_memory_gb is not None and not _positive(inputs.host_memory_gb):
-        problems.append(f"--host_memory_gb must be a positive finite number of GiB, got {inputs.host_memory_gb}")
+        problems.append(
+            f"--host_memory_gb must be a positive finite number of GiB, got {inputs.host_memory_gb}"
+        )
     if inputs.gradient_checkpointing and inputs.selective_checkpointing:
-        problems.append("--gradient_checkpointing (full) and --selective_checkpointing exclude each other; pick one")
+        problems.append(
+            "--gradient_checkpointing (full) and --selective_checkpointing exclude each other; pick one"
+        )
     if inputs.mixed_precision not in memory.MIXED_PRECISION:
         problems.append(f"--mixed_precision must be one of {', '.join(memory.MIXED_PRECISION)}")
     if inputs.optimizer not in memory.OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(memory.OPTIMIZERS)}")
     if not problems and inputs.num_processes % inputs.num_machines:
-        problems.append(f"--num_processes {inputs.num_processes} is not divisible by --num_machines "
-                        f"{inputs.num_machines}; give the total process count over all machines")
+        problems.append(
+            f"--num_processes {inputs.num_processes} is not divisible by --num_machines "
+            f"{inputs.num_machines}; give the total process count over all machines"
+        )
     if problems:
         raise UserError("; ".join(problems) + ".")
 
@@ -108,24 +116,38 @@ def trainable_params(model: ModelInfo, inputs: Inputs) -> int:
     if inputs.lora_r is None:
         return model.num_params
     if model.spec is None:
-        raise UserError("--lora_r needs the matrix shapes: use --model (a preset or a config.json), "
-                        "not --num_params.")
+        raise UserError(
+            "--lora_r needs the matrix shapes: use --model (a preset or a config.json), not --num_params."
+        )
     return lora_params(model.spec, inputs.lora_r)
 
 
 def activations(model: ModelInfo, inputs: Inputs) -> int | None:
     """Decoder activations + the cross-entropy's peak per rank, or None when the shapes are unknown."""
     b, s, mp = inputs.per_device_train_batch_size, inputs.max_length, inputs.mixed_precision
-    ckpt = dict(gradient_checkpointing=inputs.gradient_checkpointing,
-                selective_checkpointing=inputs.selective_checkpointing)
+    ckpt = dict(
+        gradient_checkpointing=inputs.gradient_checkpointing,
+        selective_checkpointing=inputs.selective_checkpointing,
+    )
     spec = model.spec
     if spec is not None:
-        decoder = memory.activation_bytes(b, s, spec.hidden_size, spec.num_hidden_layers, spec.mlp_width_per_token,
-                                          spec.q_dim, spec.kv_dim, mp, norms_per_layer=spec.norms_per_layer,
-                                          mlp_gated=spec.mlp_gated, **ckpt)
+        decoder = memory.activation_bytes(
+            b,
+            s,
+            spec.hidden_size,
+            spec.num_hidden_layers,
+            spec.mlp_width_per_token,
+            spec.q_dim,
+            spec.kv_dim,
+            mp,
+            norms_per_layer=spec.norms_per_layer,
+            mlp_gated=spec.mlp_gated,
+            **ckpt,
+        )
         if inputs.fused_cross_entropy:
-            return decoder + memory.fused_cross_entropy_bytes(b, s, spec.vocab_size, spec.hidden_size, mp,
-                                                              lm_head_trainable=inputs.lora_r is None)
+            return decoder + memory.fused_cross_entropy_bytes(
+                b, s, spec.vocab_size, spec.hidden_size, mp, lm_head_trainable=inputs.lora_r is None
+            )
         return decoder + memory.logits_bytes(b, s, spec.vocab_size, mp)
     if model.hidden_size and model.num_hidden_layers:  # generic MHA + 4h MLP decoder, logits unknown
         h = model.hidden_size
@@ -148,15 +170,24 @@ def estimate_strategy(name: str, model: ModelInfo, inputs: Inputs) -> StrategyEs
     persistent = counts.small_tensors if counts is not None else 0
     terms = memory.model_state_breakdown(name, total_params, n, mp, inputs.optimizer, trainable, persistent)
     sums = memory.summarize(terms)
-    largest_lora = (inputs.lora_r * max(spec.hidden_size, spec.q_dim, spec.intermediate_size)
-                    if spec is not None and inputs.lora_r is not None else None)
+    largest_lora = (
+        inputs.lora_r * max(spec.hidden_size, spec.q_dim, spec.intermediate_size)
+        if spec is not None and inputs.lora_r is not None
+        else None
+    )
     buffers = memory.buffer_breakdown(
-        name, total_params, n, mp, trainable,
+        name,
+        total_params,
+        n,
+        mp,
+        trainable,
         largest_tensor=counts.largest_tensor if counts else None,
         layer_params=counts.per_layer if counts else None,
         root_params=(counts.embedding + counts.lm_head + spec.hidden_size) if counts else None,
-        deepspeed=auto, largest_trainable=largest_lora,
-        largest_gathered=moe_block_params(spec) if spec is not None else None)
+        deepspeed=auto,
+        largest_trainable=largest_lora,
+        largest_gathered=moe_block_params(spec) if spec is not None else None,
+    )
     runtime = memory.runtime_breakdown(n)
     act = activations(model, inputs)
     state = sums["params"] + sums["grads"] + sums["optimizer"]
@@ -176,17 +207,38 @@ def estimate_strategy(name: str, model: ModelInfo, inputs: Inputs) -> StrategyEs
     if not gpu_fits:
         why.append(f"needs {total / GIB:.1f} GiB per GPU, {gpu_usable / GIB:.1f} usable")
     if host_fits is False:
-        why.append(f"needs {cpu / GIB:.0f} GiB of host RAM per node for the offloaded states of its "
-                   f"{n // inputs.num_machines} ranks, {(1 - HEADROOM) * inputs.host_memory_gb:.0f} usable of "
-                   f"--host_memory_gb {inputs.host_memory_gb:g}")
-    return StrategyEstimate(name, sums["params"], sums["grads"], sums["optimizer"], state, act,
-                            kept + (backward_only - (act or 0) if phase == "backward" else step_only),
-                            sum(runtime.values()), total,
-                            total - sum(runtime.values()) + sum(reserve.values()), phase, cpu, gpu_fits, host_fits,
-                            gpu_fits and host_fits is not False, "; ".join(why), terms, buffers, runtime, reserve)
+        why.append(
+            f"needs {cpu / GIB:.0f} GiB of host RAM per node for the offloaded states of its "
+            f"{n // inputs.num_machines} ranks, {(1 - HEADROOM) * inputs.host_memory_gb:.0f} usable of "
+            f"--host_memory_gb {inputs.host_memory_gb:g}"
+        )
+    return StrategyEstimate(
+        name,
+        sums["params"],
+        sums["grads"],
+        sums["optimizer"],
+        state,
+        act,
+        kept + (backward_only - (act or 0) if phase == "backward" else step_only),
+        sum(runtime.values()),
+        total,
+        total - sum(runtime.values()) + sum(reserve.values()),
+        phase,
+        cpu,
+        gpu_fits,
+        host_fits,
+        gpu_fits and host_fits is not False,
+        "; ".join(why),
+        terms,
+        buffers,
+        runtime,
+        reserve,
+    )
 
 
-def allocator_reserve(model: ModelInfo, inputs: Inputs, step_bytes: int, smaller_phase: int) -> dict[str, int]:
+def allocator_reserve(
+    model: ModelInfo, inputs: Inputs, step_bytes: int, smaller_phase: int
+) -> dict[str, int]:
     """Bytes torch's caching allocator keeps cached at the peak beyond the live tensors.
 
     A request is served from one cached block or a new segment, never from two blocks, and cached segments
@@ -209,8 +261,9 @@ def allocator_reserve(model: ModelInfo, inputs: Inputs, step_bytes: int, smaller
     return out
 
 
-def estimate(model: ModelInfo, inputs: Inputs,
-             strategies: tuple[str, ...] = memory.STRATEGIES) -> list[StrategyEstimate]:
+def estimate(
+    model: ModelInfo, inputs: Inputs, strategies: tuple[str, ...] = memory.STRATEGIES
+) -> list[StrategyEstimate]:
     """``estimate_strategy`` for each of ``strategies`` (validated first; the rows of disttune/strategies.py)."""
     validate(inputs)
     return [estimate_strategy(s, model, inputs) for s in resolve(strategies)]  # old names (ALIASES) too

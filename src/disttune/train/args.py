@@ -44,7 +44,9 @@ class DisttuneArguments:
 
     dataset_name: str = field(
         default="builtin",
-        metadata={"help": "'builtin' (synthetic instructions), a local .jsonl/.json/.parquet/.csv file, or a hub name."},
+        metadata={
+            "help": "'builtin' (synthetic instructions), a local .jsonl/.json/.parquet/.csv file, or a hub name."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -56,18 +58,26 @@ class DisttuneArguments:
         },
     )
     base_global_batch_size: int | None = field(
-        default=None, metadata={"help": "The global batch the --learning_rate was tuned for (needed by --lr_scaling)."}
+        default=None,
+        metadata={"help": "The global batch the --learning_rate was tuned for (needed by --lr_scaling)."},
     )
-    merge_lora: bool = field(default=False, metadata={"help": "With --use_peft, also save the merged model in final_merged/."})
+    merge_lora: bool = field(
+        default=False, metadata={"help": "With --use_peft, also save the merged model in final_merged/."}
+    )
     hang_dump_s: float = field(
         default=0.0,
-        metadata={"help": "When no step completes for this many seconds, write every rank's Python stack to "
-                  "<output_dir>/hang_rank{r}.txt and stop the job (0 = off; set it above the slowest step + save)."},
+        metadata={
+            "help": "When no step completes for this many seconds, write every rank's Python stack to "
+            "<output_dir>/hang_rank{r}.txt and stop the job (0 = off; set it above the slowest step + save)."
+        },
     )
     skip_nonfinite_steps: bool = field(
         default=False,
-        metadata={"help": "Skip the update of a step whose loss or gradients are NaN/inf (default: stop and say why)."},
+        metadata={
+            "help": "Skip the update of a step whose loss or gradients are NaN/inf (default: stop and say why)."
+        },
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."}
+        default=False,
+        metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."},
     )

@@ -113,7 +113,9 @@ def rotate(output_dir: str | os.PathLike, keep: int | None) -> list[Path]:
     complete = [p for p in checkpoints if is_complete(p)]
     if not complete:
         return []
-    doomed = [p for p in checkpoints if p not in complete and checkpoint_step(p) < checkpoint_step(complete[-1])]
+    doomed = [
+        p for p in checkpoints if p not in complete and checkpoint_step(p) < checkpoint_step(complete[-1])
+    ]
     if keep is not None and keep > 0:
         doomed += complete[: max(len(complete) - keep, 0)]
     for path in doomed:
@@ -138,7 +140,10 @@ def resolve_resume(value: str | None, output_dir: str | os.PathLike) -> tuple[st
         if chosen is not None:
             return str(chosen), f"resuming from {chosen} (newest complete checkpoint){skipped}"
         if word == "latest":
-            return None, f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} yet: starting at step 0{skipped}"
+            return (
+                None,
+                f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} yet: starting at step 0{skipped}",
+            )
         raise UserError(
             f"--resume_from_checkpoint {value}: no complete checkpoint in {output_dir}{skipped}.\n"
             "  fix: use 'latest' to start fresh when there is none, or give a checkpoint folder."

@@ -58,7 +58,9 @@ def builtin_examples(num_examples: int = 4000, seed: int = 1234) -> list[dict]:
     examples = []
     for _ in range(num_examples):
         question, answer = rng.choice(TASKS)(rng)
-        examples.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+        examples.append(
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        )
     return examples
 
 
@@ -90,7 +92,9 @@ def load_train_dataset(name: str, split: str = "train", config: str | None = Non
         path = Path(name)
         if path.suffix.lower() in FILE_LOADERS:
             if not path.is_file():
-                raise UserError(f"--dataset_name {name}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
+                raise UserError(
+                    f"--dataset_name {name}: file not found.\n  fix: check the path (cwd: {Path.cwd()})."
+                )
             try:
                 dataset = load_dataset(FILE_LOADERS[path.suffix.lower()], data_files=str(path), split="train")
             except Exception as exc:  # a malformed file: say which and why, no traceback

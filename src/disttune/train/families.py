@@ -17,8 +17,14 @@ from pathlib import Path
 from disttune.train.tiny import TINY_MODEL_CONFIG
 
 # Shared toy sizes: 4 query heads of 16, 2 key/value heads (grouped-query attention where the family has it).
-_ATTENTION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "max_position_embeddings": 512}
+_ATTENTION = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 
 @dataclass(frozen=True)
@@ -31,23 +37,59 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family("LlamaConfig", TINY_MODEL_CONFIG,  # the built-in preset (hidden 128, 4 layers)
-                    "untied embeddings, RMSNorm, rotary positions, GQA"),
-    "qwen2": Family("Qwen2Config", {**_ATTENTION, "tie_word_embeddings": True},
-                    "tied embeddings, GQA, q/k/v projections with bias"),
-    "gemma2": Family("Gemma2Config", {**_ATTENTION, "head_dim": 16, "tie_word_embeddings": True,
-                                      "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-                                      "sliding_window": 32, "query_pre_attn_scalar": 16},
-                     "tied embeddings, Gemma's (1 + weight) RMSNorm, logit soft-capping, sliding window, eager attention"),
-    "gpt2": Family("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 512,
-                                  "tie_word_embeddings": True},
-                   "tied embeddings, learned positions, Conv1D layers, LayerNorm with bias"),
-    "mistral": Family("MistralConfig", {**_ATTENTION, "tie_word_embeddings": False, "sliding_window": None},
-                      "untied embeddings, GQA (Mistral's layout)"),
-    "qwen2_moe": Family("Qwen2MoeConfig", {**_ATTENTION, "tie_word_embeddings": False, "num_experts": 4,
-                                           "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                                           "shared_expert_intermediate_size": 64, "decoder_sparse_step": 1},
-                        "mixture of experts: top-2 of 4 routed experts plus a shared expert per layer"),
+    "llama": Family(
+        "LlamaConfig",
+        TINY_MODEL_CONFIG,  # the built-in preset (hidden 128, 4 layers)
+        "untied embeddings, RMSNorm, rotary positions, GQA",
+    ),
+    "qwen2": Family(
+        "Qwen2Config",
+        {**_ATTENTION, "tie_word_embeddings": True},
+        "tied embeddings, GQA, q/k/v projections with bias",
+    ),
+    "gemma2": Family(
+        "Gemma2Config",
+        {
+            **_ATTENTION,
+            "head_dim": 16,
+            "tie_word_embeddings": True,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
+            "sliding_window": 32,
+            "query_pre_attn_scalar": 16,
+        },
+        "tied embeddings, Gemma's (1 + weight) RMSNorm, logit soft-capping, sliding window, eager attention",
+    ),
+    "gpt2": Family(
+        "GPT2Config",
+        {
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_inner": 128,
+            "n_positions": 512,
+            "tie_word_embeddings": True,
+        },
+        "tied embeddings, learned positions, Conv1D layers, LayerNorm with bias",
+    ),
+    "mistral": Family(
+        "MistralConfig",
+        {**_ATTENTION, "tie_word_embeddings": False, "sliding_window": None},
+        "untied embeddings, GQA (Mistral's layout)",
+    ),
+    "qwen2_moe": Family(
+        "Qwen2MoeConfig",
+        {
+            **_ATTENTION,
+            "tie_word_embeddings": False,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 64,
+            "decoder_sparse_step": 1,
+        },
+        "mixture of experts: top-2 of 4 routed experts plus a shared expert per layer",
+    ),
 }
 
 

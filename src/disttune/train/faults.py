@@ -71,7 +71,11 @@ def inject_test_fault(stage: str, step: int) -> None:
     if stage == "after_write" and faults.get(("sigkill_in_save", step)):
         os.kill(os.getpid(), signal.SIGKILL)
     if stage == "step_begin":
-        for action, sig in (("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL), ("sigstop", signal.SIGSTOP)):
+        for action, sig in (
+            ("sigterm", signal.SIGTERM),
+            ("sigkill", signal.SIGKILL),
+            ("sigstop", signal.SIGSTOP),
+        ):
             if faults.get((action, step)):
                 os.kill(os.getpid(), sig)
 
@@ -81,7 +85,9 @@ def likely_cause(args) -> str:
     causes = []
     if getattr(args, "fp16", False) or os.environ.get("ACCELERATE_MIXED_PRECISION") == "fp16":
         causes.append("fp16 overflow: train in bf16 (--mixed_precision bf16) if the hardware has it")
-    causes.append(f"learning rate too high (--learning_rate {args.learning_rate:g}): lower it or warm up longer")
+    causes.append(
+        f"learning rate too high (--learning_rate {args.learning_rate:g}): lower it or warm up longer"
+    )
     causes.append("bad data (empty or extreme examples)")
     return "; ".join(causes)
 
@@ -129,8 +135,12 @@ class StepGuard(TrainerCallback):
             return
         if self.signal_name is None:
             self.signal_name, self._signal_time = name, now
-            print(f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
-                  "then stopping (send it again after 3 s to stop at once).", file=sys.stderr, flush=True)
+            print(
+                f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
+                "then stopping (send it again after 3 s to stop at once).",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _local_grads_finite(self) -> bool:
         import torch
@@ -168,7 +178,11 @@ class StepGuard(TrainerCallback):
         flags[2 * world + rank] = int(not self._local_grads_finite())
         flags = reduce(flags, reduction="sum").tolist()
         signalled = {r: signal.Signals(flags[r]).name for r in range(world) if flags[r]}
-        return signalled, [r for r in range(world) if flags[world + r]], [r for r in range(world) if flags[2 * world + r]]
+        return (
+            signalled,
+            [r for r in range(world) if flags[world + r]],
+            [r for r in range(world) if flags[2 * world + r]],
+        )
 
     # --- callback events -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -195,8 +209,10 @@ class StepGuard(TrainerCallback):
             self._consecutive_skips = 0
             return
         ranks = bad_loss or bad_grads
-        where = (f"non-finite {'loss' if bad_loss else 'gradients'} at step {step} on "
-                 f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}")
+        where = (
+            f"non-finite {'loss' if bad_loss else 'gradients'} at step {step} on "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+        )
         if self.skip_nonfinite and not self.trainer.is_deepspeed_enabled:
             self._consecutive_skips += 1
             self.skipped_steps.append(step)
@@ -204,8 +220,11 @@ class StepGuard(TrainerCallback):
                 for param in self.trainer.model.parameters():
                     param.grad = None  # the optimizer skips parameters without a gradient
                 if state.is_world_process_zero:
-                    print(f"disttune: {where}: update skipped "
-                          "(--skip_nonfinite_steps).", file=sys.stderr, flush=True)
+                    print(
+                        f"disttune: {where}: update skipped (--skip_nonfinite_steps).",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 return
             where += f" ({MAX_CONSECUTIVE_SKIPS} steps in a row skipped before it)"
         raise NonFiniteError(
@@ -247,8 +266,13 @@ def translate_deepspeed_error(exc: BaseException, step: int, args) -> UserError 
     )
 
 
-COLLECTIVE_FAILURES = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer",
-                       "Watchdog caught collective operation timeout", "NCCL communicator was aborted")
+COLLECTIVE_FAILURES = (
+    "Timed out waiting",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Watchdog caught collective operation timeout",
+    "NCCL communicator was aborted",
+)
 
 
 def collective_failure_message(exc: BaseException, step: int, timeout_s: float) -> str | None:
@@ -256,7 +280,11 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
     text = str(exc)
     if not any(pattern in text for pattern in COLLECTIVE_FAILURES):
         return None
-    why = "timed out after --ddp_timeout" if "imed out" in text or "timeout" in text else "lost its peer; --ddp_timeout"
+    why = (
+        "timed out after --ddp_timeout"
+        if "imed out" in text or "timeout" in text
+        else "lost its peer; --ddp_timeout"
+    )
     return (
         f"disttune: rank {_rank()}: a collective in step {step} {why} {timeout_s:g} s: another rank stopped "
         f"answering (hung, stopped or dead). Leaving with exit code 1 so that the launcher stops every rank.\n"
@@ -288,8 +316,12 @@ class HangWatchdog(TrainerCallback):
         try:
             from torch.distributed import TCPStore
 
-            return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                            timeout=timedelta(seconds=5))
+            return TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                is_master=False,
+                timeout=timedelta(seconds=5),
+            )
         except Exception:
             return None
 
@@ -328,7 +360,9 @@ class HangWatchdog(TrainerCallback):
             path = self.output_dir / f"hang_rank{rank}.txt"
             try:
                 with path.open("w") as fh:
-                    fh.write(f"rank {rank}: no step completed for {idle:.0f} s; last completed step {self.step}\n")
+                    fh.write(
+                        f"rank {rank}: no step completed for {idle:.0f} s; last completed step {self.step}\n"
+                    )
                     fh.flush()
                     faulthandler.dump_traceback(fh, all_threads=True)
             except OSError:
@@ -337,7 +371,8 @@ class HangWatchdog(TrainerCallback):
                 f"disttune: rank {rank}: no training step completed for {idle:.0f} s (--hang_dump_s "
                 f"{self.timeout_s:g}); stuck in step {self.step + 1}{self._silent_ranks()}. Python stacks in "
                 f"{path}. Leaving with exit code 1 so that the launcher stops every rank.",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             os._exit(1)
 
@@ -357,4 +392,3 @@ class HangWatchdog(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stop.set()
-

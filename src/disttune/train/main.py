@@ -158,13 +158,17 @@ def setup(argv: list[str]):
         apply_precision(training_args, os.environ[MP_ENV])
     promote_fsdp_on_cpu(cuda)
     if deepspeed_auto_sizes(training_args):
-        notes.append("DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size")
+        notes.append(
+            "DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size"
+        )
     if training_args.include_num_input_tokens_seen == "all":
         training_args.include_num_input_tokens_seen = "non_padding"
     notes += reconcile_batch_settings(training_args, explicit)
     if script_args.lr_scaling != "none":
         if not script_args.base_global_batch_size:
-            raise UserError("--lr_scaling needs --base_global_batch_size (the global batch the learning rate was tuned for).")
+            raise UserError(
+                "--lr_scaling needs --base_global_batch_size (the global batch the learning rate was tuned for)."
+            )
         batch = batch_plan(training_args, world_size_from_env()).global_batch_size
         lr = scale_learning_rate(
             training_args.learning_rate, batch, script_args.base_global_batch_size, script_args.lr_scaling
@@ -182,9 +186,17 @@ def setup(argv: list[str]):
 def batch_plan(training_args, world_size: int) -> BatchPlan:
     """The run's batch layout: global batch = micro batch x world size x accumulation
     (``plan.global_batch_size``); tokens per step <= global batch x max_length (``plan.with_derived``)."""
-    per_device, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
-    layout = BatchPlan(world_size, per_device, accumulation, global_batch_size(per_device, world_size, accumulation),
-                       training_args.learning_rate)
+    per_device, accumulation = (
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+    )
+    layout = BatchPlan(
+        world_size,
+        per_device,
+        accumulation,
+        global_batch_size(per_device, world_size, accumulation),
+        training_args.learning_rate,
+    )
     return with_derived(layout, training_args.max_length or None)
 
 
@@ -193,7 +205,11 @@ def describe_checkpointing(training_args) -> str:
     strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy)).lower()
     if strategy == "no":
         return "off (--save_steps N turns them on)"
-    keep = f", keep the last {training_args.save_total_limit}" if training_args.save_total_limit else ", keep all"
+    keep = (
+        f", keep the last {training_args.save_total_limit}"
+        if training_args.save_total_limit
+        else ", keep all"
+    )
     if strategy == "steps":
         every = f"every {training_args.save_steps:g} steps"
     else:
@@ -203,35 +219,54 @@ def describe_checkpointing(training_args) -> str:
 
 def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
     """The plan printed before the first step."""
-    strategy = info["distributed_type"] + (f" ZeRO-{info['zero_stage']}" if info["zero_stage"] is not None else "")
+    strategy = info["distributed_type"] + (
+        f" ZeRO-{info['zero_stage']}" if info["zero_stage"] is not None else ""
+    )
     global_batch = batch_plan(training_args, info["world_size"]).global_batch_size
     rows = [
         ("strategy", f"{strategy} on {info['device']} ({info['mixed_precision']} precision)"),
         ("world size", info["world_size"]),
         ("micro batch per device", training_args.per_device_train_batch_size),
         ("gradient accumulation", training_args.gradient_accumulation_steps),
-        ("global batch", f"{global_batch} = {training_args.per_device_train_batch_size} x {info['world_size']} x "
-         f"{training_args.gradient_accumulation_steps}"),
+        (
+            "global batch",
+            f"{global_batch} = {training_args.per_device_train_batch_size} x {info['world_size']} x "
+            f"{training_args.gradient_accumulation_steps}",
+        ),
         ("tokens per step", f"<= {tokens_per_step} (global batch x max_length {training_args.max_length})"),
         ("learning rate", f"{training_args.learning_rate:g}"),
-        ("max steps", training_args.max_steps if training_args.max_steps > 0 else f"{training_args.num_train_epochs} epochs"),
+        (
+            "max steps",
+            training_args.max_steps
+            if training_args.max_steps > 0
+            else f"{training_args.num_train_epochs} epochs",
+        ),
         ("checkpoints", describe_checkpointing(training_args)),
     ]
     width = max(len(k) for k, _ in rows)
     return "disttune plan\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def build_trainer(script_args, training_args, model_args, notes: list[str]) -> tuple[DisttuneTrainer, MetricsCallback, str]:
+def build_trainer(
+    script_args, training_args, model_args, notes: list[str]
+) -> tuple[DisttuneTrainer, MetricsCallback, str]:
     """Model, tokenizer and data, in our ``DisttuneTrainer`` (TRL's ``SFTTrainer`` with fault handling and
     crash-safe checkpoints, see ``trainer.py``) with the metrics callback; returns it, the callback and the
     data format. What it set up on its own (MoE leaf modules) is added to ``notes``."""
     set_seed(training_args.seed)  # the same initial weights under every strategy
-    model, tokenizer = load_model_and_tokenizer(model_args, training_args.seed, training_args.trust_remote_code)
-    moe = zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args, training_args.seed, training_args.trust_remote_code
+    )
+    moe = zero3_moe_leaf_modules(
+        model
+    )  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
     if moe:
         notes.append(moe)
     dataset, fmt = load_train_dataset(
-        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, seed=training_args.seed
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        seed=training_args.seed,
     )
     if fmt == "messages":
         if "{% generation %}" in (tokenizer.chat_template or ""):
@@ -285,7 +320,9 @@ def save_outputs(trainer, final_dir: Path, script_args, model_args, training_arg
             base = model_args.model_name_or_path
             if base == TINY_NAME:
                 base = str(tiny_checkpoint(training_args.seed))
-            merged = save_merged_lora(base, final_dir, final_dir.parent / "final_merged", training_args.trust_remote_code)
+            merged = save_merged_lora(
+                base, final_dir, final_dir.parent / "final_merged", training_args.trust_remote_code
+            )
             print(f"disttune: merged LoRA model saved in {merged}", flush=True)
     del trained
     if training_args.push_to_hub:  # what trainer.save_model did here; every rank takes part in its gather
@@ -301,7 +338,9 @@ def fit(record: RunRecord) -> dict:
     if accelerator.is_main_process:
         for note in record.notes:
             print(f"disttune: {note}", flush=True)
-        print(f"disttune: data format '{record.data_format}' from {record.script_args.dataset_name}", flush=True)
+        print(
+            f"disttune: data format '{record.data_format}' from {record.script_args.dataset_name}", flush=True
+        )
         print(format_plan(info, training_args, batch.tokens_per_step or 0), flush=True)
 
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -349,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # TRL's config still carries transformers' old name for this flag (the one users type); the rename
     # warning it triggers on every rank says nothing actionable.
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     stopped = None
     try:
         # From the start: DeepSpeed builds its ops (and may wait on a stale build lock) while the arguments

@@ -86,7 +86,9 @@ class StorageCounter:
     """Bytes per category, each storage counted once (first category wins)."""
 
     def __init__(self):
-        self.seen: dict[tuple[str, int], tuple[str, int, str]] = {}  # (device, ptr) -> (category, nbytes, source)
+        self.seen: dict[
+            tuple[str, int], tuple[str, int, str]
+        ] = {}  # (device, ptr) -> (category, nbytes, source)
 
     def add(self, tensor, category: str, source: str = "") -> None:
         import torch
@@ -264,8 +266,12 @@ class StepProbe:
             return None
         totals = {moment: totals_of(snap) for moment, snap in self.snapshots.items()}
         fullest = max(totals, key=lambda moment: totals[moment]["total"])
-        return {**totals[fullest], "moment": fullest, "optimizer_step": self.at_step,
-                "moment_totals": {moment: t["total"] for moment, t in totals.items()}}
+        return {
+            **totals[fullest],
+            "moment": fullest,
+            "optimizer_step": self.at_step,
+            "moment_totals": {moment: t["total"] for moment, t in totals.items()},
+        }
 
 
 def reserved_memory_bytes(device) -> int | None:
@@ -292,8 +298,10 @@ def measure_run(trainer) -> dict:
     probe = getattr(metrics, "probe", None)
     state = probe.result() if probe is not None else None
     if state is None and trainer.optimizer is not None:
-        state = {**totals_of(model_state_snapshot(trainer.model, stepping_optimizer(trainer.optimizer))),
-                 "optimizer_step": "after training"}
+        state = {
+            **totals_of(model_state_snapshot(trainer.model, stepping_optimizer(trainer.optimizer))),
+            "optimizer_step": "after training",
+        }
     return {
         "num_params": full_param_count(model),
         "trainable_params": full_param_count(model, trainable_only=True),
@@ -338,7 +346,9 @@ def peak_flops(device_name: str | None) -> float | None:
     return None
 
 
-def flops_per_token(num_params: int, embedding_params: int, num_layers: int, hidden_size: int, seq_len: float) -> float:
+def flops_per_token(
+    num_params: int, embedding_params: int, num_layers: int, hidden_size: int, seq_len: float
+) -> float:
     """Training FLOPs per token: 6 N + 12 L h s (PaLM, Chowdhery et al. 2022, appendix B).
 
     N = parameters minus the input embedding (a lookup, not a matmul; lm_head is counted); 6N is
@@ -349,7 +359,9 @@ def flops_per_token(num_params: int, embedding_params: int, num_layers: int, hid
     return 6.0 * (num_params - embedding_params) + 12.0 * num_layers * hidden_size * seq_len
 
 
-def mfu(tokens_per_second: float | None, flops_token: float | None, peak: float | None, world_size: int) -> float | None:
+def mfu(
+    tokens_per_second: float | None, flops_token: float | None, peak: float | None, world_size: int
+) -> float | None:
     """Model FLOPs utilisation: achieved model FLOP/s over the peak of all ``world_size`` devices."""
     if not tokens_per_second or not flops_token or not peak:
         return None

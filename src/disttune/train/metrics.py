@@ -97,8 +97,13 @@ class MetricsCallback(TrainerCallback):
 
         if not self.shape or not self._rows:
             return None
-        return flops_per_token(self.shape["num_params"], self.shape["embedding_params"], self.shape["num_layers"],
-                               self.shape["hidden_size"], self.mean_seq_len)
+        return flops_per_token(
+            self.shape["num_params"],
+            self.shape["embedding_params"],
+            self.shape["num_layers"],
+            self.shape["hidden_size"],
+            self.mean_seq_len,
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -116,7 +121,9 @@ class MetricsCallback(TrainerCallback):
         rank_tokens = int(self._rank_tokens)  # the one device sync, at log time only
         rank_new, self._rank_last = rank_tokens - self._rank_last, rank_tokens
         peak_mem, _ = peak_memory_bytes(args.device)
-        per_rank = gather((round(rank_new / elapsed, 2) if elapsed > 0 else None, peak_mem))  # every rank logs
+        per_rank = gather(
+            (round(rank_new / elapsed, 2) if elapsed > 0 else None, peak_mem)
+        )  # every rank logs
         if not state.is_world_process_zero:
             return
         tps = round(new_tokens / elapsed, 2) if elapsed > 0 else None
@@ -163,7 +170,7 @@ class MetricsCallback(TrainerCallback):
         return {
             "flops_per_token": round(fpt) if fpt else None,
             "flops_per_token_formula": "6*(N - input embedding) + 12*L*h*s, s = mean padded sequence length "
-                                       f"({self.mean_seq_len:.1f})",
+            f"({self.mean_seq_len:.1f})",
             "device_name": self.device_name,
             "peak_flops_per_device": self.peak,
             "peak_flops_known_devices": [k for k, _ in PEAK_FLOPS],

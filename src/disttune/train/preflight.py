@@ -73,8 +73,8 @@ def check_resume_compatible(checkpoint: str | os.PathLike, marker: dict, layout:
             f"{layout['world_size']}; ZeRO shards the optimizer state per process.\n"
             f"  fix: relaunch with --num_processes {saved_world}; or convert it to DeepSpeed's universal "
             f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder {checkpoint}/global_step"
-            f"{marker.get('step', 'N')} --output_folder <dir>) and load it with \"checkpoint\": "
-            "{\"load_universal\": true} in the DeepSpeed config; or take the fp32 weights "
+            f'{marker.get("step", "N")} --output_folder <dir>) and load it with "checkpoint": '
+            '{"load_universal": true} in the DeepSpeed config; or take the fp32 weights '
             f"(python {checkpoint}/zero_to_fp32.py {checkpoint} <dir>) and start a new run from them."
         )
     if layout["strategy"] == "fsdp":
@@ -83,8 +83,10 @@ def check_resume_compatible(checkpoint: str | os.PathLike, marker: dict, layout:
             f"{layout['world_size']}; FSDP checkpoints are sharded per process.\n"
             f"  fix: relaunch with --num_processes {saved_world}."
         )
-    return (f"checkpoint saved by {saved_world} processes, resumed by {layout['world_size']}: weights and "
-            "optimizer carry over, but the data order and random streams differ from the original run")
+    return (
+        f"checkpoint saved by {saved_world} processes, resumed by {layout['world_size']}: weights and "
+        "optimizer carry over, but the data order and random streams differ from the original run"
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ def estimate_checkpoint_size(
     return CheckpointSize(per_checkpoint=per, kept=kept, total=total)
 
 
-def checkpoints_kept(save_strategy: str, save_steps: float, save_total_limit: int | None, max_steps: int) -> int:
+def checkpoints_kept(
+    save_strategy: str, save_steps: float, save_total_limit: int | None, max_steps: int
+) -> int:
     """How many checkpoints the run will hold at the end (before the ``+1`` of a save in progress)."""
     if str(save_strategy).split(".")[-1].lower() == "no":
         return 0
@@ -126,7 +130,9 @@ def checkpoints_kept(save_strategy: str, save_steps: float, save_total_limit: in
     return saves if saves is not None else 10  # an epoch-based run without a limit: assume ten
 
 
-def check_disk_space(output_dir: str | os.PathLike, size: CheckpointSize, free_bytes: int | None = None) -> None:
+def check_disk_space(
+    output_dir: str | os.PathLike, size: CheckpointSize, free_bytes: int | None = None
+) -> None:
     """Refuse to start when the checkpoints the run keeps would not fit on the output disk."""
     free = shutil.disk_usage(output_dir).free if free_bytes is None else free_bytes
     if size.total <= free:
@@ -145,8 +151,12 @@ def check_trainer_disk(trainer, training_args) -> None:
     model = trainer.model
     num, trainable = full_param_count(model), full_param_count(model, trainable_only=True)
     weight_bytes = max((p.element_size() for p in model.parameters()), default=4)
-    kept = checkpoints_kept(training_args.save_strategy, training_args.save_steps,
-                            training_args.save_total_limit, training_args.max_steps)
+    kept = checkpoints_kept(
+        training_args.save_strategy,
+        training_args.save_steps,
+        training_args.save_total_limit,
+        training_args.max_steps,
+    )
     size = estimate_checkpoint_size(num, trainable, weight_bytes, current_layout()["strategy"], kept)
     check_disk_space(training_args.output_dir, size)
 
@@ -165,7 +175,9 @@ def prepare_run(script_args, training_args) -> list[str]:
         change = check_resume_compatible(path, read_marker(path) or {}, current_layout())
         if change:
             notes.append(change)
-    check_output_dir(training_args.output_dir, resuming=path is not None, overwrite=script_args.overwrite_output_dir)
+    check_output_dir(
+        training_args.output_dir, resuming=path is not None, overwrite=script_args.overwrite_output_dir
+    )
     if training_args.hub_token:
         # TrainingArguments is pickled into every checkpoint (training_args.bin): keep the token in the
         # environment, where huggingface_hub finds it for --push_to_hub, and out of the files.

@@ -68,7 +68,11 @@ def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[
     for flag in PRECISION_FLAGS:
         parser.add_argument(f"--{flag}", nargs="?", const=True, default=None)
     given, rest = parser.parse_known_args(argv)
-    values = {flag: _to_bool((recipe or {})[flag]) for flag in PRECISION_FLAGS if (recipe or {}).get(flag) is not None}
+    values = {
+        flag: _to_bool((recipe or {})[flag])
+        for flag in PRECISION_FLAGS
+        if (recipe or {}).get(flag) is not None
+    }
     values.update({flag: _to_bool(v) for flag, v in vars(given).items() if v is not None})
     return rest, values
 
@@ -104,7 +108,9 @@ def apply_precision(args, launched: str) -> None:
     args.bf16, args.fp16 = launched == "bf16", launched == "fp16"
 
 
-def reconcile_batch_settings(args, explicit: set[str], environ=os.environ, config_name: str | None = None) -> list[str]:
+def reconcile_batch_settings(
+    args, explicit: set[str], environ=os.environ, config_name: str | None = None
+) -> list[str]:
     """Adopt the accelerate config's accumulation/clipping unless the user set their own; refuse conflicts.
 
     ``args`` is the ``SFTConfig``; ``explicit`` the argument names the user gave (command line or recipe).
@@ -131,5 +137,7 @@ def reconcile_batch_settings(args, explicit: set[str], environ=os.environ, confi
                 f"or remove deepspeed_config.{config_key} from the config (or make both {ours})."
             )
         setattr(args, arg_name, config_value)
-        notes.append(f"{arg_name} = {config_value} (from deepspeed_config.{config_key} in the accelerate config)")
+        notes.append(
+            f"{arg_name} = {config_value} (from deepspeed_config.{config_key} in the accelerate config)"
+        )
     return notes

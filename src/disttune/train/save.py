@@ -45,15 +45,23 @@ def gathered_state_dict(trainer, adapter_only: bool = False) -> dict | None:
     model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
     if trainer.is_deepspeed_enabled and model.zero_optimization_partition_weights():
         if not model.zero_gather_16bit_weights_on_model_save():
-            raise RuntimeError(f"ZeRO-3 cannot write a loadable final model as configured: {ZERO3_GATHER_FIX}.")
+            raise RuntimeError(
+                f"ZeRO-3 cannot write a loadable final model as configured: {ZERO3_GATHER_FIX}."
+            )
         state = model._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=adapter_only)
     else:
         state = accelerator.get_state_dict(trainer.model if accelerator.is_fsdp2 else model)
     return state if accelerator.is_main_process else None
 
 
-def compare_weights(expected: dict, loaded: dict, folder: Path, what: str, never_loaded: list[str] = (),
-                    tied: dict[str, str] | None = None) -> None:
+def compare_weights(
+    expected: dict,
+    loaded: dict,
+    folder: Path,
+    what: str,
+    never_loaded: list[str] = (),
+    tied: dict[str, str] | None = None,
+) -> None:
     """Raise ``RuntimeError`` unless ``loaded`` holds every tensor of ``expected`` with the same values.
 
     ``expected``: the trained (gathered) weights; ``loaded``: what loading ``folder`` produced;
@@ -79,22 +87,29 @@ def compare_weights(expected: dict, loaded: dict, folder: Path, what: str, never
     if missing:
         problems.append(f"absent after loading: {_names(missing)}")
     if never_loaded:
-        problems.append(f"not in the saved files, so the loader initialised them itself: {_names(never_loaded)}")
+        problems.append(
+            f"not in the saved files, so the loader initialised them itself: {_names(never_loaded)}"
+        )
     stale = [d for d in differing if d.split(" ")[0] not in never_loaded]
     if stale:
         problems.append(f"loaded with values other than the trained ones: {_names(stale)}")
     tied = tied or {}
-    untied = [f"{name} -> {tied[name]}" for name in sorted(tied)
-              if name in expected and tied[name] in expected and not _same(expected[name], expected[tied[name]])]
+    untied = [
+        f"{name} -> {tied[name]}"
+        for name in sorted(tied)
+        if name in expected and tied[name] in expected and not _same(expected[name], expected[tied[name]])
+    ]
     cause = (
         f" The model's config ties {_names(untied)} (tie_word_embeddings), so transformers re-ties them on load, "
         "but the trained values differ: training did not keep them tied. Set tie_word_embeddings to false in "
         "config.json before training to train them apart, or keep them one parameter while training."
-        if untied else
-        " The files on disk are not the model that was trained; do not use them, and report this with the "
+        if untied
+        else " The files on disk are not the model that was trained; do not use them, and report this with the "
         "accelerate config and the model."
     )
-    raise RuntimeError(f"{what} in {folder} does not load back as the trained weights: " + "; ".join(problems) + "." + cause)
+    raise RuntimeError(
+        f"{what} in {folder} does not load back as the trained weights: " + "; ".join(problems) + "." + cause
+    )
 
 
 def _same(a, b) -> bool:
@@ -108,8 +123,9 @@ def _names(names: list[str], limit: int = 6) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_final_model(folder: Path, expected: dict, trust_remote_code: bool = False,
-                      what: str = "the final model") -> None:
+def check_final_model(
+    folder: Path, expected: dict, trust_remote_code: bool = False, what: str = "the final model"
+) -> None:
     """Load ``folder`` with ``AutoModelForCausalLM.from_pretrained`` and compare it with ``expected``."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -118,7 +134,9 @@ def check_final_model(folder: Path, expected: dict, trust_remote_code: bool = Fa
     model, info = AutoModelForCausalLM.from_pretrained(
         folder, trust_remote_code=trust_remote_code, dtype="auto", output_loading_info=True
     )
-    compare_weights(expected, model.state_dict(), folder, what, info.get("missing_keys", []), tied_weight_keys(model))
+    compare_weights(
+        expected, model.state_dict(), folder, what, info.get("missing_keys", []), tied_weight_keys(model)
+    )
 
 
 def check_adapter(folder: Path, expected: dict) -> None:
@@ -141,11 +159,15 @@ def save_final(trainer, folder: Path) -> dict | None:
     state = gathered_state_dict(trainer, adapter_only=is_peft)
     if state is None:
         return None
-    trainer._save(str(folder), state_dict=without_tied_copies(state, tied_weight_keys(model)))  # + tokenizer, args
+    trainer._save(
+        str(folder), state_dict=without_tied_copies(state, tied_weight_keys(model))
+    )  # + tokenizer, args
     return get_peft_model_state_dict(model, state_dict=state) if is_peft else state
 
 
-def save_merged_lora(base_name_or_path: str, adapter_dir: Path, output_dir: Path, trust_remote_code: bool = False) -> Path:
+def save_merged_lora(
+    base_name_or_path: str, adapter_dir: Path, output_dir: Path, trust_remote_code: bool = False
+) -> Path:
     """Load the base model from disk (or hub), apply the saved adapter, merge it, save, and check the result.
 
     Runs on one process after training; DeepSpeed's ZeRO-3 construction hooks are switched off first

@@ -98,7 +98,11 @@ def promote_fsdp_on_cpu(cuda_available: bool, environ=os.environ) -> None:
 # they fall back to DeepSpeed's fixed defaults (e.g. a 1e5-element persistence threshold, under which a
 # small model's parameters are never sharded by ZeRO-3). "auto" lets accelerate derive them from
 # hidden_size exactly as HF's documented ZeRO templates do (h*h, 0.9*h*h, 10*h).
-HIDDEN_SIZE_AUTO_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+HIDDEN_SIZE_AUTO_KEYS = (
+    "reduce_bucket_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+)
 
 
 def deepspeed_auto_sizes(training_args) -> list[str]:
@@ -122,7 +126,9 @@ def sparse_moe_blocks(model) -> list[str]:
     That is how transformers lays out every MoE family (Mixtral, Qwen2/3-MoE, DeepSeek, OLMoE, DBRX, Jamba,
     GPT-OSS, ...): a block holding the router and its ``experts``.
     """
-    return sorted({type(module).__name__ for module in model.modules() if "experts" in dict(module.named_children())})
+    return sorted(
+        {type(module).__name__ for module in model.modules() if "experts" in dict(module.named_children())}
+    )
 
 
 def zero3_moe_leaf_modules(model) -> str | None:
@@ -143,6 +149,8 @@ def zero3_moe_leaf_modules(model) -> str | None:
     from deepspeed.utils import set_z3_leaf_modules
 
     marked = set_z3_leaf_modules(model, blocks)
-    note = (f"ZeRO-3: {len(marked)} mixture-of-experts blocks ({', '.join(blocks)}) are DeepSpeed leaf modules: "
-            "each is gathered whole, so ranks routing tokens to different experts stay in step")
+    note = (
+        f"ZeRO-3: {len(marked)} mixture-of-experts blocks ({', '.join(blocks)}) are DeepSpeed leaf modules: "
+        "each is gathered whole, so ranks routing tokens to different experts stay in step"
+    )
     return note

@@ -41,8 +41,9 @@ class DisttuneTrainer(SFTTrainer):
     resume can check that it is compatible. The other arguments are ``SFTTrainer``'s.
     """
 
-    def __init__(self, *args, run_info: dict, skip_nonfinite_steps: bool = False, hang_dump_s: float = 0.0,
-                 **kwargs):
+    def __init__(
+        self, *args, run_info: dict, skip_nonfinite_steps: bool = False, hang_dump_s: float = 0.0, **kwargs
+    ):
         self.run_info = run_info
         self.guard = StepGuard(self, skip_nonfinite=skip_nonfinite_steps)
         super().__init__(*args, **kwargs)
