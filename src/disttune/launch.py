@@ -6,6 +6,7 @@ child, so ``--dry_run`` can print them and tests can assert on them without star
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -22,12 +23,9 @@ TIMEOUT_FLAG = "--ddp_timeout"  # the collective timeout of transformers' Traini
 
 def script_timeout(script_args: Sequence[str]) -> str | None:
     """The value of ``--ddp_timeout`` in the script's arguments (``--ddp_timeout S`` or ``=S``), if any."""
-    for i, arg in enumerate(script_args):
-        if arg == TIMEOUT_FLAG:
-            return script_args[i + 1] if i + 1 < len(script_args) else ""
-        if arg.startswith(TIMEOUT_FLAG + "="):
-            return arg.split("=", 1)[1]
-    return None
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(TIMEOUT_FLAG, dest="timeout", nargs="?", const="", default=None)
+    return parser.parse_known_args(list(script_args))[0].timeout
 
 
 def with_timeout(script_args: Sequence[str], timeout: int | None) -> list[str]:

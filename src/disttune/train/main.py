@@ -37,6 +37,7 @@ from disttune.train.reconcile import (
     reconcile_precision,
     split_precision_flags,
 )
+from disttune.train.save import check_adapter, check_final_model, save_final, save_merged_lora
 from disttune.train.strategy import (
     cpu_distributed_defaults,
     deepspeed_auto_sizes,
@@ -308,9 +309,6 @@ def save_outputs(trainer, final_dir: Path, script_args, model_args, training_arg
     Every rank must call it (the weights are gathered from all of them); the checks run on the main process.
     With --push_to_hub the output folder is then pushed, as ``Trainer.save_model`` does.
     """
-    from disttune.train.save import check_adapter, check_final_model, save_final, save_merged_lora
-    from disttune.train.tiny import TINY_NAME, tiny_checkpoint
-
     trained = save_final(trainer, final_dir)
     if trainer.accelerator.is_main_process and not model_args.use_peft:
         check_final_model(final_dir, trained, training_args.trust_remote_code)
