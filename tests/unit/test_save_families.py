@@ -100,5 +100,7 @@ def test_under_zero3_every_moe_block_becomes_a_leaf_module_with_a_note(tokenizer
     note = zero3_moe_leaf_modules(moe)
     leaves = [type(m).__name__ for m in moe.modules() if getattr(m, "_z3_leaf", False)]
     assert leaves == ["Qwen2MoeSparseMoeBlock"] * 2  # one per layer, nothing else
-    assert note.startswith("ZeRO-3: 2 mixture-of-experts blocks (Qwen2MoeSparseMoeBlock) are DeepSpeed leaf modules")
+    assert note.startswith(
+        "ZeRO-3: 2 mixture-of-experts blocks (Qwen2MoeSparseMoeBlock) are DeepSpeed leaf modules"
+    )
     assert zero3_moe_leaf_modules(dense) is None  # dense: nothing to do
