@@ -142,11 +142,7 @@ def parse_yaml(text: str, where: str) -> Parsed:
     check_size(text, where)
     # PyYAML's scanner looks ahead across every open "[" / "{" (quadratic in the flow depth) before the
     # composer sees the first node, so flow nesting is counted on the raw text first.
-    line = _too_deep(_YAML_TOKENS, text)
-    if line is not None:
-        raise Refused(
-            f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)"
-        )
+    _refuse_deep(_YAML_TOKENS, text, where)
     loader = _BoundedLoader(text, where)
     try:
         root = loader.get_single_node()
@@ -183,14 +179,19 @@ def _too_deep(tokens: re.Pattern, text: str) -> int | None:
     return None
 
 
-def parse_json(text: str, where: str) -> Parsed:
-    """``json.loads`` within the bounds; ``Refused`` past them, ``json.JSONDecodeError`` for invalid JSON."""
-    check_size(text, where)
-    line = _too_deep(_JSON_TOKENS, text)
+def _refuse_deep(tokens: re.Pattern, text: str, where: str) -> None:
+    """``Refused`` when bracket nesting exceeds ``MAX_DEPTH`` (checked on the raw text, before any parser)."""
+    line = _too_deep(tokens, text)
     if line is not None:
         raise Refused(
             f"{where}:{line}: refused: nested more than {MAX_DEPTH} levels deep (a config needs fewer than 10)"
         )
+
+
+def parse_json(text: str, where: str) -> Parsed:
+    """``json.loads`` within the bounds; ``Refused`` past them, ``json.JSONDecodeError`` for invalid JSON."""
+    check_size(text, where)
+    _refuse_deep(_JSON_TOKENS, text, where)
 
     def pairs_hook(pairs):
         obj = _Object(pairs)

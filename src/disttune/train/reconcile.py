@@ -14,6 +14,8 @@ import argparse
 import os
 from pathlib import Path
 
+from transformers.hf_argparser import string_to_bool
+
 from disttune.errors import UserError
 
 GA_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
@@ -51,15 +53,11 @@ PRECISION_FLAGS = ("bf16", "fp16")
 
 
 def _to_bool(value) -> bool:
-    """transformers' reading of a boolean flag's value (``--bf16``, ``--bf16 false``, ``--bf16=True``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise UserError(f"--bf16/--fp16 take true or false, not {value!r}.")
+    """transformers' own reading of a boolean flag's value (``--bf16``, ``--bf16 false``, ``--bf16=True``)."""
+    try:
+        return string_to_bool(value)
+    except argparse.ArgumentTypeError:
+        raise UserError(f"--bf16/--fp16 take true or false, not {value!r}.") from None
 
 
 def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[list[str], dict[str, bool]]:
@@ -68,11 +66,8 @@ def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[
     for flag in PRECISION_FLAGS:
         parser.add_argument(f"--{flag}", nargs="?", const=True, default=None)
     given, rest = parser.parse_known_args(argv)
-    values = {
-        flag: _to_bool((recipe or {})[flag])
-        for flag in PRECISION_FLAGS
-        if (recipe or {}).get(flag) is not None
-    }
+    recipe = recipe or {}
+    values = {flag: _to_bool(recipe[flag]) for flag in PRECISION_FLAGS if recipe.get(flag) is not None}
     values.update({flag: _to_bool(v) for flag, v in vars(given).items() if v is not None})
     return rest, values
 
