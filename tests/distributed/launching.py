@@ -15,6 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "07_distributed_training.py"
 CONFIGS = REPO / "accelerate_configs"
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+# The short run most launch tests use: 3 steps of 4 sequences of <= 64 tokens per process, a loss every step.
+SHORT_RUN = (
+    "--max_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_length",
+    "64",
+)
 
 
 def launch(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from launching import explain, launch, read_metrics, read_summary
+from launching import SHORT_RUN, explain, launch, read_metrics, read_summary
 
 from disttune.strategies import SHIPPED
 from disttune.train.families import FAMILIES
@@ -40,16 +40,6 @@ CI_CUT = {
     (family, config) for family in ("qwen2", "gemma2", "gpt2", "qwen2_moe") for config in (REFERENCE, "fsdp2")
 }
 CI_CUT |= {("qwen2", "deepspeed_zero2")}
-ARGS = (
-    "--max_steps",
-    "3",
-    "--logging_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "4",
-    "--max_length",
-    "64",
-)
 REL_TOL = 1e-5  # as test_strategies.py: float noise from reduction order; a real difference is >> 1e-4
 
 
@@ -89,7 +79,7 @@ def run(tmp_path_factory):
             model = family_checkpoint(family, root / "models")
             out = root / f"{family}-{config}"
             result = launch(
-                config, out, *ARGS, "--model_name_or_path", str(model), "--dataset_name", str(data)
+                config, out, *SHORT_RUN, "--model_name_or_path", str(model), "--dataset_name", str(data)
             )
             done[family, config] = (out, result)
         out, result = done[family, config]

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from launching import ACCELERATE, REPO, SCRIPT, free_port, read_metrics, read_summary
+from launching import ACCELERATE, REPO, SCRIPT, SHORT_RUN, free_port, read_metrics, read_summary
 
 from disttune.cli import main as disttune
 from disttune.config import check_config
@@ -54,14 +54,7 @@ def test_two_machine_config_on_loopback_trains_with_world_size_2(tmp_path, capsy
             str(SCRIPT),
             "--output_dir",
             str(tmp_path / f"machine{rank}"),
-            "--max_steps",
-            "3",
-            "--logging_steps",
-            "1",
-            "--per_device_train_batch_size",
-            "4",
-            "--max_length",
-            "64",
+            *SHORT_RUN,
         ]
         procs.append(
             subprocess.Popen(

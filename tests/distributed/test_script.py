@@ -6,20 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from launching import explain, launch, no_traceback_from_our_code, read_metrics, read_summary
+from launching import SHORT_RUN, explain, launch, no_traceback_from_our_code, read_metrics, read_summary
 
 pytestmark = pytest.mark.distributed
-
-SHORT = (
-    "--max_steps",
-    "3",
-    "--logging_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "4",
-    "--max_length",
-    "64",
-)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,9 @@ def _records(fmt: str, n: int = 40) -> list[dict]:
 def test_each_data_format_trains_from_a_local_file(tmp_path, cache, fmt):
     data = _write_jsonl(tmp_path / f"{fmt}.jsonl", _records(fmt))
     out = tmp_path / "out"
-    result = launch("single_gpu", out, *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache)
+    result = launch(
+        "single_gpu", out, *SHORT_RUN, "--dataset_name", str(data), num_processes=1, cache_dir=cache
+    )
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
     assert summary["data_format"] == fmt
@@ -66,7 +57,13 @@ def test_each_data_format_trains_from_a_local_file(tmp_path, cache, fmt):
 def test_a_file_in_no_known_format_is_refused_naming_its_columns(tmp_path, cache):
     data = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 4)
     result = launch(
-        "single_gpu", tmp_path / "out", *SHORT, "--dataset_name", str(data), num_processes=1, cache_dir=cache
+        "single_gpu",
+        tmp_path / "out",
+        *SHORT_RUN,
+        "--dataset_name",
+        str(data),
+        num_processes=1,
+        cache_dir=cache,
     )
     assert result.returncode != 0
     assert "no supported columns found (columns: answer, question)" in result.stderr
@@ -82,7 +79,7 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache, config):
     result = launch(
         config,
         out,
-        *SHORT,
+        *SHORT_RUN,
         "--use_peft",
         "--lora_r",
         "4",
@@ -123,7 +120,7 @@ def _ds_config(tmp_path, accumulation: int) -> str:
 
 def test_config_accumulation_and_clipping_apply_when_the_script_sets_none(tmp_path, cache):
     out = tmp_path / "out"
-    result = launch(_ds_config(tmp_path, 2), out, *SHORT, cache_dir=cache)
+    result = launch(_ds_config(tmp_path, 2), out, *SHORT_RUN, cache_dir=cache)
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
     assert summary["gradient_accumulation_steps"] == 2
@@ -134,7 +131,7 @@ def test_config_accumulation_and_clipping_apply_when_the_script_sets_none(tmp_pa
 def test_conflicting_accumulation_stops_naming_both_places(tmp_path, cache):
     out = tmp_path / "out"
     result = launch(
-        _ds_config(tmp_path, 2), out, *SHORT, "--gradient_accumulation_steps", "4", cache_dir=cache
+        _ds_config(tmp_path, 2), out, *SHORT_RUN, "--gradient_accumulation_steps", "4", cache_dir=cache
     )
     assert result.returncode != 0
     assert (
@@ -148,7 +145,7 @@ def test_conflicting_accumulation_stops_naming_both_places(tmp_path, cache):
 
 def test_a_precision_flag_contradicting_the_launch_stops_naming_both_places(tmp_path, cache):
     out = tmp_path / "out"
-    result = launch("deepspeed_zero2", out, *SHORT, "--bf16", mixed_precision="no", cache_dir=cache)
+    result = launch("deepspeed_zero2", out, *SHORT_RUN, "--bf16", mixed_precision="no", cache_dir=cache)
     assert result.returncode != 0
     assert "the script is given --bf16 but the launch resolved mixed_precision 'no'" in result.stderr
     assert "fix: drop --bf16" in result.stderr
@@ -161,7 +158,7 @@ def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
     result = launch(
         "single_gpu",
         out,
-        *SHORT,
+        *SHORT_RUN,
         "--learning_rate",
         "0.001",
         "--lr_scaling",
