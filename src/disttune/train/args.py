@@ -81,3 +81,6 @@ class DisttuneArguments:
         default=False,
         metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."},
     )
+    # Set by setup(), not on the command line: "deepspeed-zero2 x2 -> ddp x1" when the checkpoint being
+    # resumed was written under another strategy or world size (then portable.py converts it), else None.
+    layout_change: str | None = field(default=None, init=False)

@@ -22,12 +22,14 @@ from disttune.config.load import read_config
 from disttune.errors import UserError
 from disttune.extensions import notify_op_builds
 from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, with_derived
+from disttune.train import restarts
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
-from disttune.train.checkpoints import new_run_id
+from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
+from disttune.train.portable import make_portable, portable_path
 from disttune.train.preflight import check_trainer_disk, current_layout, prepare_run
 from disttune.train.reconcile import (
     MP_ENV,
@@ -180,7 +182,7 @@ def setup(argv: list[str]):
         )
         training_args.learning_rate = lr
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
-    notes += prepare_run(script_args, training_args)
+    notes += prepare_run(script_args, training_args, explicit)
     return script_args, training_args, model_args, notes
 
 
@@ -282,8 +284,12 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[metrics],
-        run_info={**current_layout(), "run_id": run_id},
+        callbacks=[metrics, restarts.ProgressCallback(training_args.output_dir, world_size_from_env())],
+        run_info={
+            **current_layout(),
+            "run_id": run_id,
+            "global_batch_size": batch_plan(training_args, world_size_from_env()).global_batch_size,
+        },
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
@@ -361,6 +367,9 @@ def fit(record: RunRecord) -> dict:
         "final_loss": metrics.losses[-1] if metrics.losses else None,
         "data_format": record.data_format,
         "final_dir": str(final_dir),
+        "resumed_from": training_args.resume_from_checkpoint,
+        "layout_change": record.script_args.layout_change,
+        "restarts": restarts.read_restarts(training_args.output_dir),
         "notes": record.notes,
     }
     if accelerator.is_main_process:
@@ -369,16 +378,55 @@ def fit(record: RunRecord) -> dict:
     return summary
 
 
+def resume_across_layouts(trainer, script_args, model_args, training_args) -> str | None:
+    """When the checkpoint comes from another strategy or world size: convert it once (main process; the
+    others wait) and have the trainer load the portable copy (``portable.py``). Returns the note."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None or not script_args.layout_change:
+        return None
+    if model_args.use_peft:
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: {script_args.layout_change}: a LoRA run resumes only "
+            "under the strategy and world size that wrote it.\n  fix: launch with the checkpoint's accelerate "
+            "config and --num_processes."
+        )
+    model = trainer.model
+    names = [n for n, _ in model.named_parameters()]
+    decay = set(trainer.get_decay_parameter_names(model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order = [n for n, _ in trainable if n in decay] + [n for n, _ in trainable if n not in decay]
+    note = None
+    with trainer.accelerator.main_process_first():
+        if trainer.accelerator.is_main_process:
+            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, names, order)
+    trainer.portable = portable_path(checkpoint)
+    return note
+
+
 def run(argv: list[str]) -> dict:
     """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
     script_args, training_args, model_args, notes = setup(argv)
-    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
-    check_trainer_disk(trainer, training_args)
+    output_dir = training_args.output_dir
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") == "0":
+        restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
+        restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
+        if restarted:
+            notes.insert(0, restarted)
     try:
-        return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
-    finally:
-        release_trainer(trainer)
+        trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
+        try:
+            check_trainer_disk(trainer, training_args)
+            converted = resume_across_layouts(trainer, script_args, model_args, training_args)
+            if converted:
+                notes.append(converted)
+            return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
+        finally:
+            release_trainer(trainer)
+    except BaseException as exc:
+        if not isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+            restarts.record_end(output_dir, *restarts.cause_of(exc))
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
