@@ -139,6 +139,7 @@ def messages_to_prompt_completion(dataset):
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     cuda = torch.cuda.is_available()
+    restarts.init_restarted_process_group()  # after a restart by torchrun's agent: see restarts.py
     recipe = read_recipe(argv)
     explicit = _explicit_names(argv, recipe)
     # Precision has one source, the launch (config file or --mixed_precision): --bf16/--fp16 may only agree.
@@ -403,17 +404,31 @@ def resume_across_layouts(trainer, script_args, model_args, training_args) -> st
     return note
 
 
+def _output_dir_in(argv: list[str]) -> str:
+    """``--output_dir`` as given on the command line (or the default), before the arguments are parsed."""
+    for i, arg in enumerate(argv):
+        if arg == "--output_dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--output_dir="):
+            return arg.split("=", 1)[1]
+    return SCRIPT_DEFAULTS["output_dir"]
+
+
 def run(argv: list[str]) -> dict:
-    """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
-    script_args, training_args, model_args, notes = setup(argv)
-    output_dir = training_args.output_dir
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":
-        restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
-        restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
-        if restarted:
-            notes.insert(0, restarted)
+    """Set up, train and save; returns the run summary. The trainer is freed when this returns.
+
+    How the run ended on this rank, when it failed, is noted for the restart records (``restarts.py``).
+    """
+    output_dir = _output_dir_in(argv)
     try:
+        script_args, training_args, model_args, notes = setup(argv)
+        output_dir = training_args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if os.environ.get("RANK", "0") == "0":
+            restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
+            restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
+            if restarted:
+                notes.insert(0, restarted)
         trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
         try:
             check_trainer_disk(trainer, training_args)

@@ -14,7 +14,13 @@ exports ``TORCHELASTIC_RESTART_COUNT`` to the new workers. The engine is torchru
                                the OOM killer, a lost machine) leaves no file: that absence names it.
   At the start of attempt K > 0 the main process turns attempt K-1 into one entry of ``restarts.json``;
   ``run_summary.json`` carries the list as ``restarts``, and ``disttune launch`` names the step and the
-  cause when the agent gives up.
+  cause when the agent gives up;
+- a process group that can form again after a restart (``init_restarted_process_group``): torch 2.13's
+  agent hands every attempt the same store (``TORCHELASTIC_USE_AGENT_STORE``; rendezvous.py says "we
+  create a new TCPStore for every retry", which does not hold when the launcher fixes the store's port, as
+  accelerate does), so the restarted ranks read the dead ranks' addresses and gloo's connectFullMesh
+  fails ("Connection refused") or waits. Measured here: 2 ranks, rank 1 SIGKILLed, ``--rdzv_backend c10d
+  --max_restarts 1``: attempt 1 never formed its group; with a per-attempt key prefix it does.
 """
 
 from __future__ import annotations
@@ -45,6 +51,34 @@ def max_restarts(environ=os.environ) -> int:
         return int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     except ValueError:
         return 0
+
+
+def init_restarted_process_group(environ=os.environ) -> bool:
+    """In a restarted attempt, create the default process group on the agent's store under a prefix of
+    its own (``disttune/attempt_K``), before accelerate would create it on the stale keys. Returns whether
+    it did. accelerate (and DeepSpeed) then use the group as it is."""
+    import torch
+    import torch.distributed as dist
+
+    attempt = restart_count(environ)
+    if attempt == 0 or environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return False
+    from datetime import timedelta
+
+    world, rank = int(environ["WORLD_SIZE"]), int(environ["RANK"])
+    timeout = timedelta(minutes=30)  # torch's default; --ddp_timeout is applied once the arguments are read
+    store = dist.TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), world, False, timeout=timeout)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"disttune/attempt_{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+    return True
 
 
 def _rank() -> int:
