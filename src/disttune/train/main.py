@@ -9,6 +9,7 @@ step, metrics files, the checks that the saved model is complete, and ``Disttune
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -352,7 +353,12 @@ def fit(record: RunRecord) -> dict:
 
     measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
-    save_outputs(trainer, final_dir, record.script_args, record.model_args, training_args)
+    # Extending a finished run: its final/ is replaced only once the new one is written and checked.
+    written = final_dir.with_name("final.partial") if final_dir.exists() else final_dir
+    save_outputs(trainer, written, record.script_args, record.model_args, training_args)
+    if written != final_dir and accelerator.is_main_process:
+        shutil.rmtree(final_dir)
+        written.rename(final_dir)
     summary = {
         **info,
         "per_device_train_batch_size": batch.per_device_train_batch_size,

@@ -169,7 +169,9 @@ def _read_ddp(checkpoint: Path, optimizer_order: list[str]) -> tuple[dict, dict,
     return {k: v.float() for k, v in weights.items()}, moments, max(steps) if steps else None
 
 
-def read_checkpoint(checkpoint: Path, strategy: str, optimizer_order: list[str]) -> tuple[dict, dict, int | None]:
+def read_checkpoint(
+    checkpoint: Path, strategy: str, optimizer_order: list[str]
+) -> tuple[dict, dict, int | None]:
     """``(weights, moments, optimizer step)`` of ``checkpoint``, written under ``strategy`` (the
     ``strategies.checkpoint_layout`` name in its completion mark)."""
     if strategy.startswith("deepspeed"):
@@ -234,7 +236,11 @@ def read_portable(folder: Path) -> tuple[dict, dict, int]:
     from safetensors.torch import load_file
 
     info = json.loads((folder / "portable.json").read_text())
-    return load_file(folder / "weights.safetensors"), load_file(folder / "optimizer.safetensors"), info["step"]
+    return (
+        load_file(folder / "weights.safetensors"),
+        load_file(folder / "optimizer.safetensors"),
+        info["step"],
+    )
 
 
 # --- loading it into the running job, per target strategy ---------------------------------------------------

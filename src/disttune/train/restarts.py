@@ -34,7 +34,9 @@ from transformers import TrainerCallback
 
 STATE_DIR = ".disttune"
 RESTARTS_FILE = "restarts.json"
-KILLED = "ended without a Python exception: killed by a signal (SIGKILL, the OOM killer) or its machine was lost"
+KILLED = (
+    "ended without a Python exception: killed by a signal (SIGKILL, the OOM killer) or its machine was lost"
+)
 
 
 def restart_count(environ=os.environ) -> int:
@@ -152,7 +154,11 @@ def note_restart(output_dir: str | os.PathLike, resumed_from: str | None) -> str
     path = Path(output_dir) / STATE_DIR / RESTARTS_FILE
     entries = _read(path, [])
     if not any(e.get("restart") == attempt for e in entries):
-        last = describe_attempt(output_dir, attempt - 1) or {"failed_in_step": None, "rank": None, "cause": "?"}
+        last = describe_attempt(output_dir, attempt - 1) or {
+            "failed_in_step": None,
+            "rank": None,
+            "cause": "?",
+        }
         entries.append(
             {
                 "restart": attempt,
