@@ -84,6 +84,7 @@ def test_a_rank_killed_at_step_6_heals_and_matches_the_uninterrupted_run(tmp_pat
     assert got == expected, {s: (got[s], expected[s]) for s in got if got[s] != expected[s]}
 
 
+@pytest.mark.full  # about a minute: two attempts of a run killed at step 6
 def test_a_rank_that_dies_at_the_same_step_every_time_stops_after_n_restarts_naming_it(tmp_path):
     short = [a if a != "12" else "8" for a in RUN]
     failed = disttune_launch(tmp_path / "run", *short, max_restarts=1, fault="sigkill@6:1", timeout=400)
