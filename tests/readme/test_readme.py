@@ -298,7 +298,10 @@ def test_parser_reads_transcripts_markers_and_continuations():
         == "accelerate launch x.py --max_steps 6 --output_dir /t"
     )
     assert (
-        _for_test("accelerate launch x.py --output_dir runs/elastic --resume_from_checkpoint latest", Path("/t/out1"))
+        _for_test(
+            "accelerate launch x.py --output_dir runs/elastic --resume_from_checkpoint latest",
+            Path("/t/out1"),
+        )
         == "accelerate launch x.py --output_dir /t/named-runs-elastic --resume_from_checkpoint latest --max_steps 2"
     )
 

@@ -94,10 +94,10 @@ def test_ddp_checkpoint_becomes_portable_by_parameter_name(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     decay = {"0.weight", "1.weight"}
     optimizer = _ddp_checkpoint(tmp_path / "checkpoint-3", model, decay)
-    names = [n for n, _ in model.named_parameters()]
-    order = [n for n in names if n in decay] + [n for n in names if n not in decay]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    order = [n for n in shapes if n in decay] + [n for n in shapes if n not in decay]
     folder, note = make_portable(
-        tmp_path / "checkpoint-3", {"strategy": "ddp", "world_size": 2}, names, order
+        tmp_path / "checkpoint-3", {"strategy": "ddp", "world_size": 2}, shapes, order
     )
     assert folder == tmp_path / "portable" / "checkpoint-3"
     assert "converted checkpoint-3 (ddp x2) once" in note and "optimizer step 3" in note
@@ -110,18 +110,21 @@ def test_ddp_checkpoint_becomes_portable_by_parameter_name(tmp_path):
         assert torch.equal(moments[f"exp_avg.{name}"], state["exp_avg"])
         assert torch.equal(moments[f"exp_avg_sq.{name}"], state["exp_avg_sq"])
     assert (folder / "trainer_state.json").read_text() == '{"global_step": 3}'
-    again, note = make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, names, order)
+    again, note = make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, shapes, order)
     assert again == folder and "made earlier" in note
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    names = [n for n, _ in model.named_parameters()]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    names = list(shapes)
     _ddp_checkpoint(tmp_path / "checkpoint-3", model, set(names))
     with pytest.raises(UserError, match="no weights for 1 parameter.*2.weight"):
-        make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, [*names, "2.weight"], names)
+        make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, {**shapes, "2.weight": (1,)}, names)
+    with pytest.raises(UserError, match="0.weight has 12 values, this model's has 20"):
+        make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, {**shapes, "0.weight": (4, 5)}, names)
     with pytest.raises(UserError, match="optimizer holds 4 parameters, this model trains 3"):
-        make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, names, names[:3])
+        make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, shapes, names[:3])
 
 
 def test_fault_injection_can_be_limited_to_one_attempt(monkeypatch):

@@ -398,14 +398,15 @@ def resume_across_layouts(trainer, script_args, model_args, training_args) -> st
             "config and --num_processes."
         )
     model = trainer.model
-    names = [n for n, _ in model.named_parameters()]
+    # Under ZeRO-3 a parameter is an empty placeholder from the start; its real shape is ds_shape.
+    shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
     decay = set(trainer.get_decay_parameter_names(model))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     order = [n for n, _ in trainable if n in decay] + [n for n, _ in trainable if n not in decay]
     note = None
     with trainer.accelerator.main_process_first():
         if trainer.accelerator.is_main_process:
-            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, names, order)
+            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, shapes, order)
     trainer.portable = portable_path(checkpoint)
     return note
 

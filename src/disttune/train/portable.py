@@ -185,11 +185,12 @@ def read_checkpoint(
 
 
 def make_portable(
-    checkpoint: str | Path, marker: dict, names: list[str], optimizer_order: list[str]
+    checkpoint: str | Path, marker: dict, shapes: dict[str, tuple], optimizer_order: list[str]
 ) -> tuple[Path, str]:
     """Convert ``checkpoint`` once (main process only); returns its portable folder and a note saying what
-    was converted (or that an earlier conversion was reused). ``names``: every parameter of the model being
-    resumed; ``optimizer_order``: its trainable ones in optimizer order."""
+    was converted (or that an earlier conversion was reused). ``shapes``: every parameter of the model being
+    resumed, by name (DeepSpeed's ZeRO-3 conversion gives flat tensors: they are reshaped to these);
+    ``optimizer_order``: its trainable ones in optimizer order."""
     from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
@@ -198,6 +199,7 @@ def make_portable(
     if is_complete(out):
         return out, f"using the portable copy of {checkpoint.name} made earlier ({out})"
     weights, moments, step = read_checkpoint(checkpoint, marker.get("strategy", "ddp"), optimizer_order)
+    names = list(shapes)
     missing = [n for n in names if n not in weights]
     if missing:
         raise UserError(
@@ -210,6 +212,17 @@ def make_portable(
             f"{checkpoint}: no Adam state for {len(lacking)} trainable parameter(s) ({', '.join(lacking[:3])}):"
             " only checkpoints of an Adam-style optimizer (exp_avg, exp_avg_sq) can change layout."
         )
+    wrong = [n for n in names if weights[n].numel() != _numel(shapes[n])]
+    if wrong:
+        n = wrong[0]
+        raise UserError(
+            f"{checkpoint}: {n} has {weights[n].numel()} values, this model's has {_numel(shapes[n])} "
+            f"({len(wrong)} such parameter(s)): it was written for another model."
+        )
+    weights = {n: weights[n].reshape(shapes[n]) for n in names}
+    moments = {
+        k: v.reshape(shapes[k.split(".", 1)[1]]) for k, v in moments.items() if k.split(".", 1)[1] in shapes
+    }
     step = step if step is not None else checkpoint_step(checkpoint)
     if out.exists():
         shutil.rmtree(out)  # an interrupted conversion: redo it whole
@@ -229,6 +242,13 @@ def make_portable(
         f"step {step}, scheduler and trainer state -> {out} (the original is untouched)"
     )
     return out, note
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
 
 
 def read_portable(folder: Path) -> tuple[dict, dict, int]:
@@ -297,7 +317,16 @@ def _load_fsdp(model, optimizer, weights: dict, moments: dict, step: int) -> Non
 
     options = StateDictOptions(full_state_dict=True)
     optimizer = getattr(optimizer, "optimizer", optimizer)
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    # strict=False: a tied weight's second name is in the model's state dict, not in the portable weights
+    # (kept under its first name). Anything else missing would be a real gap: refuse it.
+    result = set_model_state_dict(
+        model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    gaps = [k for k in result.missing_keys if k in dict(model.named_parameters())] + list(
+        result.unexpected_keys
+    )
+    if gaps:
+        raise UserError(f"the portable weights do not fit this FSDP model: {', '.join(gaps[:3])}")
     groups = get_optimizer_state_dict(model, optimizer, options=options)["param_groups"]
     state = {
         name: {"step": torch.tensor(float(step)), **{k: moments[f"{k}.{name}"] for k in MOMENTS}}
