@@ -281,6 +281,34 @@ def load_portable(trainer, folder: Path) -> None:
     scheduler = folder / "scheduler.pt"
     if scheduler.is_file() and hasattr(trainer.lr_scheduler, "load_state_dict"):
         trainer.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
+        # A native resume loads the optimizer's param groups too, and with them the current learning rate;
+        # here the groups are the new optimizer's, still at the schedule's first value: set them.
+        inner = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
+        optimizer = getattr(inner, "optimizer", None)
+        if optimizer is not None and hasattr(inner, "get_last_lr"):
+            for group, lr in zip(optimizer.param_groups, inner.get_last_lr(), strict=True):
+                group["lr"] = lr
+
+
+def _ensure_adam_state(optimizer) -> None:
+    """Create Adam's state for every parameter that has none yet, as the optimizer's own first step would
+    (torch's Adam/AdamW: a float32 step tensor, on the device when fused or capturable; DeepSpeed's CPU
+    Adam: an int). ZeRO-1/2 create it when the engine starts; ZeRO-3 only at the first step."""
+    cpu_adam = type(optimizer).__name__ == "DeepSpeedCPUAdam"
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if state:
+                continue
+            if cpu_adam:
+                state["step"] = 0
+            else:
+                state["step"] = torch.zeros(
+                    (), dtype=torch.float32, device=param.device if on_device else "cpu"
+                )
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def _set_step(state: dict, step: int) -> None:
@@ -353,13 +381,14 @@ def _load_deepspeed(engine, weights: dict, moments: dict, step: int) -> None:
         for name, param in params.items():
             if not zero3 or engine.global_rank == 0:
                 param.data.copy_(weights[name].to(param.dtype))
+    base = engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer
+    _ensure_adam_state(base)
     for name, param in params.items():
         if not param.requires_grad:
             continue
         safe_set_full_fp32_param(param, weights[name])
         for key in MOMENTS:
             safe_set_full_optimizer_state(param, moments[f"{key}.{name}"], key)
-    base = engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer
     for state in base.state.values():
         _set_step(state, step)
     engine.global_steps = step
