@@ -290,25 +290,30 @@ def load_portable(trainer, folder: Path) -> None:
                 group["lr"] = lr
 
 
-def _ensure_adam_state(optimizer) -> None:
-    """Create Adam's state for every parameter that has none yet, as the optimizer's own first step would
-    (torch's Adam/AdamW: a float32 step tensor, on the device when fused or capturable; DeepSpeed's CPU
-    Adam: an int). ZeRO-1/2 create it when the engine starts; ZeRO-3 only at the first step."""
-    cpu_adam = type(optimizer).__name__ == "DeepSpeedCPUAdam"
-    for group in optimizer.param_groups:
-        on_device = bool(group.get("fused") or group.get("capturable"))
-        for param in group["params"]:
-            state = optimizer.state[param]
-            if state:
-                continue
-            if cpu_adam:
-                state["step"] = 0
-            else:
-                state["step"] = torch.zeros(
-                    (), dtype=torch.float32, device=param.device if on_device else "cpu"
-                )
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+def _ensure_adam_state(zero_optimizer) -> None:
+    """Create Adam's state for every flat fp32 partition that has none yet, as the optimizer's own first step
+    would (torch's Adam/AdamW: a float32 step tensor, on the device when fused or capturable; DeepSpeed's
+    CPU Adam: an int), so that DeepSpeed's setters find it. ZeRO-1/2 and ZeRO-3 create it only at the first
+    step; ZeRO-1/2 then link each parameter to its fragment of it (``_lazy_init_hp_params_optimizer_state``,
+    which their step calls the same way)."""
+    base = zero_optimizer.optimizer
+    flat = getattr(zero_optimizer, "single_partition_of_fp32_groups", None)
+    if flat is None:
+        flat = getattr(zero_optimizer, "fp32_partitioned_groups_flat", [])
+    cpu_adam = type(base).__name__ == "DeepSpeedCPUAdam"
+    on_device = bool(base.defaults.get("fused") or base.defaults.get("capturable"))
+    for param in flat:
+        state = base.state[param]
+        if state:
+            continue
+        if cpu_adam:
+            state["step"] = 0
+        else:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device if on_device else "cpu")
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):
+        zero_optimizer._lazy_init_hp_params_optimizer_state()
 
 
 def _set_step(state: dict, step: int) -> None:
@@ -381,8 +386,8 @@ def _load_deepspeed(engine, weights: dict, moments: dict, step: int) -> None:
         for name, param in params.items():
             if not zero3 or engine.global_rank == 0:
                 param.data.copy_(weights[name].to(param.dtype))
-    base = engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer
-    _ensure_adam_state(base)
+    _ensure_adam_state(engine.optimizer)
+    base = engine.optimizer.optimizer
     for name, param in params.items():
         if not param.requires_grad:
             continue
