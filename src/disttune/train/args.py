@@ -81,3 +81,10 @@ class DisttuneArguments:
         default=False,
         metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."},
     )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Show every process's library output: progress bars, warnings and transformers' log dicts "
+            "(default: one log for the job, from the main process; DISTTUNE_DEBUG=1 does the same)."
+        },
+    )
