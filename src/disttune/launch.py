@@ -128,11 +128,22 @@ ROOT_CAUSE = re.compile(
 )
 
 
+# accelerate's launcher for one process reports a failed script with a CalledProcessError instead.
+SCRIPT_FAILED = re.compile(r"CalledProcessError: Command .* returned non-zero exit status (-?\d+)\.")
+
+
 def condense_report(report: str) -> str | None:
-    """One line for torch elastic's ChildFailedError report (None when it is not one)."""
+    """One line for torch elastic's ChildFailedError report, or accelerate's CalledProcessError one
+    (None when it is neither)."""
     match = ROOT_CAUSE.search(report)
     if match is None:
-        return None
+        single = SCRIPT_FAILED.search(report)
+        if single is None:
+            return None
+        return (
+            f"disttune launch: the script failed (exit code {single.group(1)}), see its error above; "
+            f"accelerate's full report: --debug or {DEBUG_VAR}=1"
+        )
     rank, code = match.group(1), int(match.group(2))
     how = f"exit code {code}"
     if code < 0:

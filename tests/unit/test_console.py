@@ -100,6 +100,17 @@ def test_a_progress_bar_passes_at_once_and_an_unknown_report_whole():
     )
 
 
+def test_accelerates_report_for_one_process_becomes_one_line():
+    report = ReportFilter()
+    tail = (
+        'Traceback (most recent call last):\n  File "<frozen runpy>", line 198, in _run_module_as_main\n'
+        "subprocess.CalledProcessError: Command '['/venv/bin/python', 'fail.py']' returned non-zero exit "
+        "status 3.\n"
+    )
+    assert report.feed("the script's own error\n" + tail) == "the script's own error\n"
+    assert report.finish().startswith("disttune launch: the script failed (exit code 3), see its error above")
+
+
 def test_a_crash_summary_names_the_rank_the_step_and_a_fix():
     summary = failures.crash_summary(FileNotFoundError("no such file: /data/x.jsonl"), "1", "at step 3")
     assert summary.splitlines() == [
