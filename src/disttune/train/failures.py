@@ -51,6 +51,9 @@ class Progress(TrainerCallback):
     state = None  # the trainer's state, once training began
     ended = False
 
+    def __init__(self):
+        Progress.state, Progress.ended = None, False  # a new run (``disttune train`` may run several)
+
     def on_train_begin(self, args, state, control, **kwargs):
         Progress.state, Progress.ended = state, False
 
