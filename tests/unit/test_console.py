@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from disttune.errors import UserError
 from disttune.launch import ReportFilter, condense_report
 from disttune.train import failures
-from disttune.train.console import step_line, verbose_requested
+from disttune.train.console import QUIET_WARNINGS, quiet_console, step_line, verbose_requested
 
 # What accelerate launch printed on stderr when rank 1 of 2 crashed (torch 2.13, accelerate 1.15), cut.
 CRASH_STDERR = """\
@@ -57,6 +58,18 @@ def test_step_line_reads_a_metrics_record():
     }
     assert step_line(5, 80, record) == "step 5/80  loss 3.912  lr 2.9e-03  1234 tok/s  mem 1.2 GiB"
     assert step_line(5, -1, {"loss": None}) == "step 5  loss nan"
+
+
+def test_only_the_listed_warnings_are_hidden_on_the_main_process(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_console(verbose=False)
+        for message, category, why in QUIET_WARNINGS:
+            assert why  # each one says why nobody can act on it
+            warnings.warn(f"{message} and more", category, stacklevel=1)
+        warnings.warn("`something` is deprecated: set --other instead", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["`something` is deprecated: set --other instead"]
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,16 @@ QUIET_WARNINGS = (
         UserWarning,
         "transformers pins batches by default; without a GPU torch skips pinning, which changes nothing",
     ),
+    (
+        "`torch.distributed.all_gather_into_tensor` is deprecated",
+        FutureWarning,
+        "DeepSpeed 0.19.8 calls torch 2.13's old name; nothing a user can change (repeated every step)",
+    ),
+    (
+        "`torch.distributed.reduce_scatter_tensor` is deprecated",
+        FutureWarning,
+        "the same, for ZeRO's gradient reduce-scatter (dozens of times per step under ZeRO-3)",
+    ),
 )
 _saved_filters: list = []  # Python's warning filters before ``quiet_console``
 # Library loggers whose warnings the non-main processes leave to the main one.
