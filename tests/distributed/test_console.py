@@ -116,12 +116,12 @@ def test_a_wrong_dataset_path_ends_disttune_launch_with_the_error_once(tmp_path)
 def test_a_crashing_rank_ends_disttune_launch_with_its_cause(tmp_path):
     result = disttune_launch(tmp_path, *SHORT_RUN, extra_env={"DISTTUNE_TEST_FAULT": "crash@2:0"})
     assert result.returncode == 1, explain(result)
-    last = visible_lines(result.stderr)[-3:]
-    assert last[0] == (
-        "disttune: rank 0 failed at step 2: RuntimeError: injected crash at step 2 on rank 0 (DISTTUNE_TEST_FAULT)"
-    ), explain(result)
+    cause = "RuntimeError: injected crash at step 2 on rank 0 (DISTTUNE_TEST_FAULT)"
+    last = visible_lines(result.stderr)[-4:]
+    assert last[0] == f"disttune: rank 0 failed at step 2: {cause}", explain(result)
     assert last[1].startswith("  fix: "), last
     assert last[2].startswith("disttune launch: rank 0 failed first (exit code 1)"), last
+    assert last[3] == f"disttune launch: rank 0 failed in step 2: {cause}", last  # restarts.py's record
     assert "ChildFailedError" not in result.stderr
 
 

@@ -88,3 +88,6 @@ class DisttuneArguments:
             "(default: one log for the job, from the main process; DISTTUNE_DEBUG=1 does the same)."
         },
     )
+    # Set by setup(), not on the command line: "deepspeed-zero2 x2 -> ddp x1" when the checkpoint being
+    # resumed was written under another strategy or world size (then portable.py converts it), else None.
+    layout_change: str | None = field(default=None, init=False)

@@ -13,10 +13,11 @@
   this on CPU: transformers does not pass ``--ddp_timeout`` to the gloo group (see
   ``apply_collective_timeout``).
 
-Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank],..."``
+Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank[:attempt]],..."``
 with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill``, ``crash`` (a
 ``RuntimeError``; these four at the start of the step), ``sigkill_in_save`` (after the checkpoint files of
-that step are written, before the mark).
+that step are written, before the mark); ``attempt`` limits it to one attempt of a job restarted by torchrun
+(``TORCHELASTIC_RESTART_COUNT``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
     faults = {}
     for item in filter(None, (environ.get(TEST_FAULT_ENV) or "").split(",")):
         action, _, where = item.strip().partition("@")
-        step, _, rank = where.partition(":")
-        if not rank or int(rank) == _rank():
+        step, _, rest = where.partition(":")
+        rank, _, attempt = rest.partition(":")
+        attempt_now = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if (not rank or int(rank) == _rank()) and (not attempt or attempt == attempt_now):
             faults[(action, int(step))] = True
     return faults
 
@@ -138,6 +141,10 @@ class StepGuard(TrainerCallback):
             return
         if self.signal_name is None:
             self.signal_name, self._signal_time = name, now
+            # After another rank dies, torchrun's agent stops the others with SIGTERM: not this rank's fault.
+            from disttune.train.restarts import record_end
+
+            record_end(self.trainer.args.output_dir, f"received {name}", secondary=True)
             print(
                 f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
                 "then stopping (send it again after 3 s to stop at once).",

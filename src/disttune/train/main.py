@@ -9,6 +9,7 @@ step, metrics files, the checks that the saved model is complete, and ``Disttune
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,15 @@ from disttune.config.load import read_config
 from disttune.errors import UserError
 from disttune.extensions import notify_op_builds
 from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, with_derived
-from disttune.train import console
+from disttune.train import console, restarts
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
-from disttune.train.checkpoints import new_run_id
+from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
 from disttune.train.failures import Progress, repeat_first_failure, report_crash, report_user_error
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
+from disttune.train.portable import make_portable, portable_path
 from disttune.train.preflight import check_trainer_disk, current_layout, prepare_run
 from disttune.train.reconcile import (
     MP_ENV,
@@ -138,6 +140,7 @@ def messages_to_prompt_completion(dataset):
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     cuda = torch.cuda.is_available()
+    restarts.init_restarted_process_group()  # after a restart by torchrun's agent: see restarts.py
     recipe = read_recipe(argv)
     explicit = _explicit_names(argv, recipe)
     # Precision has one source, the launch (config file or --mixed_precision): --bf16/--fp16 may only agree.
@@ -181,7 +184,7 @@ def setup(argv: list[str]):
         )
         training_args.learning_rate = lr
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
-    notes += prepare_run(script_args, training_args)
+    notes += prepare_run(script_args, training_args, explicit)
     return script_args, training_args, model_args, notes
 
 
@@ -284,8 +287,16 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[metrics, Progress()],
-        run_info={**current_layout(), "run_id": run_id},
+        callbacks=[
+            metrics,
+            restarts.ProgressCallback(training_args.output_dir, world_size_from_env()),
+            Progress(),
+        ],
+        run_info={
+            **current_layout(),
+            "run_id": run_id,
+            "global_batch_size": batch_plan(training_args, world_size_from_env()).global_batch_size,
+        },
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
@@ -348,7 +359,12 @@ def fit(record: RunRecord) -> dict:
 
     measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
-    save_outputs(trainer, final_dir, record.script_args, record.model_args, training_args)
+    # Extending a finished run: its final/ is replaced only once the new one is written and checked.
+    written = final_dir.with_name("final.partial") if final_dir.exists() else final_dir
+    save_outputs(trainer, written, record.script_args, record.model_args, training_args)
+    if written != final_dir and accelerator.is_main_process:
+        shutil.rmtree(final_dir)
+        written.rename(final_dir)
     summary = {
         **info,
         "per_device_train_batch_size": batch.per_device_train_batch_size,
@@ -364,6 +380,9 @@ def fit(record: RunRecord) -> dict:
         "final_loss": metrics.losses[-1] if metrics.losses else None,
         "data_format": record.data_format,
         "final_dir": str(final_dir),
+        "resumed_from": training_args.resume_from_checkpoint,
+        "layout_change": record.script_args.layout_change,
+        "restarts": restarts.read_restarts(training_args.output_dir),
         "notes": record.notes,
     }
     if accelerator.is_main_process:
@@ -372,16 +391,70 @@ def fit(record: RunRecord) -> dict:
     return summary
 
 
+def resume_across_layouts(trainer, script_args, model_args, training_args) -> str | None:
+    """When the checkpoint comes from another strategy or world size: convert it once (main process; the
+    others wait) and have the trainer load the portable copy (``portable.py``). Returns the note."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None or not script_args.layout_change:
+        return None
+    if model_args.use_peft:
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: {script_args.layout_change}: a LoRA run resumes only "
+            "under the strategy and world size that wrote it.\n  fix: launch with the checkpoint's accelerate "
+            "config and --num_processes."
+        )
+    model = trainer.model
+    # Under ZeRO-3 a parameter is an empty placeholder from the start; its real shape is ds_shape.
+    shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order = [n for n, _ in trainable if n in decay] + [n for n, _ in trainable if n not in decay]
+    note = None
+    with trainer.accelerator.main_process_first():
+        if trainer.accelerator.is_main_process:
+            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, shapes, order)
+    trainer.portable = portable_path(checkpoint)
+    return note
+
+
+def _output_dir_in(argv: list[str]) -> str:
+    """``--output_dir`` as given on the command line (or the default), before the arguments are parsed."""
+    for i, arg in enumerate(argv):
+        if arg == "--output_dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--output_dir="):
+            return arg.split("=", 1)[1]
+    return SCRIPT_DEFAULTS["output_dir"]
+
+
 def run(argv: list[str]) -> dict:
-    """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
-    script_args, training_args, model_args, notes = setup(argv)
-    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
-    check_trainer_disk(trainer, training_args)
+    """Set up, train and save; returns the run summary. The trainer is freed when this returns.
+
+    How the run ended on this rank, when it failed, is noted for the restart records (``restarts.py``).
+    """
+    output_dir = _output_dir_in(argv)
     try:
-        return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
-    finally:
-        release_trainer(trainer)
+        script_args, training_args, model_args, notes = setup(argv)
+        output_dir = training_args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if os.environ.get("RANK", "0") == "0":
+            restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
+            restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
+            if restarted:
+                notes.insert(0, restarted)
+        trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
+        try:
+            check_trainer_disk(trainer, training_args)
+            converted = resume_across_layouts(trainer, script_args, model_args, training_args)
+            if converted:
+                notes.append(converted)
+            return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
+        finally:
+            release_trainer(trainer)
+    except BaseException as exc:
+        if not isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+            restarts.record_end(output_dir, *restarts.cause_of(exc))
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
