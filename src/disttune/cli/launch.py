@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from disttune.launch import build_launch_command, preflight, run_command, shell_line, with_timeout
+    from disttune.launch import build_launch_command, preflight, run_launcher, shell_line, with_timeout
 
     script, script_args = split_rest(args)
     if args.json and not args.dry_run:
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {shell_line(argv, env_updates)}")
         return 0
     print(f"disttune launch: {shell_line(argv, env_updates)}", file=sys.stderr, flush=True)
-    code = run_command(argv, env_updates)
+    code = run_launcher(argv, env_updates, condense=not args.debug)  # the exit report: one line
     if code != 0:
         last = failure_record(script_args)
         if last:

@@ -14,9 +14,10 @@
   ``apply_collective_timeout``).
 
 Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank[:attempt]],..."``
-with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill`` (at the start of the
-step), ``sigkill_in_save`` (after the checkpoint files of that step are written, before the mark);
-``attempt`` limits it to one attempt of a job restarted by torchrun (``TORCHELASTIC_RESTART_COUNT``).
+with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill``, ``crash`` (a
+``RuntimeError``; these four at the start of the step), ``sigkill_in_save`` (after the checkpoint files of
+that step are written, before the mark); ``attempt`` limits it to one attempt of a job restarted by torchrun
+(``TORCHELASTIC_RESTART_COUNT``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def inject_test_fault(stage: str, step: int) -> None:
         ):
             if faults.get((action, step)):
                 os.kill(os.getpid(), sig)
+        if faults.get(("crash", step)):
+            raise RuntimeError(f"injected crash at step {step} on rank {_rank()} ({TEST_FAULT_ENV})")
 
 
 def likely_cause(args) -> str:
@@ -300,6 +303,22 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
     )
 
 
+def launcher_store(timeout_s: float = 5.0):
+    """A private client of the launcher's rendezvous store (own socket, short timeout), or None
+    (not launched by torch elastic / accelerate, or the store cannot be reached)."""
+    try:
+        from torch.distributed import TCPStore
+
+        return TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    except Exception:
+        return None
+
+
 class HangWatchdog(TrainerCallback):
     """Dump stacks and leave when no step completes for ``timeout_s`` seconds.
 
@@ -319,18 +338,7 @@ class HangWatchdog(TrainerCallback):
         self._store = None
 
     def _connect_store(self):
-        """A private client of the launcher's rendezvous store (own socket, short timeout), or None."""
-        try:
-            from torch.distributed import TCPStore
-
-            return TCPStore(
-                os.environ["MASTER_ADDR"],
-                int(os.environ["MASTER_PORT"]),
-                is_master=False,
-                timeout=timedelta(seconds=5),
-            )
-        except Exception:
-            return None
+        return launcher_store()
 
     def _heartbeat(self) -> None:
         """Every second: ``time step`` under ``disttune/alive/{rank}``; a stopped or dead rank goes stale."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,11 @@ from disttune.config.load import read_config
 from disttune.errors import UserError
 from disttune.extensions import notify_op_builds
 from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, with_derived
-from disttune.train import restarts
+from disttune.train import console, restarts
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
 from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
+from disttune.train.failures import Progress, repeat_first_failure, report_crash, report_user_error
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
@@ -267,17 +267,18 @@ def build_trainer(
     )  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
     if moe:
         notes.append(moe)
-    dataset, fmt = load_train_dataset(
-        script_args.dataset_name,
-        script_args.dataset_train_split,
-        script_args.dataset_config,
-        seed=training_args.seed,
-    )
-    if fmt == "messages":
-        if "{% generation %}" in (tokenizer.chat_template or ""):
-            training_args.assistant_only_loss = True
-        else:
-            dataset = messages_to_prompt_completion(dataset)
+    with training_args.main_process_first(desc="dataset"):  # the others then read its cache
+        dataset, fmt = load_train_dataset(
+            script_args.dataset_name,
+            script_args.dataset_train_split,
+            script_args.dataset_config,
+            seed=training_args.seed,
+        )
+        if fmt == "messages":
+            if "{% generation %}" in (tokenizer.chat_template or ""):
+                training_args.assistant_only_loss = True
+            else:
+                dataset = messages_to_prompt_completion(dataset)
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
     trainer = DisttuneTrainer(
@@ -286,7 +287,11 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[metrics, restarts.ProgressCallback(training_args.output_dir, world_size_from_env())],
+        callbacks=[
+            metrics,
+            restarts.ProgressCallback(training_args.output_dir, world_size_from_env()),
+            Progress(),
+        ],
         run_info={
             **current_layout(),
             "run_id": run_id,
@@ -295,6 +300,7 @@ def build_trainer(
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
+    console.attach(trainer, metrics, script_args.verbose)  # one step line instead of transformers' dicts
     return trainer, metrics, fmt
 
 
@@ -454,11 +460,7 @@ def run(argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # TRL's config still carries transformers' old name for this flag (the one users type); the rename
-    # warning it triggers on every rank says nothing actionable.
-    warnings.filterwarnings(
-        "ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    console.quiet_console(console.verbose_requested(argv))  # one log for the job (see console.py)
     stopped = None
     try:
         # From the start: DeepSpeed builds its ops (and may wait on a stale build lock) while the arguments
@@ -468,10 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:  # SIGTERM/SIGINT: checkpoint saved; say how to go on
         stopped = str(exc)  # not the exception: its traceback would keep the trainer alive
     except UserError as exc:
-        rank = os.environ.get("RANK", "0")
-        if rank == "0":
-            print(f"07_distributed_training.py: error: {exc}", file=sys.stderr, flush=True)
+        report_user_error(exc, "07_distributed_training.py")  # once per job, however many ranks hit it
         return exc.exit_code
+    except Exception as exc:  # the cause and the likely fix as the last lines (see failures.py)
+        report_crash(exc)
+        return 1
+    except SystemExit as exc:  # a collective lost its peer (trainer.py): repeat the peer's cause
+        if exc.code:
+            repeat_first_failure()
+        raise
     shutdown_distributed()  # here, once the trainer (and any traceback holding it) is gone
     if stopped is not None and os.environ.get("RANK", "0") == "0":
         print(f"disttune: {stopped}", flush=True)
