@@ -39,7 +39,7 @@ LAYOUT = {
     "deepspeed_zero1": "deepspeed-zero1",
     "deepspeed_zero2": "deepspeed-zero2",
     "deepspeed_zero3": "deepspeed-zero3",
-    "deepspeed_zero3_offload": "deepspeed-zero3-offload",
+    "deepspeed_zero3_offload": "deepspeed-zero3",  # the same checkpoint layout as ZeRO-3
     "fsdp2": "fsdp",
 }
 full = pytest.mark.full
