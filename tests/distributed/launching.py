@@ -28,6 +28,13 @@ SHORT_RUN = (
 )
 
 
+def short_run(max_steps: int, *extra: str) -> tuple[str, ...]:
+    """``SHORT_RUN`` with another ``--max_steps``, then ``extra``."""
+    args = list(SHORT_RUN)
+    args[args.index("--max_steps") + 1] = str(max_steps)
+    return (*args, *extra)
+
+
 def launch(
     config: str,
     output_dir: Path,

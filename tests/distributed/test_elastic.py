@@ -12,26 +12,14 @@ import subprocess
 import sys
 
 import pytest
-from launching import CONFIGS, REPO, SCRIPT, explain, launch, read_metrics, read_summary
+from launching import CONFIGS, REPO, SCRIPT, explain, launch, read_metrics, read_summary, short_run
 
 from disttune.train.restarts import KILLED
 
 pytestmark = pytest.mark.distributed
 
-RUN = [
-    "--max_steps",
-    "12",
-    "--save_steps",
-    "4",
-    "--lr_scheduler_type",
-    "constant",
-    "--logging_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "4",
-    "--max_length",
-    "64",
-]
+CHECKPOINTED = ("--save_steps", "4", "--lr_scheduler_type", "constant")
+RUN = short_run(12, *CHECKPOINTED)
 
 
 def disttune_launch(output_dir, *script_args, max_restarts: int, fault: str, timeout: float = 600):
@@ -86,8 +74,9 @@ def test_a_rank_killed_at_step_6_heals_and_matches_the_uninterrupted_run(tmp_pat
 
 @pytest.mark.full  # about a minute: two attempts of a run killed at step 6
 def test_a_rank_that_dies_at_the_same_step_every_time_stops_after_n_restarts_naming_it(tmp_path):
-    short = [a if a != "12" else "8" for a in RUN]
-    failed = disttune_launch(tmp_path / "run", *short, max_restarts=1, fault="sigkill@6:1", timeout=400)
+    failed = disttune_launch(
+        tmp_path / "run", *short_run(8, *CHECKPOINTED), max_restarts=1, fault="sigkill@6:1", timeout=400
+    )
     assert failed.returncode != 0
     last = failed.stderr.strip().splitlines()[-1]
     assert last == f"disttune launch: rank 1 failed in step 6 in all 2 attempts: {KILLED}", explain(failed)
@@ -98,8 +87,7 @@ def test_a_rank_that_dies_at_the_same_step_every_time_stops_after_n_restarts_nam
 @pytest.mark.full
 def test_extending_a_finished_run_replaces_final_only_when_the_longer_run_finishes(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "c"
-    eight = [a if a != "12" else "8" for a in RUN]
-    done = launch("multi_gpu_ddp", out, *eight, cache_dir=cache)
+    done = launch("multi_gpu_ddp", out, *short_run(8, *CHECKPOINTED), cache_dir=cache)
     assert done.returncode == 0, explain(done)
     first_final = (out / "final" / "model.safetensors").read_bytes()
 

@@ -18,22 +18,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from launching import explain, launch, read_metrics, read_summary
+from launching import explain, launch, read_metrics, read_summary, short_run
 
 pytestmark = pytest.mark.distributed
 
-RUN = (
-    "--max_steps",
-    "12",
-    "--save_steps",
-    "4",
-    "--logging_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "4",
-    "--max_length",
-    "64",
-)
+RUN = short_run(12, "--save_steps", "4")  # a checkpoint at 4, 8 and 12
 LAYOUT = {
     "multi_gpu_ddp": "ddp",
     "deepspeed_zero1": "deepspeed-zero1",

@@ -119,13 +119,7 @@ def _read_fsdp(checkpoint: Path) -> tuple[dict, dict, int | None]:
                 f"{checkpoint}: no FSDP model and optimizer state found (pytorch_model_fsdp.bin + "
                 "optimizer.bin, or pytorch_model_fsdp_0/ + optimizer_0/)."
             )
-    moments, steps = {}, set()
-    for name, state in optim["state"].items():
-        for key in MOMENTS:
-            if key in state:
-                moments[f"{key}.{name}"] = state[key].float()
-        if "step" in state:
-            steps.add(int(state["step"]))
+    moments, steps = _adam_state(optim["state"].items())
     return {k: v.float() for k, v in weights.items()}, moments, max(steps) if steps else None
 
 
@@ -158,15 +152,23 @@ def _read_ddp(checkpoint: Path, optimizer_order: list[str]) -> tuple[dict, dict,
             f"{optim_file}: the optimizer holds {len(indices)} parameters, this model trains "
             f"{len(optimizer_order)}: it was written for another model or other trainable parameters."
         )
+    by_name = (
+        (name, optim["state"].get(index, {})) for index, name in zip(indices, optimizer_order, strict=True)
+    )
+    moments, steps = _adam_state(by_name)
+    return {k: v.float() for k, v in weights.items()}, moments, max(steps) if steps else None
+
+
+def _adam_state(states) -> tuple[dict, set]:
+    """``({"exp_avg.<name>": tensor, ...}, {steps})`` from ``(name, torch Adam state)`` pairs."""
     moments, steps = {}, set()
-    for index, name in zip(indices, optimizer_order, strict=True):
-        state = optim["state"].get(index, {})
+    for name, state in states:
         for key in MOMENTS:
             if key in state:
                 moments[f"{key}.{name}"] = state[key].float()
         if "step" in state:
             steps.add(int(state["step"]))
-    return {k: v.float() for k, v in weights.items()}, moments, max(steps) if steps else None
+    return moments, steps
 
 
 def read_checkpoint(
