@@ -25,6 +25,7 @@ from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, wit
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
 from disttune.train.checkpoints import new_run_id
 from disttune.train.data import load_train_dataset
+from disttune.train.evaluate import HeldOutEvaluation, describe_change, evaluation_data, evaluation_settings
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
@@ -158,6 +159,7 @@ def setup(argv: list[str]):
     if launched is not None:
         apply_precision(training_args, os.environ[MP_ENV])
     promote_fsdp_on_cpu(cuda)
+    notes += evaluation_settings(script_args, training_args, explicit)
     if deepspeed_auto_sizes(training_args):
         notes.append(
             "DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size"
@@ -250,10 +252,11 @@ def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
 
 def build_trainer(
     script_args, training_args, model_args, notes: list[str]
-) -> tuple[DisttuneTrainer, MetricsCallback, str]:
+) -> tuple[DisttuneTrainer, MetricsCallback, str, HeldOutEvaluation]:
     """Model, tokenizer and data, in our ``DisttuneTrainer`` (TRL's ``SFTTrainer`` with fault handling and
-    crash-safe checkpoints, see ``trainer.py``) with the metrics callback; returns it, the callback and the
-    data format. What it set up on its own (MoE leaf modules) is added to ``notes``."""
+    crash-safe checkpoints, see ``trainer.py``) with the metrics and held-out evaluation callbacks; returns
+    it, the metrics callback, the data format and the evaluation callback. What it set up on its own (MoE
+    leaf modules) is added to ``notes``."""
     set_seed(training_args.seed)  # the same initial weights under every strategy
     model, tokenizer = load_model_and_tokenizer(
         model_args, training_args.seed, training_args.trust_remote_code
@@ -269,25 +272,33 @@ def build_trainer(
         script_args.dataset_config,
         seed=training_args.seed,
     )
+    dataset, eval_dataset, heldout = evaluation_data(script_args, training_args, dataset)
     if fmt == "messages":
         if "{% generation %}" in (tokenizer.chat_template or ""):
             training_args.assistant_only_loss = True
         else:
             dataset = messages_to_prompt_completion(dataset)
+            if eval_dataset is not None:
+                eval_dataset = messages_to_prompt_completion(eval_dataset)
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
+    held_out = len(heldout) if heldout else len(eval_dataset) if eval_dataset is not None else 0
+    evaluation = HeldOutEvaluation(
+        heldout, eval_dataset is not None, f"{script_args.dataset_name}: {held_out} held-out examples"
+    )
     trainer = DisttuneTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[metrics],
+        callbacks=[metrics, evaluation],
         run_info={**current_layout(), "run_id": run_id},
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
-    return trainer, metrics, fmt
+    return trainer, metrics, fmt, evaluation
 
 
 @dataclass
@@ -301,6 +312,7 @@ class RunRecord:
     metrics: MetricsCallback
     data_format: str  # the dataset's format as detected by ``data.load_train_dataset``
     notes: list[str] = field(default_factory=list)  # printed before the plan and kept in run_summary.json
+    evaluation: HeldOutEvaluation | None = None  # before/after numbers on the held-out data (evaluate.py)
 
 
 def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
@@ -362,9 +374,13 @@ def fit(record: RunRecord) -> dict:
         "data_format": record.data_format,
         "final_dir": str(final_dir),
         "notes": record.notes,
+        "eval": record.evaluation.summary() if record.evaluation else None,
     }
     if accelerator.is_main_process:
         write_json(Path(training_args.output_dir) / "run_summary.json", summary)
+        learned = describe_change(summary["eval"])
+        if learned:
+            print(f"disttune: {learned}", flush=True)
         print(f"disttune: done: final loss {summary['final_loss']}, model saved in {final_dir}", flush=True)
     return summary
 
@@ -373,10 +389,12 @@ def run(argv: list[str]) -> dict:
     """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
     script_args, training_args, model_args, notes = setup(argv)
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
+    trainer, metrics, fmt, evaluation = build_trainer(script_args, training_args, model_args, notes)
     check_trainer_disk(trainer, training_args)
     try:
-        return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
+        return fit(
+            RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes, evaluation)
+        )
     finally:
         release_trainer(trainer)
 
