@@ -7,10 +7,13 @@
   ``eval_dataset``, evaluated by transformers' own path (``--eval_strategy``, ``--eval_steps``, ...) and in any
   case before the first step (``eval_on_start``) and after the last (the callback asks for it).
 
-``HeldOutEvaluation`` is the callback that does both and keeps the numbers for ``run_summary.json``. Under
-ZeRO-3 and FSDP2 a forward pass gathers parameters from every rank, so every rank generates: each answers
-its share of the questions (accelerate's ``split_between_processes``, padded so that all make the same
-calls) with ``synced_gpus`` (finished ranks keep stepping until all are done), then ``gather_object``.
+``HeldOutEvaluation`` is the callback that does both and keeps the numbers for ``run_summary.json``. Every
+rank generates: each answers its share of the questions (accelerate's ``split_between_processes``, padded so
+that all make the same calls) with ``synced_gpus`` (under FSDP2 a forward pass gathers parameters from every
+rank; finished ranks keep stepping until all are done), then ``gather_object``. The model is the one
+TRL's ``unwrap_model_for_generation`` gives, as TRL's own generating trainers use it: under ZeRO-3 it gathers
+the weights whole for the duration (a model too big for one device: ``--heldout_examples 0``) and leaves
+DeepSpeed's prefetch trace clean for the next training step.
 """
 
 from __future__ import annotations
@@ -183,26 +186,30 @@ class HeldOutEvaluation(TrainerCallback):
         self.data = describe_data
         self.records: dict[int, dict] = {}  # global step -> what was measured there
         self.samples: list[dict] = []
+        self.trainer = None  # set by ``attach``: generation needs the prepared (wrapped) model
 
-    def _measure_answers(self, args, state, model, tokenizer, when: str) -> None:
+    def attach(self, trainer) -> None:
+        """The trainer whose model is evaluated (its ``model_wrapped`` and ``accelerator``)."""
+        self.trainer = trainer
+
+    def _measure_answers(self, args, state, tokenizer, when: str) -> None:
         from accelerate import PartialState
         from accelerate.utils import gather_object
+        from trl.models.utils import unwrap_model_for_generation
 
         encoded = encode_heldout(self.heldout, tokenizer)
         max_new = max(len(ref) for _, ref in encoded)
-        was_training = model.training
-        model.eval()
+        batch = args.per_device_eval_batch_size
         with PartialState().split_between_processes(list(enumerate(encoded)), apply_padding=True) as mine:
-            generated = greedy_answers(
-                model,
-                tokenizer,
-                [p for _, (p, _) in mine],
-                max_new,
-                args.per_device_eval_batch_size,
-                args.device,
-            )
+            wrapped = self.trainer.model_wrapped
+            with unwrap_model_for_generation(wrapped, self.trainer.accelerator) as model:
+                was_training = model.training
+                model.eval()
+                generated = greedy_answers(
+                    model, tokenizer, [p for _, (p, _) in mine], max_new, batch, args.device
+                )
+                model.train(was_training)
             answered = gather_object([(i, g) for (i, _), g in zip(mine, generated, strict=True)])
-        model.train(was_training)
         by_index = dict(answered)  # padding repeats the last question: one answer per index
         pairs = [(by_index[i], ref) for i, (_, ref) in enumerate(encoded)]
         scores = score_answers(pairs, tokenizer.eos_token_id)
@@ -229,9 +236,9 @@ class HeldOutEvaluation(TrainerCallback):
                         flush=True,
                     )
 
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
         if self.heldout:
-            self._measure_answers(args, state, model, processing_class, "before training")
+            self._measure_answers(args, state, processing_class, "before training")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.eval_loss and state.global_step >= state.max_steps:
@@ -241,9 +248,9 @@ class HeldOutEvaluation(TrainerCallback):
         kept = {k: round(float(metrics[k]), 4) for k in LOSS_KEYS if metrics and metrics.get(k) is not None}
         self.records.setdefault(state.global_step, {}).update(kept)
 
-    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+    def on_train_end(self, args, state, control, processing_class=None, **kwargs):
         if self.heldout and state.global_step >= state.max_steps:  # not after a stop on a signal
-            self._measure_answers(args, state, model, processing_class, "after training")
+            self._measure_answers(args, state, processing_class, "after training")
 
     def summary(self) -> dict | None:
         """``{"data", "before", "after"}`` (each ``{"step", ...metrics}``) for ``run_summary.json``; None when

@@ -298,6 +298,7 @@ def build_trainer(
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
+    evaluation.attach(trainer)
     return trainer, metrics, fmt, evaluation
 
 
