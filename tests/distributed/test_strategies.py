@@ -140,6 +140,7 @@ def test_held_out_answers_before_and_after_agree_with_ddp(runs, config):
         assert answers[when]["examples"] == 64
         assert answers[when]["tokens"] == ddp[when]["tokens"] > 64  # the answers and their end marks
         assert 0 <= answers[when]["token_accuracy"] <= 1
-    assert answers["before"] == ddp["before"]  # the very same initial weights
+    same = ("exact", "tokens_correct", "tokens")
+    assert [answers["before"][k] for k in same] == [ddp["before"][k] for k in same]  # same initial weights
     # after 6 steps the weights agree to ~1e-7: a greedy choice may flip only on a near-tie
     assert abs(answers["after"]["tokens_correct"] - ddp["after"]["tokens_correct"]) <= 2

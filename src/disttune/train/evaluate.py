@@ -18,6 +18,7 @@ DeepSpeed's prefetch trace clean for the next training step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from transformers import TrainerCallback
@@ -197,22 +198,29 @@ class HeldOutEvaluation(TrainerCallback):
         from accelerate.utils import gather_object
         from trl.models.utils import unwrap_model_for_generation
 
+        started = time.perf_counter()
         encoded = encode_heldout(self.heldout, tokenizer)
         max_new = max(len(ref) for _, ref in encoded)
         batch = args.per_device_eval_batch_size
+        unwrapped = unwrap_model_for_generation(  # gradient checkpointing is restored as the user set it
+            self.trainer.model_wrapped,
+            self.trainer.accelerator,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
         with PartialState().split_between_processes(list(enumerate(encoded)), apply_padding=True) as mine:
-            wrapped = self.trainer.model_wrapped
-            with unwrap_model_for_generation(wrapped, self.trainer.accelerator) as model:
+            with unwrapped as model:
                 was_training = model.training
                 model.eval()
-                generated = greedy_answers(
-                    model, tokenizer, [p for _, (p, _) in mine], max_new, batch, args.device
-                )
+                prompts = [p for _, (p, _) in mine]
+                generated = greedy_answers(model, tokenizer, prompts, max_new, batch, args.device)
                 model.train(was_training)
             answered = gather_object([(i, g) for (i, _), g in zip(mine, generated, strict=True)])
         by_index = dict(answered)  # padding repeats the last question: one answer per index
         pairs = [(by_index[i], ref) for i, (_, ref) in enumerate(encoded)]
-        scores = score_answers(pairs, tokenizer.eos_token_id)
+        scores = {
+            **score_answers(pairs, tokenizer.eos_token_id),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         self.records.setdefault(state.global_step, {}).update(scores)
         self.samples = [
             {
@@ -225,8 +233,9 @@ class HeldOutEvaluation(TrainerCallback):
         if state.is_world_process_zero:
             print(
                 f"disttune: held-out answers {when} (step {state.global_step}, {scores['examples']} "
-                f"examples, greedy): exact match {_pct(scores['exact_match'])} "
-                f"({scores['exact']}/{scores['examples']}), per-token accuracy {_pct(scores['token_accuracy'])}",
+                f"examples, greedy): exact match {_pct(scores['exact_match'])} ({scores['exact']}/"
+                f"{scores['examples']}), per-token accuracy {_pct(scores['token_accuracy'])} "
+                f"({scores['seconds']:.1f} s)",
                 flush=True,
             )
             if when == "after training":
