@@ -128,7 +128,7 @@ def test_evaluation_arguments_are_checked_and_evaluate_before_the_first_step():
         evaluate.evaluation_settings(*_args(eval_split="test"), set())
     with pytest.raises(UserError, match="--eval_strategy steps needs an evaluation set"):
         evaluate.evaluation_settings(*_args("data.jsonl", strategy="steps"), set())
-    with pytest.raises(UserError, match="--eval_strategy steps needs an evaluation set"):
+    with pytest.raises(UserError, match="needs an evaluation set.\n  fix: add --heldout_examples 64"):
         evaluate.evaluation_settings(*_args(heldout=0, strategy="steps"), set())
 
 

@@ -39,11 +39,9 @@ def wants_eval_loss(script_args, training_args) -> bool:
     return bool(script_args.eval_split) or _strategy(training_args) != "no"
 
 
-def evaluation_settings(script_args, training_args, explicit: set[str]) -> list[str]:
-    """Check the evaluation arguments; with an evaluation loss, evaluate before the first step too.
-
-    ``eval_on_start`` is set unless the user set it. Returns notes for the plan (none so far).
-    """
+def evaluation_settings(script_args, training_args, explicit: set[str]) -> None:
+    """Check the evaluation arguments; with an evaluation loss, evaluate before the first step too
+    (``eval_on_start``, unless the user set it)."""
     builtin = script_args.dataset_name == BUILTIN_NAME
     if script_args.heldout_examples < 0:
         raise UserError(f"--heldout_examples {script_args.heldout_examples}: must be 0 (off) or more.")
@@ -56,13 +54,16 @@ def evaluation_settings(script_args, training_args, explicit: set[str]) -> list[
     if _strategy(training_args) != "no" and not (
         script_args.eval_split or (builtin and script_args.heldout_examples)
     ):
+        fix = (
+            "--heldout_examples 64 (the built-in held-out split)"
+            if builtin
+            else "--eval_split with a split name (e.g. test) or a fraction to hold out (e.g. 0.05)"
+        )
         raise UserError(
-            f"--eval_strategy {_strategy(training_args)} needs an evaluation set.\n"
-            "  fix: add --eval_split with a split name (e.g. test) or a fraction to hold out (e.g. 0.05)."
+            f"--eval_strategy {_strategy(training_args)} needs an evaluation set.\n  fix: add {fix}."
         )
     if wants_eval_loss(script_args, training_args) and "eval_on_start" not in explicit:
         training_args.eval_on_start = True
-    return []
 
 
 def evaluation_data(script_args, training_args, dataset):

@@ -159,7 +159,7 @@ def setup(argv: list[str]):
     if launched is not None:
         apply_precision(training_args, os.environ[MP_ENV])
     promote_fsdp_on_cpu(cuda)
-    notes += evaluation_settings(script_args, training_args, explicit)
+    evaluation_settings(script_args, training_args, explicit)
     if deepspeed_auto_sizes(training_args):
         notes.append(
             "DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size"
