@@ -94,7 +94,9 @@ def test_eval_split_reports_the_evaluation_loss_before_and_after_under_zero3(tmp
     assert evaluation["data"] == f"{data}: 10 held-out examples"
     assert evaluation["before"]["step"] == 0 and evaluation["after"]["step"] == 3
     assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
-    assert result.stdout.count("'eval_loss'") == 3  # at the start, at step 2 (--eval_steps) and at the end
+    logged = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    # at the start, at step 2 (--eval_steps) and at the end
+    assert len([r for r in logged if "eval_loss" in r]) == 3, logged
     assert "did it learn? eval loss" in result.stdout
 
 

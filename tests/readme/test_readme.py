@@ -146,10 +146,18 @@ def all_blocks() -> list[Block]:
 
 
 def _for_test(command: str, output_dir: Path) -> str:
-    """A launch line with a short ``--max_steps`` (unless it sets one) and a temporary ``--output_dir``."""
+    """A launch line with a short ``--max_steps`` (unless it sets one) and a temporary ``--output_dir``.
+
+    A line that names its ``--output_dir`` gets a temporary folder of that name beside ``output_dir``, so
+    the commands of one block that share a folder (a run, then its resume) still share it.
+    """
     if "accelerate launch" not in command:
         return command
     extra = [] if "--max_steps" in command else list(SHORT_RUN)
+    named = re.search(r"--output_dir[ =](\S+)", command)
+    if named:
+        folder = output_dir.parent / ("named-" + re.sub(r"[^A-Za-z0-9]+", "-", named.group(1)))
+        return " ".join([command.replace(named.group(0), f"--output_dir {folder}"), *extra])
     return " ".join([command, *extra, "--output_dir", str(output_dir)])
 
 
@@ -288,6 +296,13 @@ def test_parser_reads_transcripts_markers_and_continuations():
     assert (
         _for_test("accelerate launch x.py --max_steps 6", Path("/t"))
         == "accelerate launch x.py --max_steps 6 --output_dir /t"
+    )
+    assert (
+        _for_test(
+            "accelerate launch x.py --output_dir runs/elastic --resume_from_checkpoint latest",
+            Path("/t/out1"),
+        )
+        == "accelerate launch x.py --output_dir /t/named-runs-elastic --resume_from_checkpoint latest --max_steps 2"
     )
 
 

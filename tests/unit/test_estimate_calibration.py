@@ -10,7 +10,7 @@ be False (the estimate's own 10% headroom included).
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -47,7 +47,7 @@ class Row:
     num_processes: int
     batch: int
     seq: int
-    checkpointing: str  # "full" or "selective"
+    checkpointing: str  # "full", "selective" or "none"
     measured_gib: float | None  # per GPU; None: the source reports only whether it ran
     measured_as: str  # "reserved" (torch.cuda.max_memory_reserved) or "device" (the whole GPU, nvidia-smi)
     capacity_gib: float
@@ -249,10 +249,13 @@ ROWS = [
         fused_cross_entropy=True,
     ),
 ]
-# A wrong call the physical terms cannot explain, kept visible rather than tuned away: Qwen's own figures grow
-# 14.5 MB per token from 256 to 1024 tokens (10.6 GiB), 6x what a checkpointed Qwen-7B holds per token
-# (layer inputs + one recomputed layer + the cross-entropy: 2.3 MB), so their 2048-token run ran out at a
-# size the estimate puts at 65 GiB of the 72 usable. Remove it here once the estimate explains it.
+# A wrong call kept visible rather than tuned away. Qwen's full-parameter Qwen-7B figures grow 13.7 MB
+# per token per GPU from 512 to 1024 tokens; a checkpointed Qwen-7B with flash attention (what the README's
+# profile and finetune_ds.sh describe) holds 2.6 MB per token, and the same profile's other Qwen-7B rows
+# (LoRA on 1 GPU and on 2 x 2 GPUs) and Qwen-72B LoRA grow 2.1-2.5 MB per token, as checkpointed runs do.
+# Only an un-checkpointed run comes near (test_qwen_7b_full_growth_is_unexplained), and no source says it
+# ran so. docs/memory.md lists what was checked. Remove it here once a documented setup or a named
+# allocation explains it.
 KNOWN_WRONG_CALLS = {"qwen-7b-2048"}
 
 
@@ -308,3 +311,30 @@ def test_no_wrong_call():
 def test_rows_cite_a_source(row):
     assert row.source.split()[0] in ("pytorch/torchtitan", "QwenLM/Qwen", "modelscope/ms-swift")
     assert (row.measured_gib is None) == (row.id in ("qwen-7b-2048", "swift-32b-full"))
+
+
+def test_qwen_7b_full_growth_is_unexplained():
+    """What keeps ``qwen-7b-2048`` a known wrong call, in numbers (docs/memory.md, *Calibration*).
+
+    The estimate as the source documents the run (full checkpointing, flash attention) grows less than a
+    fifth of what Qwen measured per token. Without checkpointing (which finetune_ds.sh contradicts) the three
+    rows come within 10% and 2048 tokens does not fit, yet it grows 8.1 of the 13.7 MB per token: no setup
+    the sources describe, and no named allocation, accounts for the growth.
+    """
+    rows = {r.id: r for r in ROWS if r.id.startswith("qwen-7b-")}
+
+    def mb_per_token(gib: dict) -> float:  # growth from 512 to 1024 tokens, per GPU
+        return (gib["qwen-7b-1024"] - gib["qwen-7b-512"]) / 512 * GIB / 1e6
+
+    def as_run(checkpointing: str) -> dict:
+        rerun = {k: replace(r, checkpointing=checkpointing) for k, r in rows.items()}
+        return {k: _as_measured(r, _estimate(r)) for k, r in rerun.items()}
+
+    measured = mb_per_token({k: r.measured_gib for k, r in rows.items()})
+    assert measured == pytest.approx(13.7, abs=0.1)
+    assert mb_per_token(as_run("full")) < measured / 5
+    unchecked = as_run("none")
+    ratios = [unchecked[k] / r.measured_gib for k, r in rows.items() if r.measured_gib]
+    assert all(abs(x - 1) <= 0.10 for x in ratios), ratios
+    assert not _estimate(replace(rows["qwen-7b-2048"], checkpointing="none")).fits
+    assert mb_per_token(unchecked) < measured * 2 / 3

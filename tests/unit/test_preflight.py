@@ -11,7 +11,6 @@ from disttune.errors import UserError
 from disttune.train.preflight import (
     check_disk_space,
     check_output_dir,
-    check_resume_compatible,
     checkpoints_kept,
     current_layout,
     estimate_checkpoint_size,
@@ -55,19 +54,6 @@ def test_output_dir_refusals(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(UserError, match="cannot write there"):
             check_output_dir(locked / "run", resuming=False, overwrite=False)
-
-
-def test_resume_compatibility():
-    ddp2, zero2 = (
-        {"world_size": 2, "strategy": "ddp"},
-        {"world_size": 2, "strategy": "deepspeed-zero2", "step": 8},
-    )
-    assert check_resume_compatible("c", ddp2, ddp2) is None
-    with pytest.raises(UserError, match="written under deepspeed-zero2"):
-        check_resume_compatible("c", zero2, ddp2)
-    with pytest.raises(UserError, match="ds_to_universal.*global_step8.*zero_to_fp32"):
-        check_resume_compatible("c", zero2, {"world_size": 4, "strategy": "deepspeed-zero2"})
-    assert "data order" in check_resume_compatible("c", ddp2, {"world_size": 4, "strategy": "ddp"})
 
 
 def test_layout_from_the_launcher_environment():

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from disttune.launch import build_launch_command, preflight, run_command, shell_line, with_timeout
+    from disttune.launch import build_launch_command, preflight, run_launcher, shell_line, with_timeout
 
     script, script_args = split_rest(args)
     if args.json and not args.dry_run:
@@ -162,4 +162,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {shell_line(argv, env_updates)}")
         return 0
     print(f"disttune launch: {shell_line(argv, env_updates)}", file=sys.stderr, flush=True)
-    return run_command(argv, env_updates)
+    code = run_launcher(argv, env_updates, condense=not args.debug)  # the exit report: one line
+    if code != 0:
+        last = failure_record(script_args)
+        if last:
+            print(f"disttune launch: {last}", file=sys.stderr, flush=True)
+    return code
+
+
+def failure_record(script_args: list[str]) -> str | None:
+    """What the training script recorded about the attempt that failed last (``train/restarts.py``): the
+    rank, the step and the cause, and whether every restart failed there. None when it left no record."""
+    from disttune.train.restarts import give_up_summary
+
+    output_dir = None
+    for i, arg in enumerate(script_args):
+        if arg == "--output_dir" and i + 1 < len(script_args):
+            output_dir = script_args[i + 1]
+        elif arg.startswith("--output_dir="):
+            output_dir = arg.split("=", 1)[1]
+    return give_up_summary(output_dir) if output_dir else None

@@ -95,3 +95,13 @@ class DisttuneArguments:
         default=False,
         metadata={"help": "Replace the results of an earlier run in --output_dir (default: refuse)."},
     )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Show every process's library output: progress bars, warnings and transformers' log dicts "
+            "(default: one log for the job, from the main process; DISTTUNE_DEBUG=1 does the same)."
+        },
+    )
+    # Set by setup(), not on the command line: "deepspeed-zero2 x2 -> ddp x1" when the checkpoint being
+    # resumed was written under another strategy or world size (then portable.py converts it), else None.
+    layout_change: str | None = field(default=None, init=False)

@@ -131,6 +131,10 @@ def split_for_eval(dataset, eval_split: str, name: str, config: str | None = Non
     return dataset, held.remove_columns([c for c in held.column_names if c not in dataset.column_names])
 
 
+def _builtin_rows(seed: int):
+    yield from builtin_examples(seed=seed)
+
+
 def detect_format(column_names: list[str], where: str) -> str:
     """The dataset format from its columns; a clear error naming the columns found otherwise."""
     columns = set(column_names)
@@ -154,7 +158,9 @@ def load_train_dataset(name: str, split: str = "train", config: str | None = Non
     from datasets import Dataset, load_dataset
 
     if name == BUILTIN_NAME:
-        dataset = Dataset.from_list(builtin_examples(seed=seed))
+        # Written to the datasets cache (not held in memory): TRL's preparation passes are then cached
+        # too, so the main process prepares the data once and the others read its cache.
+        dataset = Dataset.from_generator(_builtin_rows, gen_kwargs={"seed": seed})
     else:
         path = Path(name)
         if path.suffix.lower() in FILE_LOADERS:

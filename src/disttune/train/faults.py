@@ -13,9 +13,11 @@
   this on CPU: transformers does not pass ``--ddp_timeout`` to the gloo group (see
   ``apply_collective_timeout``).
 
-Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank],..."``
-with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill`` (at the start of the
-step), ``sigkill_in_save`` (after the checkpoint files of that step are written, before the mark).
+Test-only fault injection (documented, off unless set): ``DISTTUNE_TEST_FAULT="action@step[:rank[:attempt]],..."``
+with action one of ``nan`` (non-finite loss), ``sigterm``, ``sigstop``, ``sigkill``, ``crash`` (a
+``RuntimeError``; these four at the start of the step), ``sigkill_in_save`` (after the checkpoint files of
+that step are written, before the mark); ``attempt`` limits it to one attempt of a job restarted by torchrun
+(``TORCHELASTIC_RESTART_COUNT``).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
     faults = {}
     for item in filter(None, (environ.get(TEST_FAULT_ENV) or "").split(",")):
         action, _, where = item.strip().partition("@")
-        step, _, rank = where.partition(":")
-        if not rank or int(rank) == _rank():
+        step, _, rest = where.partition(":")
+        rank, _, attempt = rest.partition(":")
+        attempt_now = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if (not rank or int(rank) == _rank()) and (not attempt or attempt == attempt_now):
             faults[(action, int(step))] = True
     return faults
 
@@ -78,6 +82,8 @@ def inject_test_fault(stage: str, step: int) -> None:
         ):
             if faults.get((action, step)):
                 os.kill(os.getpid(), sig)
+        if faults.get(("crash", step)):
+            raise RuntimeError(f"injected crash at step {step} on rank {_rank()} ({TEST_FAULT_ENV})")
 
 
 def likely_cause(args) -> str:
@@ -135,6 +141,10 @@ class StepGuard(TrainerCallback):
             return
         if self.signal_name is None:
             self.signal_name, self._signal_time = name, now
+            # After another rank dies, torchrun's agent stops the others with SIGTERM: not this rank's fault.
+            from disttune.train.restarts import record_end
+
+            record_end(self.trainer.args.output_dir, f"received {name}", secondary=True)
             print(
                 f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
                 "then stopping (send it again after 3 s to stop at once).",
@@ -293,6 +303,22 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
     )
 
 
+def launcher_store(timeout_s: float = 5.0):
+    """A private client of the launcher's rendezvous store (own socket, short timeout), or None
+    (not launched by torch elastic / accelerate, or the store cannot be reached)."""
+    try:
+        from torch.distributed import TCPStore
+
+        return TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    except Exception:
+        return None
+
+
 class HangWatchdog(TrainerCallback):
     """Dump stacks and leave when no step completes for ``timeout_s`` seconds.
 
@@ -312,18 +338,7 @@ class HangWatchdog(TrainerCallback):
         self._store = None
 
     def _connect_store(self):
-        """A private client of the launcher's rendezvous store (own socket, short timeout), or None."""
-        try:
-            from torch.distributed import TCPStore
-
-            return TCPStore(
-                os.environ["MASTER_ADDR"],
-                int(os.environ["MASTER_PORT"]),
-                is_master=False,
-                timeout=timedelta(seconds=5),
-            )
-        except Exception:
-            return None
+        return launcher_store()
 
     def _heartbeat(self) -> None:
         """Every second: ``time step`` under ``disttune/alive/{rank}``; a stopped or dead rank goes stale."""

@@ -9,8 +9,8 @@ step, metrics files, the checks that the saved model is complete, and ``Disttune
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +22,16 @@ from disttune.config.load import read_config
 from disttune.errors import UserError
 from disttune.extensions import notify_op_builds
 from disttune.plan import BatchPlan, global_batch_size, scale_learning_rate, with_derived
+from disttune.train import console, restarts
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
-from disttune.train.checkpoints import new_run_id
+from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
 from disttune.train.evaluate import HeldOutEvaluation, describe_change, evaluation_data, evaluation_settings
+from disttune.train.failures import Progress, repeat_first_failure, report_crash, report_user_error
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
+from disttune.train.portable import make_portable, portable_path
 from disttune.train.preflight import check_trainer_disk, current_layout, prepare_run
 from disttune.train.reconcile import (
     MP_ENV,
@@ -138,6 +141,7 @@ def messages_to_prompt_completion(dataset):
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     cuda = torch.cuda.is_available()
+    restarts.init_restarted_process_group()  # after a restart by torchrun's agent: see restarts.py
     recipe = read_recipe(argv)
     explicit = _explicit_names(argv, recipe)
     # Precision has one source, the launch (config file or --mixed_precision): --bf16/--fp16 may only agree.
@@ -182,7 +186,7 @@ def setup(argv: list[str]):
         )
         training_args.learning_rate = lr
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
-    notes += prepare_run(script_args, training_args)
+    notes += prepare_run(script_args, training_args, explicit)
     return script_args, training_args, model_args, notes
 
 
@@ -266,20 +270,21 @@ def build_trainer(
     )  # MoE experts under ZeRO-3: gathered whole (see disttune.train.strategy)
     if moe:
         notes.append(moe)
-    dataset, fmt = load_train_dataset(
-        script_args.dataset_name,
-        script_args.dataset_train_split,
-        script_args.dataset_config,
-        seed=training_args.seed,
-    )
-    dataset, eval_dataset, heldout = evaluation_data(script_args, training_args, dataset)
-    if fmt == "messages":
-        if "{% generation %}" in (tokenizer.chat_template or ""):
-            training_args.assistant_only_loss = True
-        else:
-            dataset = messages_to_prompt_completion(dataset)
-            if eval_dataset is not None:
-                eval_dataset = messages_to_prompt_completion(eval_dataset)
+    with training_args.main_process_first(desc="dataset"):  # the others then read its cache
+        dataset, fmt = load_train_dataset(
+            script_args.dataset_name,
+            script_args.dataset_train_split,
+            script_args.dataset_config,
+            seed=training_args.seed,
+        )
+        dataset, eval_dataset, heldout = evaluation_data(script_args, training_args, dataset)
+        if fmt == "messages":
+            if "{% generation %}" in (tokenizer.chat_template or ""):
+                training_args.assistant_only_loss = True
+            else:
+                dataset = messages_to_prompt_completion(dataset)
+                if eval_dataset is not None:
+                    eval_dataset = messages_to_prompt_completion(eval_dataset)
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
     held_out = len(heldout) if heldout else len(eval_dataset) if eval_dataset is not None else 0
@@ -293,11 +298,21 @@ def build_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[metrics, evaluation],
-        run_info={**current_layout(), "run_id": run_id},
+        callbacks=[
+            metrics,
+            restarts.ProgressCallback(training_args.output_dir, world_size_from_env()),
+            Progress(),
+            evaluation,
+        ],
+        run_info={
+            **current_layout(),
+            "run_id": run_id,
+            "global_batch_size": batch_plan(training_args, world_size_from_env()).global_batch_size,
+        },
         skip_nonfinite_steps=script_args.skip_nonfinite_steps,
         hang_dump_s=script_args.hang_dump_s,
     )
+    console.attach(trainer, metrics, script_args.verbose)  # one step line instead of transformers' dicts
     evaluation.attach(trainer)
     return trainer, metrics, fmt, evaluation
 
@@ -358,7 +373,12 @@ def fit(record: RunRecord) -> dict:
 
     measured = measure_run(trainer)
     final_dir = Path(training_args.output_dir) / "final"
-    save_outputs(trainer, final_dir, record.script_args, record.model_args, training_args)
+    # Extending a finished run: its final/ is replaced only once the new one is written and checked.
+    written = final_dir.with_name("final.partial") if final_dir.exists() else final_dir
+    save_outputs(trainer, written, record.script_args, record.model_args, training_args)
+    if written != final_dir and accelerator.is_main_process:
+        shutil.rmtree(final_dir)
+        written.rename(final_dir)
     summary = {
         **info,
         "per_device_train_batch_size": batch.per_device_train_batch_size,
@@ -374,6 +394,9 @@ def fit(record: RunRecord) -> dict:
         "final_loss": metrics.losses[-1] if metrics.losses else None,
         "data_format": record.data_format,
         "final_dir": str(final_dir),
+        "resumed_from": training_args.resume_from_checkpoint,
+        "layout_change": record.script_args.layout_change,
+        "restarts": restarts.read_restarts(training_args.output_dir),
         "notes": record.notes,
         "eval": record.evaluation.summary() if record.evaluation else None,
     }
@@ -386,28 +409,78 @@ def fit(record: RunRecord) -> dict:
     return summary
 
 
-def run(argv: list[str]) -> dict:
-    """Set up, train and save; returns the run summary. The trainer is freed when this returns."""
-    script_args, training_args, model_args, notes = setup(argv)
-    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    trainer, metrics, fmt, evaluation = build_trainer(script_args, training_args, model_args, notes)
-    check_trainer_disk(trainer, training_args)
-    try:
-        return fit(
-            RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes, evaluation)
+def resume_across_layouts(trainer, script_args, model_args, training_args) -> str | None:
+    """When the checkpoint comes from another strategy or world size: convert it once (main process; the
+    others wait) and have the trainer load the portable copy (``portable.py``). Returns the note."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None or not script_args.layout_change:
+        return None
+    if model_args.use_peft:
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: {script_args.layout_change}: a LoRA run resumes only "
+            "under the strategy and world size that wrote it.\n  fix: launch with the checkpoint's accelerate "
+            "config and --num_processes."
         )
-    finally:
-        release_trainer(trainer)
+    model = trainer.model
+    # Under ZeRO-3 a parameter is an empty placeholder from the start; its real shape is ds_shape.
+    shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order = [n for n, _ in trainable if n in decay] + [n for n, _ in trainable if n not in decay]
+    note = None
+    with trainer.accelerator.main_process_first():
+        if trainer.accelerator.is_main_process:
+            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, shapes, order)
+    trainer.portable = portable_path(checkpoint)
+    return note
+
+
+def _output_dir_in(argv: list[str]) -> str:
+    """``--output_dir`` as given on the command line (or the default), before the arguments are parsed."""
+    for i, arg in enumerate(argv):
+        if arg == "--output_dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--output_dir="):
+            return arg.split("=", 1)[1]
+    return SCRIPT_DEFAULTS["output_dir"]
+
+
+def run(argv: list[str]) -> dict:
+    """Set up, train and save; returns the run summary. The trainer is freed when this returns.
+
+    How the run ended on this rank, when it failed, is noted for the restart records (``restarts.py``).
+    """
+    output_dir = _output_dir_in(argv)
+    try:
+        script_args, training_args, model_args, notes = setup(argv)
+        output_dir = training_args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if os.environ.get("RANK", "0") == "0":
+            restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
+            restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
+            if restarted:
+                notes.insert(0, restarted)
+        trainer, metrics, fmt, evaluation = build_trainer(script_args, training_args, model_args, notes)
+        try:
+            check_trainer_disk(trainer, training_args)
+            converted = resume_across_layouts(trainer, script_args, model_args, training_args)
+            if converted:
+                notes.append(converted)
+            return fit(
+                RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes, evaluation)
+            )
+        finally:
+            release_trainer(trainer)
+    except BaseException as exc:
+        if not isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+            restarts.record_end(output_dir, *restarts.cause_of(exc))
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training script; returns the exit code (1 with a clear message for a user mistake)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # TRL's config still carries transformers' old name for this flag (the one users type); the rename
-    # warning it triggers on every rank says nothing actionable.
-    warnings.filterwarnings(
-        "ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    console.quiet_console(console.verbose_requested(argv))  # one log for the job (see console.py)
     stopped = None
     try:
         # From the start: DeepSpeed builds its ops (and may wait on a stale build lock) while the arguments
@@ -417,10 +490,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:  # SIGTERM/SIGINT: checkpoint saved; say how to go on
         stopped = str(exc)  # not the exception: its traceback would keep the trainer alive
     except UserError as exc:
-        rank = os.environ.get("RANK", "0")
-        if rank == "0":
-            print(f"07_distributed_training.py: error: {exc}", file=sys.stderr, flush=True)
+        report_user_error(exc, "07_distributed_training.py")  # once per job, however many ranks hit it
         return exc.exit_code
+    except Exception as exc:  # the cause and the likely fix as the last lines (see failures.py)
+        report_crash(exc)
+        return 1
+    except SystemExit as exc:  # a collective lost its peer (trainer.py): repeat the peer's cause
+        if exc.code:
+            repeat_first_failure()
+        raise
     shutdown_distributed()  # here, once the trainer (and any traceback holding it) is gone
     if stopped is not None and os.environ.get("RANK", "0") == "0":
         print(f"disttune: {stopped}", flush=True)

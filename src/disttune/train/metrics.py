@@ -51,6 +51,7 @@ class MetricsCallback(TrainerCallback):
         self.world_size = 1
         self.device_name: str | None = None
         self.tb_writer = None  # rank 0's TensorBoard writer with --report_to tensorboard
+        self.last_record: dict | None = None  # rank 0's latest metrics.jsonl record (the console's step line)
 
     def _count(self, module, args, kwargs):
         if not module.training:
@@ -145,6 +146,7 @@ class MetricsCallback(TrainerCallback):
         }
         if self.run_id is not None:
             record["run_id"] = self.run_id
+        self.last_record = record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -52,40 +52,48 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: b
         )
 
 
-def check_resume_compatible(checkpoint: str | os.PathLike, marker: dict, layout: dict) -> str | None:
-    """Refuse a checkpoint written under another strategy, or under ZeRO with another world size.
-
-    Returns a note for changes that resume but not exactly (another DDP world size).
-    """
+def layout_change(marker: dict, layout: dict) -> str | None:
+    """``"deepspeed-zero2 x2 -> ddp x1"`` when the checkpoint was written under another strategy or world
+    size than this run's (``portable.py`` then converts it), None when it resumes natively."""
     saved_strategy, saved_world = marker.get("strategy"), marker.get("world_size")
-    if saved_strategy and saved_strategy != layout["strategy"]:
-        raise UserError(
-            f"--resume_from_checkpoint {checkpoint}: written under {saved_strategy}, this run uses "
-            f"{layout['strategy']}; the optimizer state is laid out differently.\n"
-            f"  fix: launch with the accelerate config of {saved_strategy}, or start a new run from the "
-            "checkpoint's weights (--model_name_or_path on a saved model folder)."
-        )
-    if saved_world is None or saved_world == layout["world_size"]:
+    if (saved_strategy in (None, layout["strategy"])) and (saved_world in (None, layout["world_size"])):
         return None
-    if layout["strategy"].startswith("deepspeed"):
-        raise UserError(
-            f"--resume_from_checkpoint {checkpoint}: saved by {saved_world} processes, this run has "
-            f"{layout['world_size']}; ZeRO shards the optimizer state per process.\n"
-            f"  fix: relaunch with --num_processes {saved_world}; or convert it to DeepSpeed's universal "
-            f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder {checkpoint}/global_step"
-            f'{marker.get("step", "N")} --output_folder <dir>) and load it with "checkpoint": '
-            '{"load_universal": true} in the DeepSpeed config; or take the fp32 weights '
-            f"(python {checkpoint}/zero_to_fp32.py {checkpoint} <dir>) and start a new run from them."
-        )
-    if layout["strategy"] == "fsdp":
-        raise UserError(
-            f"--resume_from_checkpoint {checkpoint}: saved by {saved_world} processes, this run has "
-            f"{layout['world_size']}; FSDP checkpoints are sharded per process.\n"
-            f"  fix: relaunch with --num_processes {saved_world}."
-        )
     return (
-        f"checkpoint saved by {saved_world} processes, resumed by {layout['world_size']}: weights and "
-        "optimizer carry over, but the data order and random streams differ from the original run"
+        f"{saved_strategy or layout['strategy']} x{saved_world or layout['world_size']} -> "
+        f"{layout['strategy']} x{layout['world_size']}"
+    )
+
+
+def keep_global_batch(training_args, marker: dict, explicit: set[str], world_size: int) -> str | None:
+    """Keep the checkpoint's global batch when the world size changed, so that its step count is still the
+    data position: adjust accumulation (``plan.solve``) unless the user set it. Returns a note, or None."""
+    from disttune.plan import global_batch_size, solve
+    from disttune.train.reconcile import set_accumulation
+
+    saved = marker.get("global_batch_size")
+    per_device, accumulation = (
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+    )
+    ours = global_batch_size(per_device, world_size, accumulation)
+    if saved is None or saved == ours:
+        return None
+    where = f"the checkpoint was trained with global batch {saved} on {marker.get('world_size')} process(es)"
+    if "gradient_accumulation_steps" in explicit:
+        raise UserError(
+            f"--gradient_accumulation_steps {accumulation}: {where}; this run's would be {ours} = "
+            f"{per_device} x {world_size} x {accumulation}, and the step count would no longer be the data "
+            "position.\n  fix: leave --gradient_accumulation_steps out (disttune then keeps the global "
+            f"batch {saved}), or start a new run from the checkpoint's weights."
+        )
+    try:
+        kept = solve(world_size, per_device=per_device, global_batch=saved)
+    except UserError as exc:
+        raise UserError(f"cannot keep the global batch on resume: {where}. {exc}") from None
+    set_accumulation(training_args, kept.gradient_accumulation_steps)
+    return (
+        f"gradient_accumulation_steps {accumulation} -> {kept.gradient_accumulation_steps}: keeps the "
+        f"checkpoint's global batch {saved} = {per_device} x {world_size} x {kept.gradient_accumulation_steps}"
     )
 
 
@@ -161,22 +169,35 @@ def check_trainer_disk(trainer, training_args) -> None:
     check_disk_space(training_args.output_dir, size)
 
 
-def prepare_run(script_args, training_args) -> list[str]:
-    """Before anything is loaded: resolve ``--resume_from_checkpoint``, check it and the output folder,
-    keep ``--hub_token`` out of every file the run writes. Returns notes for the log."""
+def prepare_run(script_args, training_args, explicit: set[str] = frozenset()) -> list[str]:
+    """Before anything is loaded: resolve ``--resume_from_checkpoint`` (after a restart by torchrun's
+    elastic agent: the newest complete checkpoint), keep the checkpoint's global batch when the layout
+    changed, check the output folder, keep ``--hub_token`` out of every file the run writes. Returns notes
+    for the log; ``script_args.layout_change`` says whether the checkpoint must be converted."""
     from disttune.train.checkpoints import read_marker, resolve_resume
+    from disttune.train.restarts import restart_count
 
     notes = []
-    path, note = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    requested = training_args.resume_from_checkpoint
+    restarted = restart_count() > 0
+    if restarted:
+        requested = "latest"  # the same job, restarted: go on from what it saved, whatever was asked
+    path, note = resolve_resume(requested, training_args.output_dir)
     training_args.resume_from_checkpoint = path
     if note:
         notes.append(note)
-    if path is not None:
-        change = check_resume_compatible(path, read_marker(path) or {}, current_layout())
-        if change:
-            notes.append(change)
+    layout = current_layout()
+    marker = (read_marker(path) or {}) if path is not None else {}
+    script_args.layout_change = layout_change(marker, layout) if path is not None else None
+    if script_args.layout_change:
+        notes.append(f"resuming across layouts: {script_args.layout_change}")
+        kept = keep_global_batch(training_args, marker, explicit, layout["world_size"])
+        if kept:
+            notes.append(kept)
     check_output_dir(
-        training_args.output_dir, resuming=path is not None, overwrite=script_args.overwrite_output_dir
+        training_args.output_dir,
+        resuming=path is not None or restarted,
+        overwrite=script_args.overwrite_output_dir,
     )
     if training_args.hub_token:
         # TrainingArguments is pickled into every checkpoint (training_args.bin): keep the token in the

@@ -136,3 +136,17 @@ def reconcile_batch_settings(
             f"{arg_name} = {config_value} (from deepspeed_config.{config_key} in the accelerate config)"
         )
     return notes
+
+
+def set_accumulation(args, steps: int, environ=os.environ) -> None:
+    """Set gradient accumulation everywhere it is read: the ``SFTConfig``, accelerate's environment and,
+    under DeepSpeed, the plugin's config (built from that environment when the arguments were parsed;
+    transformers refuses a DeepSpeed config that disagrees with the arguments)."""
+    args.gradient_accumulation_steps = steps
+    if environ.get(GA_ENV) not in (None, "", "none", "auto"):
+        environ[GA_ENV] = str(steps)
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.gradient_accumulation_steps = steps
+        if isinstance(getattr(plugin, "deepspeed_config", None), dict):
+            plugin.deepspeed_config["gradient_accumulation_steps"] = steps

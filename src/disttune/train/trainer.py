@@ -9,7 +9,12 @@ What it adds to ``SFTTrainer``, all of it here (the callbacks' own behaviour is 
 - ``_save_checkpoint``: every checkpoint is marked complete once all ranks have written it, and old ones
   are rotated only after that (``checkpoints.py``);
 - ``get_eval_dataloader``: evaluation drops no example (``dataloader_drop_last`` is for training);
-- callbacks: ``StepGuard`` (signals, non-finite steps) and, with ``--hang_dump_s N``, ``HangWatchdog``.
+- callbacks: ``StepGuard`` (signals, non-finite steps) and, with ``--hang_dump_s N``, ``HangWatchdog``;
+- resume across layouts: with ``portable`` set (a checkpoint of another strategy or world size, converted
+  by ``portable.py``), transformers' own loading is skipped and the portable copy is loaded into the
+  prepared model and optimizer instead; the global step (hence the data position) still comes from the
+  checkpoint's ``trainer_state.json``, and its per-rank random states are not restored (they belong to
+  another world size).
 
 ``DISTTUNE_TEST_FAULT`` (tests only, see ``faults.py``) injects a NaN loss here and a kill mid-save.
 """
@@ -32,6 +37,7 @@ from disttune.train.faults import (
     test_faults,
     translate_deepspeed_error,
 )
+from disttune.train.portable import load_portable
 
 
 class DisttuneTrainer(SFTTrainer):
@@ -46,6 +52,7 @@ class DisttuneTrainer(SFTTrainer):
         self, *args, run_info: dict, skip_nonfinite_steps: bool = False, hang_dump_s: float = 0.0, **kwargs
     ):
         self.run_info = run_info
+        self.portable: Path | None = None  # set when resuming a checkpoint of another layout (portable.py)
         self.guard = StepGuard(self, skip_nonfinite=skip_nonfinite_steps)
         super().__init__(*args, **kwargs)
         # Last, after transformers' progress callback: the guard's on_train_end may raise TrainingStopped.
@@ -86,6 +93,21 @@ class DisttuneTrainer(SFTTrainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.args.dataloader_drop_last = drop
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.portable is None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        if self.portable is None:
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        load_portable(self, self.portable)
+        return model, train_dataloader
+
+    def _load_rng_state(self, checkpoint):
+        if self.portable is None:
+            super()._load_rng_state(checkpoint)
 
     def _save_checkpoint(self, model, trial):
         """Save with rotation off; once every rank has written its part, mark it complete, then rotate.
