@@ -70,6 +70,36 @@ def test_a_file_in_no_known_format_is_refused_naming_its_columns(tmp_path, cache
     assert no_traceback_from_our_code(result)
 
 
+def test_eval_split_reports_the_evaluation_loss_before_and_after_under_zero3(tmp_path, cache):
+    """A held-out fraction of the user's file, evaluated by transformers (--eval_strategy steps
+    --eval_steps 2) and in any case before the first step and after the last; sharded, every rank takes part."""
+    data = _write_jsonl(tmp_path / "qa.jsonl", _records("messages"))
+    out = tmp_path / "out"
+    result = launch(
+        "deepspeed_zero3",
+        out,
+        *SHORT_RUN,
+        "--dataset_name",
+        str(data),
+        "--eval_split",
+        "0.25",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        cache_dir=cache,
+    )
+    assert result.returncode == 0, explain(result)
+    evaluation = read_summary(out)["eval"]
+    assert evaluation["data"] == f"{data}: 10 held-out examples"
+    assert evaluation["before"]["step"] == 0 and evaluation["after"]["step"] == 3
+    assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
+    logged = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    # at the start, at step 2 (--eval_steps) and at the end
+    assert len([r for r in logged if "eval_loss" in r]) == 3, logged
+    assert "did it learn? eval loss" in result.stdout
+
+
 @pytest.mark.parametrize("config", ["multi_gpu_ddp", "deepspeed_zero3"])
 def test_lora_run_saves_adapter_and_merged_model(tmp_path, cache, config):
     from safetensors.torch import load_file

@@ -50,6 +50,20 @@ class DisttuneArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation loss on your data set, before and after training (and as --eval_strategy asks): "
+            "a split name (hub or folder data sets) or a fraction of the training data held out (e.g. 0.05)."
+        },
+    )
+    heldout_examples: int = field(
+        default=64,
+        metadata={
+            "help": "Held-out examples of the built-in data set answered (greedy) before and after training: "
+            "exact match and per-token accuracy of the answers (0 = off)."
+        },
+    )
     lr_scaling: str = field(
         default="none",
         metadata={

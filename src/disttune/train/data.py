@@ -64,6 +64,73 @@ def builtin_examples(num_examples: int = 4000, seed: int = 1234) -> list[dict]:
     return examples
 
 
+def builtin_heldout(train: list[dict], num_examples: int = 64, seed: int = 1234) -> list[dict]:
+    """The built-in set's held-out split: ``num_examples`` records drawn like ``builtin_examples`` but from
+    their own generator, none of them asking a question that ``train`` asks (so none is trained on).
+
+    The training set itself is left as it was: the same 4000 examples as a run without a held-out split.
+    """
+    seen = {example["messages"][0]["content"] for example in train}
+    rng = random.Random(f"heldout-{seed}")
+    heldout: list[dict] = []
+    for _ in range(1000 * max(num_examples, 1)):  # the task space is far larger than any train set
+        if len(heldout) == num_examples:
+            break
+        question, answer = rng.choice(TASKS)(rng)
+        if question not in seen:
+            seen.add(question)
+            heldout.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
+    return heldout
+
+
+def split_for_eval(dataset, eval_split: str, name: str, config: str | None = None, seed: int = 1234):
+    """``(train, eval)`` for ``--eval_split``: a fraction in (0, 1) holds that share of ``dataset`` out of
+    training (the same rows on every rank, for a given ``seed``); any other value names a split of the hub
+    dataset or local dataset folder ``name``, loaded beside the training split.
+    """
+    from datasets import load_dataset
+
+    try:
+        fraction = float(eval_split)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        if not 0 < fraction < 1 or round(fraction * len(dataset)) < 1:
+            raise UserError(
+                f"--eval_split {eval_split}: a held-out fraction must lie between 0 and 1 and leave at least "
+                f"one of the {len(dataset)} examples out.\n  fix: e.g. --eval_split 0.05, or a split name."
+            )
+        parts = dataset.train_test_split(test_size=fraction, seed=seed)
+        return parts["train"], parts["test"]
+    if Path(name).suffix.lower() in FILE_LOADERS:
+        raise UserError(
+            f"--eval_split {eval_split}: a local file has no named splits.\n"
+            "  fix: hold a fraction of it out (--eval_split 0.05), or give a dataset folder or hub name."
+        )
+    try:
+        held = load_dataset(name if not Path(name).exists() else str(Path(name)), config, split=eval_split)
+    except Exception as exc:  # unknown split, unreachable hub: one line, no traceback
+        raise UserError(
+            f"--eval_split {eval_split}: cannot load this split of {name} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}).\n"
+            "  fix: name a split the dataset has, or hold a fraction out (--eval_split 0.05)."
+        ) from exc
+    missing = sorted(set(dataset.column_names) - set(held.column_names))
+    if missing:
+        raise UserError(
+            f"--eval_split {eval_split}: this split lacks the training columns {', '.join(missing)}.\n"
+            "  fix: name a split in the same format as the training split."
+        )
+    return dataset, held.remove_columns([c for c in held.column_names if c not in dataset.column_names])
+
+
 def _builtin_rows(seed: int):
     yield from builtin_examples(seed=seed)
 

@@ -26,6 +26,7 @@ from disttune.train import console, restarts
 from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
 from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
+from disttune.train.evaluate import HeldOutEvaluation, describe_change, evaluation_data, evaluation_settings
 from disttune.train.failures import Progress, repeat_first_failure, report_crash, report_user_error
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
@@ -162,6 +163,7 @@ def setup(argv: list[str]):
     if launched is not None:
         apply_precision(training_args, os.environ[MP_ENV])
     promote_fsdp_on_cpu(cuda)
+    evaluation_settings(script_args, training_args, explicit)
     if deepspeed_auto_sizes(training_args):
         notes.append(
             "DeepSpeed bucket sizes and ZeRO-3 persistence threshold derived from the model's hidden size"
@@ -254,10 +256,11 @@ def format_plan(info: dict, training_args, tokens_per_step: int) -> str:
 
 def build_trainer(
     script_args, training_args, model_args, notes: list[str]
-) -> tuple[DisttuneTrainer, MetricsCallback, str]:
+) -> tuple[DisttuneTrainer, MetricsCallback, str, HeldOutEvaluation]:
     """Model, tokenizer and data, in our ``DisttuneTrainer`` (TRL's ``SFTTrainer`` with fault handling and
-    crash-safe checkpoints, see ``trainer.py``) with the metrics callback; returns it, the callback and the
-    data format. What it set up on its own (MoE leaf modules) is added to ``notes``."""
+    crash-safe checkpoints, see ``trainer.py``) with the metrics and held-out evaluation callbacks; returns
+    it, the metrics callback, the data format and the evaluation callback. What it set up on its own (MoE
+    leaf modules) is added to ``notes``."""
     set_seed(training_args.seed)  # the same initial weights under every strategy
     model, tokenizer = load_model_and_tokenizer(
         model_args, training_args.seed, training_args.trust_remote_code
@@ -274,23 +277,32 @@ def build_trainer(
             script_args.dataset_config,
             seed=training_args.seed,
         )
+        dataset, eval_dataset, heldout = evaluation_data(script_args, training_args, dataset)
         if fmt == "messages":
             if "{% generation %}" in (tokenizer.chat_template or ""):
                 training_args.assistant_only_loss = True
             else:
                 dataset = messages_to_prompt_completion(dataset)
+                if eval_dataset is not None:
+                    eval_dataset = messages_to_prompt_completion(eval_dataset)
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)
+    held_out = len(heldout) if heldout else len(eval_dataset) if eval_dataset is not None else 0
+    evaluation = HeldOutEvaluation(
+        heldout, eval_dataset is not None, f"{script_args.dataset_name}: {held_out} held-out examples"
+    )
     trainer = DisttuneTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=[
             metrics,
             restarts.ProgressCallback(training_args.output_dir, world_size_from_env()),
             Progress(),
+            evaluation,
         ],
         run_info={
             **current_layout(),
@@ -301,7 +313,8 @@ def build_trainer(
         hang_dump_s=script_args.hang_dump_s,
     )
     console.attach(trainer, metrics, script_args.verbose)  # one step line instead of transformers' dicts
-    return trainer, metrics, fmt
+    evaluation.attach(trainer)
+    return trainer, metrics, fmt, evaluation
 
 
 @dataclass
@@ -315,6 +328,7 @@ class RunRecord:
     metrics: MetricsCallback
     data_format: str  # the dataset's format as detected by ``data.load_train_dataset``
     notes: list[str] = field(default_factory=list)  # printed before the plan and kept in run_summary.json
+    evaluation: HeldOutEvaluation | None = None  # before/after numbers on the held-out data (evaluate.py)
 
 
 def save_outputs(trainer, final_dir: Path, script_args, model_args, training_args) -> None:
@@ -384,9 +398,13 @@ def fit(record: RunRecord) -> dict:
         "layout_change": record.script_args.layout_change,
         "restarts": restarts.read_restarts(training_args.output_dir),
         "notes": record.notes,
+        "eval": record.evaluation.summary() if record.evaluation else None,
     }
     if accelerator.is_main_process:
         write_json(Path(training_args.output_dir) / "run_summary.json", summary)
+        learned = describe_change(summary["eval"])
+        if learned:
+            print(f"disttune: {learned}", flush=True)
         print(f"disttune: done: final loss {summary['final_loss']}, model saved in {final_dir}", flush=True)
     return summary
 
@@ -442,13 +460,15 @@ def run(argv: list[str]) -> dict:
             restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
             if restarted:
                 notes.insert(0, restarted)
-        trainer, metrics, fmt = build_trainer(script_args, training_args, model_args, notes)
+        trainer, metrics, fmt, evaluation = build_trainer(script_args, training_args, model_args, notes)
         try:
             check_trainer_disk(trainer, training_args)
             converted = resume_across_layouts(trainer, script_args, model_args, training_args)
             if converted:
                 notes.append(converted)
-            return fit(RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes))
+            return fit(
+                RunRecord(script_args, training_args, model_args, trainer, metrics, fmt, notes, evaluation)
+            )
         finally:
             release_trainer(trainer)
     except BaseException as exc:

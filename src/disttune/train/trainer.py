@@ -8,6 +8,7 @@ What it adds to ``SFTTrainer``, all of it here (the callbacks' own behaviour is 
   timed out or lost its peer becomes one line naming this rank and the step, then exit code 1;
 - ``_save_checkpoint``: every checkpoint is marked complete once all ranks have written it, and old ones
   are rotated only after that (``checkpoints.py``);
+- ``get_eval_dataloader``: evaluation drops no example (``dataloader_drop_last`` is for training);
 - callbacks: ``StepGuard`` (signals, non-finite steps) and, with ``--hang_dump_s N``, ``HangWatchdog``;
 - resume across layouts: with ``portable`` set (a checkpoint of another strategy or world size, converted
   by ``portable.py``), transformers' own loading is skipped and the portable copy is loaded into the
@@ -82,6 +83,16 @@ class DisttuneTrainer(SFTTrainer):
                 raise
             print(message, file=sys.stderr, flush=True)
             raise SystemExit(1) from exc
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Every evaluation example counts: ``dataloader_drop_last`` (on by default here, for full training
+        batches) is for training only; transformers applies it to evaluation too, where 10 examples over 2
+        ranks x 8 per device left no batch at all and no ``eval_loss``."""
+        drop, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self.portable is None:
