@@ -234,18 +234,18 @@ class HeldOutEvaluation(TrainerCallback):
             for example, (generated_ids, _) in zip(self.heldout[:SAMPLES_SHOWN], pairs, strict=False)
         ]
         if state.is_world_process_zero:
-            print(
+            from tqdm.auto import tqdm  # write through the training bar, as the step lines do
+
+            tqdm.write(
                 f"disttune: held-out answers {when} (step {state.global_step}, {scores['examples']} "
                 f"examples, greedy): exact match {_pct(scores['exact_match'])} ({scores['exact']}/"
                 f"{scores['examples']}), per-token accuracy {_pct(scores['token_accuracy'])} "
-                f"({scores['seconds']:.1f} s)",
-                flush=True,
+                f"({scores['seconds']:.1f} s)"
             )
             if when == "after training":
                 for sample in self.samples:
-                    print(
-                        f"  {sample['question']}  ->  {sample['answer']!r} (expected {sample['expected']!r})",
-                        flush=True,
+                    tqdm.write(
+                        f"  {sample['question']}  ->  {sample['answer']!r} (expected {sample['expected']!r})"
                     )
 
     def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
