@@ -205,6 +205,25 @@ def render_markdown(runs: list[Run]) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def segment_labels(run: Run) -> list[str]:
+    """The legend entry of each launch of ``run``: the first names the strategy and world size, a resume
+    says from which step (and under which layout, when it changed: the summary describes the last launch)."""
+    name, moved = run.label, None
+    change = (run.summary or {}).get("layout_change")
+    if change:
+        before, moved = change.split(" -> ", 1)
+        name += f" ({before})"
+    elif run.summary:
+        ranks = run.summary.get("world_size", "?")
+        name += f" ({strategy_name(run.summary)}, {ranks} rank{'' if ranks == 1 else 's'})"
+    return [
+        name
+        if seg.resumed_from is None
+        else f"{run.label}, resumed from step {seg.resumed_from}" + (f" as {moved}" if moved else "")
+        for seg in run.segments
+    ]
+
+
 def _memory_label(runs: list[Run]) -> str:
     kinds = {(run.summary or {}).get("peak_memory_kind") for run in runs} - {None}
     names = {"cpu_max_rss": "CPU: process max RSS", "cuda_max_memory_allocated": "GPU: max allocated"}
@@ -245,18 +264,16 @@ def plot(runs: list[Run], path: Path) -> None:
         style = {"color": f"C{index % 10}", "linewidth": 1.8 + 1.3 * under}
         if not many_steps:
             style |= {"marker": "osD^vP*X"[index % 8], "markersize": 4.5 + 2 * under}
-        name = run.label
-        if run.summary:
-            name += f" ({strategy_name(run.summary)}, {run.summary.get('world_size', '?')} ranks)"
+        labels = segment_labels(run)
         for number, seg in enumerate(run.segments):
             later = run.segments[number + 1].resumed_from if number + 1 < len(run.segments) else None
             kept = [r for r in seg.records if later is None or r["step"] <= later]
             redone = [r for r in seg.records if later is not None and r["step"] >= later]
+            label = labels[number]
             if seg.resumed_from is None:
-                seg_style, label = {**style, "linestyle": "-"}, name
+                seg_style = {**style, "linestyle": "-"}
             else:
                 seg_style = {**style, "linestyle": "--", "markerfacecolor": "white"}
-                label = f"{run.label}, resumed from step {seg.resumed_from}"
             for ax, values in zip(axes, _series(kept)[1:], strict=True):
                 ax.plot(_series(kept)[0], values, label=label if ax is ax_loss else None, **seg_style)
             if len(redone) > 1:

@@ -140,6 +140,20 @@ def test_resumed_run_is_split_at_the_resume_point(tmp_path):
     assert [(len(s.records), s.resumed_from) for s in run.segments] == [(8, None), (4, 4)]
     assert report.summarize(run)["resumed_from"] == [4]
     assert "- resumed: resumed from step 4; tokens/s is the last launch's." in report.render_markdown([run])
+    assert report.segment_labels(run) == ["resumed (DDP, 2 ranks)", "resumed, resumed from step 4"]
+    moved = report.load_runs(
+        [
+            write_run(
+                tmp_path / "moved",
+                first + again,
+                {**summary(), "layout_change": "deepspeed-zero2 x2 -> ddp x1"},
+            )
+        ]
+    )[0]
+    assert report.segment_labels(moved) == [
+        "moved (deepspeed-zero2 x2)",
+        "moved, resumed from step 4 as ddp x1",
+    ]
 
 
 def test_unfinished_run_is_reported_from_its_last_record(tmp_path):
