@@ -121,7 +121,7 @@ LAUNCHER_FRAMES = (
 # torch elastic's log lines that belong to the exit report: "failed (exitcode: 1) local_rank: ..." and
 # "Sending process N closing signal SIGTERM".
 ELASTIC_EXIT_LINE = re.compile(
-    r"^[EWI]\d{4} [\d:.]+ +\d+ torch/distributed/elastic/\S+\] (failed \(exitcode|Sending process \d+ closing)"
+    r"^[EWI]\d{4} [\d:.]+ +\d+ \S*torch/distributed/elastic/\S+\] (failed \(exitcode|Sending process \d+ closing)"
 )
 ROOT_CAUSE = re.compile(
     r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.DOTALL

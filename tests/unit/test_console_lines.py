@@ -157,3 +157,16 @@ def test_the_first_failure_is_claimed_once_and_a_user_error_said_once(store, mon
         "disttune: rank 0 stopped after rank 1 failed first:",
         "script.py: error: --dataset_name x: file not found.",
     ]
+
+
+def test_elastic_exit_lines_are_recognised_wherever_torch_is_installed():
+    from disttune.launch import ELASTIC_EXIT_LINE
+
+    # torch logs its file relative to the working directory: a .venv inside the repository (as `make
+    # install` makes it, and CI) puts site-packages in front of the path.
+    for prefix in ("", ".venv/lib/python3.11/site-packages/", "/opt/conda/lib/python3.11/site-packages/"):
+        line = (
+            f"E1202 12:47:51.419000 15080 {prefix}torch/distributed/elastic/multiprocessing/api.py:1002] "
+            "failed (exitcode: 1) local_rank: 1 (pid: 15085) of binary: /work/main/.venv/bin/python"
+        )
+        assert ELASTIC_EXIT_LINE.match(line), prefix
