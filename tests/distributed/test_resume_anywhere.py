@@ -10,7 +10,8 @@ accumulation 2 on one process, the ZeRO configs' 1 on two). The checkpoint itsel
 
 The matrix: every shipped strategy is a source and a target, both world sizes appear. CI runs ZeRO-3 x2 ->
 FSDP2 x2 (engines crossed, sharded state on both sides) here, and the issue's own pair of commands (ZeRO-2
-x2 -> DDP x1) as the README shows them (tests/readme); `make test-full` runs all five cells.
+x2 -> DDP x1) as the README shows them (tests/readme); `make test-full` runs all five cells and a sixth:
+ZeRO-2 x2 -> ZeRO-2 x1, where the kept global batch overrides the ZeRO config's accumulation.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MATRIX = [
     pytest.param("deepspeed_zero3", 2, "fsdp2", 2, id="zero3x2-to-fsdp2x2"),
     pytest.param("fsdp2", 2, "deepspeed_zero2", 2, id="fsdp2x2-to-zero2x2", marks=full),
     pytest.param("deepspeed_zero3_offload", 2, "deepspeed_zero1", 2, id="offloadx2-to-zero1x2", marks=full),
+    # Same strategy, half the processes: accumulation 1 -> 2 overrides the ZeRO config's own value.
+    pytest.param("deepspeed_zero2", 2, "deepspeed_zero2", 1, id="zero2x2-to-zero2x1", marks=full),
 ]
 
 

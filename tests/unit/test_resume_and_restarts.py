@@ -43,6 +43,10 @@ def test_global_batch_kept_by_accumulation_when_the_world_size_changes():
     assert note == "gradient_accumulation_steps 1 -> 2: keeps the checkpoint's global batch 8 = 4 x 1 x 2"
     same = _args(4, 1)
     assert keep_global_batch(same, {"global_batch_size": 8, "world_size": 1}, set(), world_size=2) is None
+    old_mark = keep_global_batch(_args(4, 1), {"world_size": 2}, set(), world_size=1)
+    assert (
+        old_mark.startswith("the checkpoint does not record its global batch") and "4 = 4 x 1 x 1" in old_mark
+    )
 
 
 def test_global_batch_that_cannot_be_kept_is_an_error_with_the_nearest_options():

@@ -76,7 +76,13 @@ def keep_global_batch(training_args, marker: dict, explicit: set[str], world_siz
         training_args.gradient_accumulation_steps,
     )
     ours = global_batch_size(per_device, world_size, accumulation)
-    if saved is None or saved == ours:
+    if saved is None:
+        return (
+            f"the checkpoint does not record its global batch (written by an older disttune): this run's is "
+            f"{ours} = {per_device} x {world_size} x {accumulation}; if that is not the checkpoint's, the step "
+            "count is no longer the data position (set --gradient_accumulation_steps to keep it)"
+        )
+    if saved == ours:
         return None
     where = f"the checkpoint was trained with global batch {saved} on {marker.get('world_size')} process(es)"
     if "gradient_accumulation_steps" in explicit:
