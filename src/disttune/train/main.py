@@ -435,22 +435,13 @@ def resume_across_layouts(trainer, script_args, model_args, training_args) -> st
     return note
 
 
-def _output_dir_in(argv: list[str]) -> str:
-    """``--output_dir`` as given on the command line (or the default), before the arguments are parsed."""
-    for i, arg in enumerate(argv):
-        if arg == "--output_dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--output_dir="):
-            return arg.split("=", 1)[1]
-    return SCRIPT_DEFAULTS["output_dir"]
-
-
 def run(argv: list[str]) -> dict:
     """Set up, train and save; returns the run summary. The trainer is freed when this returns.
 
-    How the run ended on this rank, when it failed, is noted for the restart records (``restarts.py``).
+    How the run ended on this rank, when it failed after the checks of ``setup`` passed, is noted for the
+    restart records (``restarts.py``); a run refused by them leaves the output folder as it was.
     """
-    output_dir = _output_dir_in(argv)
+    output_dir = None
     try:
         script_args, training_args, model_args, notes = setup(argv)
         output_dir = training_args.output_dir
@@ -472,7 +463,7 @@ def run(argv: list[str]) -> dict:
         finally:
             release_trainer(trainer)
     except BaseException as exc:
-        if not isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+        if output_dir is not None and not isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
             restarts.record_end(output_dir, *restarts.cause_of(exc))
         raise
 
