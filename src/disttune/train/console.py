@@ -37,6 +37,11 @@ QUIET_WARNINGS = (
         "transformers pins batches by default; without a GPU torch skips pinning, which changes nothing",
     ),
     (
+        "`is_gradient_checkpointing` is deprecated",
+        FutureWarning,
+        "TRL 1.16's unwrap_model_for_generation (the held-out answers) reads transformers' old property name",
+    ),
+    (
         "`torch.distributed.all_gather_into_tensor` is deprecated",
         FutureWarning,
         "DeepSpeed 0.19.8 calls torch 2.13's old name; nothing a user can change (repeated every step)",
