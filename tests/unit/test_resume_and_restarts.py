@@ -116,6 +116,8 @@ def test_ddp_checkpoint_becomes_portable_by_parameter_name(tmp_path):
     assert (folder / "trainer_state.json").read_text() == '{"global_step": 3}'
     again, note = make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp"}, shapes, order)
     assert again == folder and "made earlier" in note
+    _, note = make_portable(tmp_path / "checkpoint-3", {"strategy": "ddp", "time": 2.0}, shapes, order)
+    assert "converted checkpoint-3" in note  # the checkpoint was marked again since: converted again
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
