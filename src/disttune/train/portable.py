@@ -198,7 +198,7 @@ def make_portable(
     checkpoint = Path(checkpoint)
     out = portable_path(checkpoint)
     source = f"{marker.get('strategy', '?')} x{marker.get('world_size', '?')}"
-    if is_complete(out):
+    if is_complete(out) and _portable_info(out).get("source_marked") == marker.get("time"):
         return out, f"using the portable copy of {checkpoint.name} made earlier ({out})"
     weights, moments, step = read_checkpoint(checkpoint, marker.get("strategy", "ddp"), optimizer_order)
     names = list(shapes)
@@ -235,7 +235,13 @@ def make_portable(
     for name in ("trainer_state.json", "scheduler.pt"):
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, out / name)
-    info = {"step": step, "source": str(checkpoint), "source_layout": source, "parameters": len(names)}
+    info = {
+        "step": step,
+        "source": str(checkpoint),
+        "source_layout": source,
+        "source_marked": marker.get("time"),  # a checkpoint rewritten since is converted again
+        "parameters": len(names),
+    }
     (out / "portable.json").write_text(json.dumps(info, indent=2) + "\n")
     write_marker(out, {"portable_of": str(checkpoint)})
     note = (
@@ -244,6 +250,13 @@ def make_portable(
         f"step {step}, scheduler and trainer state -> {out} (the original is untouched)"
     )
     return out, note
+
+
+def _portable_info(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "portable.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _numel(shape) -> int:
@@ -257,7 +270,7 @@ def read_portable(folder: Path) -> tuple[dict, dict, int]:
     """``(weights, moments, optimizer step)`` of a portable folder."""
     from safetensors.torch import load_file
 
-    info = json.loads((folder / "portable.json").read_text())
+    info = _portable_info(folder)
     return (
         load_file(folder / "weights.safetensors"),
         load_file(folder / "optimizer.safetensors"),
