@@ -23,11 +23,17 @@ DEBUG_ENV = {"NCCL_DEBUG": "INFO", "ACCELERATE_LOG_LEVEL": "INFO", "TORCH_DISTRI
 TIMEOUT_FLAG = "--ddp_timeout"  # the collective timeout of transformers' TrainingArguments (seconds)
 
 
+def script_arg(script_args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in the script's arguments (``--flag V`` or ``--flag=V``; "" when given without
+    one), or None when absent."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(flag, dest="value", nargs="?", const="", default=None)
+    return parser.parse_known_args(list(script_args))[0].value
+
+
 def script_timeout(script_args: Sequence[str]) -> str | None:
     """The value of ``--ddp_timeout`` in the script's arguments (``--ddp_timeout S`` or ``=S``), if any."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument(TIMEOUT_FLAG, dest="timeout", nargs="?", const="", default=None)
-    return parser.parse_known_args(list(script_args))[0].timeout
+    return script_arg(script_args, TIMEOUT_FLAG)
 
 
 def with_timeout(script_args: Sequence[str], timeout: int | None) -> list[str]:

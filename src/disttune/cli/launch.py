@@ -173,12 +173,8 @@ def run(args: argparse.Namespace) -> int:
 def failure_record(script_args: list[str]) -> str | None:
     """What the training script recorded about the attempt that failed last (``train/restarts.py``): the
     rank, the step and the cause, and whether every restart failed there. None when it left no record."""
+    from disttune.launch import script_arg
     from disttune.train.restarts import give_up_summary
 
-    output_dir = None
-    for i, arg in enumerate(script_args):
-        if arg == "--output_dir" and i + 1 < len(script_args):
-            output_dir = script_args[i + 1]
-        elif arg.startswith("--output_dir="):
-            output_dir = arg.split("=", 1)[1]
+    output_dir = script_arg(script_args, "--output_dir")
     return give_up_summary(output_dir) if output_dir else None

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from disttune.train.faults import _rank
+
 STATE_DIR = ".disttune"
 RESTARTS_FILE = "restarts.json"
 KILLED = (
@@ -81,10 +83,6 @@ def init_restarted_process_group(environ=os.environ) -> bool:
         timeout=timeout,
     )
     return True
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def _write(path: Path, data) -> None:
