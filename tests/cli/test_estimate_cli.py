@@ -216,6 +216,8 @@ def test_bad_config_json_exits_1_with_the_key(tmp_path, capsys, change, needle):
         ("meta-llama/Llama-3.3-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct"),
         ("google/gemma-2-9b-it", "google/gemma-2-9b"),
         ("gemma-3-1b-it", "google/gemma-3-1b-pt"),
+        ("google/gemma-3-27b-it", "google/gemma-3-27b-pt"),
+        ("google/gemma-3-4b-it", "google/gemma-3-4b-pt"),
         ("microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-4k-instruct"),
         ("microsoft/phi-4", "microsoft/phi-4"),
         ("Qwen/Qwen3-8B-Base", "Qwen/Qwen3-8B"),
@@ -328,3 +330,15 @@ def test_checkpointing_and_cross_entropy_options_change_the_activations(capsys):
     )  # one or the other
     assert main(["estimate", "--model", "Qwen/Qwen3-30B-A3B"]) == 0
     assert "30,532,122,624 parameters (3,353,032,704 active per token)" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """``disttune estimate ... | head -1``: the reader leaves early; no traceback, exit 141."""
+    import subprocess
+    import sys
+
+    code = "import sys; from disttune.cli import main; sys.exit(main(['estimate', '--num_params', '7e9']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `head` does once it has its line
+    assert proc.wait(timeout=60) == 141
+    assert b"Traceback" not in proc.stderr.read()

@@ -10,7 +10,7 @@ import pytest
 
 from disttune.errors import UserError
 from disttune.estimate.models import count_params, lora_params, resolve_model, spec_from_config
-from disttune.estimate.presets import PRESETS, normalise
+from disttune.estimate.presets import GEMMA3_VISION, PRESETS, normalise
 
 PUBLISHED = {  # safetensors totals on the Hugging Face Hub
     "meta-llama/Llama-3.2-1B": 1_235_814_400,
@@ -30,6 +30,9 @@ PUBLISHED = {  # safetensors totals on the Hugging Face Hub
     "google/gemma-2-9b": 9_241_705_984,
     "google/gemma-2-27b": 27_227_128_320,
     "google/gemma-3-1b-pt": 999_885_952,
+    "google/gemma-3-4b-pt": 4_300_079_472,  # with the SigLIP vision tower and projector
+    "google/gemma-3-12b-pt": 12_187_325_040,
+    "google/gemma-3-27b-pt": 27_432_406_640,
     "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
     "microsoft/Phi-3-medium-4k-instruct": 13_960_238_080,
     "microsoft/phi-4": 14_659_507_200,
@@ -124,6 +127,24 @@ def test_config_count_matches_transformers(tmp_path, model_type, extra):
         assert counts.active == expected
 
 
+def test_gemma3_image_text_config_matches_transformers(tmp_path):
+    """A Gemma 3 4B-27B config.json (model_type gemma3): AutoModelForCausalLM builds the vision tower too.
+
+    Written as the Hub's files are, with only what differs from transformers' defaults."""
+    transformers = pytest.importorskip("transformers")
+    text = dict(TINY, head_dim=16, model_type="gemma3_text")
+    vision = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4)
+    vision.update(image_size=56, patch_size=14)
+    for use_head in (False, True):
+        config = {"model_type": "gemma3", "text_config": text, "vision_config": {**vision}}
+        config["vision_config"]["vision_use_head"] = use_head
+        model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma3Config(**config))
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        counts = count_params(resolve_model(str(tmp_path)))
+        assert counts.total == sum(p.numel() for p in model.parameters())
+        assert counts.small_tensors == sum(p.numel() for p in model.parameters() if p.numel() <= 100_000)
+
+
 def test_gpt2_count_matches_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(vocab_size=101, n_embd=48, n_layer=2, n_head=6, n_positions=64)
@@ -161,6 +182,8 @@ def test_every_preset_matches_transformers(name):
             }
         )
     config = transformers.AutoConfig.for_model(spec.model_type, **fields)
+    if spec.extra_tensors:  # Gemma 3 4B-27B: the image-text model AutoModelForCausalLM loads
+        config = transformers.Gemma3Config(text_config=config.to_dict(), vision_config=GEMMA3_VISION)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     assert count_params(spec).total == sum(p.numel() for p in model.parameters())

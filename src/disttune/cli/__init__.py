@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from disttune import __version__
@@ -64,13 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not as an error at exit
+        return code
     except UserError as exc:
         print(f"disttune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"disttune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `disttune estimate ... | head`: the reader left; Python's own convention
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

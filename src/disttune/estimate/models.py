@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disttune.errors import UserError
@@ -52,6 +52,9 @@ class ModelSpec:
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate h -> 1
     num_moe_layers: int = 0  # layers whose MLP is the MoE block (the rest are dense)
+    # numel of each parameter outside the decoder (Gemma 3's vision tower and projector): held, trained and
+    # sharded like the rest, but never run by a text-only batch
+    extra_tensors: tuple[int, ...] = ()
 
     @property
     def q_dim(self) -> int:
@@ -138,8 +141,10 @@ def count_params(spec: ModelSpec, persistence_threshold: int = 100_000) -> Param
     lm_head = 0 if spec.tie_word_embeddings else embed
     positions = spec.position_embeddings * spec.hidden_size
     final_norm = spec.hidden_size * (2 if spec.norm_bias else 1)
-    total = embed + positions + n_dense * sum(dense) + n_moe * sum(moe) + final_norm + lm_head
+    outside = sum(spec.extra_tensors)
+    total = embed + positions + n_dense * sum(dense) + n_moe * sum(moe) + final_norm + lm_head + outside
     extra = [embed, positions, lm_head] + [spec.hidden_size] * (2 if spec.norm_bias else 1)
+    extra += spec.extra_tensors
     small = (
         n_dense * sum(n for n in dense if n <= persistence_threshold)
         + n_moe * sum(n for n in moe if n <= persistence_threshold)
@@ -153,8 +158,24 @@ def count_params(spec: ModelSpec, persistence_threshold: int = 100_000) -> Param
         * spec.hidden_size
     )
     per_layer = max(sum(dense) if n_dense else 0, sum(moe) if n_moe else 0)
-    largest = max([*(dense if n_dense else []), *moe, embed, positions])
+    largest = max([*(dense if n_dense else []), *moe, embed, positions, *spec.extra_tensors])
     return ParamCount(total, embed, lm_head, per_layer, largest, small, total - idle_experts)
+
+
+def siglip_tensors(vision: dict, text_hidden: int, name: str) -> tuple[int, ...]:
+    """numel of each tensor of Gemma 3's vision side: a SigLIP encoder (``vision_config``; its pooling head
+    only when ``vision_use_head``, which Gemma 3 turns off) and the projector into the text width."""
+    h = _whole(vision, "hidden_size", name)
+    i = _whole(vision, "intermediate_size", name)
+    n = _whole(vision, "num_hidden_layers", name)
+    patch = _whole(vision, "patch_size", name)
+    patches = (_whole(vision, "image_size", name) // patch) ** 2
+    channels = _whole(vision, "num_channels", name, default=3)
+    mlp = [i * h, i, h * i, h]
+    layer = [h, h, *[h * h, h] * 4, h, h, *mlp]  # layer_norm1, q/k/v/out_proj, layer_norm2, fc1/fc2
+    head = [h, 3 * h * h, 3 * h, h * h, h, h, h, *mlp] if vision.get("vision_use_head", True) else []
+    embeddings = [channels * patch * patch * h, h, patches * h]
+    return (*embeddings, *layer * n, h, h, *head, h * text_hidden, h)  # post_layernorm, projector + norm
 
 
 def lora_params(spec: ModelSpec, r: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
@@ -202,6 +223,20 @@ MODEL_TYPES = (
     "qwen2_moe",
     "qwen3_moe",
 )
+# transformers' Gemma3TextConfig and SiglipVisionConfig defaults, for the keys a published config leaves out
+GEMMA3_TEXT_DEFAULTS = dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    tie_word_embeddings=True,
+)
+SIGLIP_DEFAULTS = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, image_size=224, patch_size=16
+)
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -222,6 +257,16 @@ def _whole(config: dict, key: str, name: str, default=None, minimum: int = 1) ->
 def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
     """A ``ModelSpec`` from a parsed transformers ``config.json`` (the decoders in ``MODEL_TYPES``)."""
     model_type = config.get("model_type")
+    if model_type == "gemma3" and isinstance(config.get("text_config"), dict):
+        # Gemma 3 4B-27B: image-text models; AutoModelForCausalLM loads the vision tower with the decoder
+        # published configs list only what differs from transformers' defaults: fill in the same defaults
+        text = {**GEMMA3_TEXT_DEFAULTS, **config["text_config"], "model_type": "gemma3_text"}
+        spec = spec_from_config(text, name)
+        vision = config.get("vision_config")
+        if not isinstance(vision, dict):
+            raise UserError(f"{name}: model_type gemma3 needs a vision_config object.")
+        vision = {**SIGLIP_DEFAULTS, **vision}
+        return replace(spec, extra_tensors=siglip_tensors(vision, spec.hidden_size, name))
     if model_type not in MODEL_TYPES:
         hint = (
             " It is a multimodal config: point --model at its text decoder's config, or use --num_params."

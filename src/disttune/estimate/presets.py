@@ -7,7 +7,7 @@ change the shapes (``-Instruct``, ``-it``, ``-chat``, ``-hf``, ``-Base``, ``-pt`
 
 from __future__ import annotations
 
-from disttune.estimate.models import ModelSpec
+from disttune.estimate.models import ModelSpec, siglip_tensors
 
 
 def _spec(name, model_type, v, h, i, n, a, kv, tie, d=None, **extra) -> ModelSpec:
@@ -30,6 +30,23 @@ def _spec(name, model_type, v, h, i, n, a, kv, tie, d=None, **extra) -> ModelSpe
         fused_gate_up=model_type == "phi3",
         **extra,
     )
+
+
+# Gemma 3 4B-27B's vision_config (the same SigLIP encoder for the three): AutoModelForCausalLM loads it with
+# the decoder, so its 0.42B parameters are held and trained too
+GEMMA3_VISION = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    image_size=896,
+    patch_size=14,
+    vision_use_head=False,
+)
+
+
+def _gemma3(name, h, i, n, a, kv, d) -> ModelSpec:
+    vision = siglip_tensors(GEMMA3_VISION, h, name)
+    return _spec(name, "gemma3_text", 262208, h, i, n, a, kv, True, d=d, extra_tensors=vision)
 
 
 def _moe(e, k, moe_i, n, shared=0):
@@ -73,6 +90,9 @@ PRESETS: dict[str, ModelSpec] = {
         _spec("google/gemma-2-9b", "gemma2", 256000, 3584, 14336, 42, 16, 8, True, d=256),
         _spec("google/gemma-2-27b", "gemma2", 256000, 4608, 36864, 46, 32, 16, True, d=128),
         _spec("google/gemma-3-1b-pt", "gemma3_text", 262144, 1152, 6912, 26, 4, 1, True, d=256),
+        _gemma3("google/gemma-3-4b-pt", 2560, 10240, 34, 8, 4, 256),
+        _gemma3("google/gemma-3-12b-pt", 3840, 15360, 48, 16, 8, 256),
+        _gemma3("google/gemma-3-27b-pt", 5376, 21504, 62, 32, 16, 128),
         _spec("microsoft/Phi-3-mini-4k-instruct", "phi3", 32064, 3072, 8192, 32, 32, 32, False),
         _spec("microsoft/Phi-3-medium-4k-instruct", "phi3", 32064, 5120, 17920, 40, 40, 10, False),
         _spec("microsoft/phi-4", "phi3", 100352, 5120, 17920, 40, 40, 10, False),
