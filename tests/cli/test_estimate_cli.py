@@ -279,6 +279,25 @@ def test_host_ram_short_marks_offload_not_fitting(capsys):
     ]["fits"]
 
 
+def test_more_gpus_suggested_with_checkpointing_when_that_needs_fewer(capsys):
+    """Without checkpointing, 70B without offload needs 512 GPUs; with it, 32: both lines are shown."""
+    argv = [
+        "estimate",
+        "--model",
+        "meta-llama/Llama-3.1-70B",
+        "--gpu",
+        "H100-80GB",
+        "--host_memory_gb",
+        "1024",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "without offload (no host RAM needed), on 512 GPUs (64 nodes of 8): zero3" in out
+    assert "without offload and with --gradient_checkpointing, on 32 GPUs (4 nodes of 8): fsdp2" in out
+    # with offload, 16 GPUs suffice either way: no second line for the same count
+    assert out.count("use 16 GPUs (2 nodes of 8)") == 1
+
+
 def test_help_prints_a_plain_percent(capsys):
     assert main(["estimate", "--help"]) == 0
     out = capsys.readouterr().out

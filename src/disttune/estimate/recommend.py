@@ -86,6 +86,22 @@ def _scaled(inputs: Inputs, procs: int) -> Inputs:
     return replace(inputs, num_processes=procs, num_machines=max(1, procs // per_node))
 
 
+def _fewest_gpus(model: ModelInfo, inputs: Inputs, strategies: list[str]):
+    """Doubling the GPUs (nodes of the same size) up to 1024: the first count where a strategy fits."""
+    procs = inputs.num_processes
+    while procs < 1024:
+        procs *= 2
+        hit = _first_fit(model, _scaled(inputs, procs), strategies)
+        if hit:
+            return procs, hit
+    return procs, None
+
+
+def _nodes(inputs: Inputs, procs: int) -> str:
+    machines = _scaled(inputs, procs).num_machines
+    return f" ({machines} nodes of {procs // machines})" if machines > 1 else ""
+
+
 def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> list[str]:
     out = []
     tries = []
@@ -105,27 +121,34 @@ def _suggestions(model: ModelInfo, inputs: Inputs, strategies: list[str]) -> lis
         hit = _first_fit(model, changed, strategies)
         if hit:
             out.append(f"{text}: {_needs(hit)}.")
-    procs, hit = inputs.num_processes, None
-    while procs < 1024 and hit is None:
-        procs *= 2
-        more = _scaled(inputs, procs)
-        hit = _first_fit(model, more, strategies)
+    checkpointed = None
+    if not (inputs.gradient_checkpointing or inputs.selective_checkpointing):
+        checkpointed = replace(inputs, gradient_checkpointing=True)
+
+    def fewest(allowed: list[str], say: str, checkpointing_say: str) -> StrategyEstimate | None:
+        """More GPUs as they are; with checkpointing too, when that needs fewer of them."""
+        procs, hit = _fewest_gpus(model, inputs, allowed)
         if hit:
-            nodes = (
-                f" ({more.num_machines} nodes of {procs // more.num_machines})"
-                if more.num_machines > 1
-                else ""
-            )
-            out.append(f"use {procs} GPUs{nodes}: {_needs(hit)}.")
+            out.append(say.format(procs=procs, nodes=_nodes(inputs, procs)) + f"{_needs(hit)}.")
+        if checkpointed is not None:
+            fewer, hit_ckpt = _fewest_gpus(model, checkpointed, allowed)
+            if hit_ckpt and (hit is None or fewer < procs):
+                out.append(
+                    checkpointing_say.format(procs=fewer, nodes=_nodes(inputs, fewer))
+                    + f"{_needs(hit_ckpt)}."
+                )
+        return hit
+
+    hit = fewest(
+        strategies, "use {procs} GPUs{nodes}: ", "with --gradient_checkpointing, use {procs} GPUs{nodes}: "
+    )
     plain = [s for s in strategies if s not in OFFLOAD]
     if (hit is None or hit.name in OFFLOAD) and plain:
-        procs = inputs.num_processes
-        while procs < 1024:
-            procs *= 2
-            no_offload = _first_fit(model, _scaled(inputs, procs), plain)
-            if no_offload:
-                out.append(f"without offload (no host RAM needed), on {procs} GPUs: {_needs(no_offload)}.")
-                break
+        fewest(
+            plain,
+            "without offload (no host RAM needed), on {procs} GPUs{nodes}: ",
+            "without offload and with --gradient_checkpointing, on {procs} GPUs{nodes}: ",
+        )
     if not out:
         out.append("combine the above (LoRA, gradient checkpointing, batch 1) or use GPUs with more memory.")
     return out
