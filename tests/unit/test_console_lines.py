@@ -125,12 +125,12 @@ def test_accelerates_report_for_one_process_becomes_one_line():
 
 
 def test_a_crash_summary_names_the_rank_the_step_and_a_fix():
-    summary = failures.crash_summary(FileNotFoundError("no such file: /data/x.jsonl"), "1", "at step 3")
+    summary = failures.crash_summary(FileNotFoundError("no such file: /data/x.jsonl"), 1, "at step 3")
     assert summary.splitlines() == [
         "disttune: rank 1 failed at step 3: FileNotFoundError: no such file: /data/x.jsonl",
         "  fix: check the path and its permissions in the message above",
     ]
-    assert "rank 0" in failures.crash_summary(RuntimeError("boom"), "0", "before the first step")
+    assert "rank 0" in failures.crash_summary(RuntimeError("boom"), 0, "before the first step")
 
 
 @pytest.fixture
@@ -142,9 +142,9 @@ def store():
 
 def test_the_first_failure_is_claimed_once_and_a_user_error_said_once(store, monkeypatch, capsys):
     assert failures.first_failure(store) is None
-    assert failures.claim_first("rank 1 text", "1", store) == ("1", "rank 1 text")
-    assert failures.claim_first("rank 0 text", "0", store) == ("1", "rank 1 text")
-    assert failures.first_failure(store) == ("1", "rank 1 text")
+    assert failures.claim_first("rank 1 text", 1, store) == (1, "rank 1 text")
+    assert failures.claim_first("rank 0 text", 0, store) == (1, "rank 1 text")
+    assert failures.first_failure(store) == (1, "rank 1 text")
 
     monkeypatch.setattr(failures, "launcher_store", lambda: store)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a fresh key: a restarted job starts over

@@ -16,14 +16,14 @@ Without a launcher store (a single process started with ``python``) the cause is
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 
 from transformers import TrainerCallback
 
 from disttune.errors import UserError
-from disttune.train.faults import launcher_store
+from disttune.train.faults import _rank, launcher_store
+from disttune.train.restarts import restart_count
 
 # (what appears in "Type: message", likely fix). The first match wins; DEFAULT_FIX otherwise.
 LIKELY_FIXES = (
@@ -39,10 +39,6 @@ DEFAULT_FIX = (
     "the traceback above (rank {rank}) shows where; rerun with --verbose (or DISTTUNE_DEBUG=1) to see "
     "every process's full log"
 )
-
-
-def _rank() -> str:
-    return os.environ.get("RANK", "0")
 
 
 class Progress(TrainerCallback):
@@ -69,7 +65,7 @@ class Progress(TrainerCallback):
         return f"at step {cls.state.global_step + 1}"
 
 
-def likely_fix(text: str, rank: str) -> str:
+def likely_fix(text: str, rank: int) -> str:
     """The fix for an exception's ``Type: message`` text, from ``LIKELY_FIXES``."""
     for needles, fix in LIKELY_FIXES:
         if any(needle in text for needle in needles):
@@ -77,7 +73,7 @@ def likely_fix(text: str, rank: str) -> str:
     return DEFAULT_FIX.format(rank=rank)
 
 
-def crash_summary(exc: BaseException, rank: str, where: str) -> str:
+def crash_summary(exc: BaseException, rank: int, where: str) -> str:
     """``disttune: rank R failed WHERE: Type: first line of the message`` and the likely fix."""
     message = (str(exc).strip().splitlines() or [""])[0][:300]
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
@@ -85,10 +81,10 @@ def crash_summary(exc: BaseException, rank: str, where: str) -> str:
 
 
 def _store_key() -> str:
-    return f"disttune/first_failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return f"disttune/first_failure/{restart_count()}"
 
 
-def claim_first(text: str, rank: str, store=None) -> tuple[str, str] | None:
+def claim_first(text: str, rank: int, store=None) -> tuple[int, str] | None:
     """Record ``(rank, text)`` as the job's first failure unless one is recorded; returns the one recorded
     first (this one when this process was first), or None without a launcher store."""
     store = store if store is not None else launcher_store()
@@ -98,10 +94,10 @@ def claim_first(text: str, rank: str, store=None) -> tuple[str, str] | None:
         recorded = json.loads(store.compare_set(_store_key(), "", json.dumps([rank, text])).decode())
     except Exception:
         return None
-    return recorded[0], recorded[1]
+    return int(recorded[0]), recorded[1]
 
 
-def first_failure(store=None) -> tuple[str, str] | None:
+def first_failure(store=None) -> tuple[int, str] | None:
     """The job's first failure as ``(rank, text)``, recorded by ``claim_first`` (None: none, or no store)."""
     store = store if store is not None else launcher_store()
     if store is None:
@@ -112,7 +108,7 @@ def first_failure(store=None) -> tuple[str, str] | None:
         recorded = json.loads(store.get(_store_key()).decode())
     except Exception:
         return None
-    return recorded[0], recorded[1]
+    return int(recorded[0]), recorded[1]
 
 
 def _print(text: str) -> None:
