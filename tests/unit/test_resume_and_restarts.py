@@ -146,7 +146,7 @@ def test_fault_injection_can_be_limited_to_one_attempt(monkeypatch):
 def _attempt(monkeypatch, out, attempt, world=2, step=5, ends=None):
     """Leave what attempt ``attempt`` leaves: progress at ``step``, and each rank's end in ``ends``."""
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
-    restarts.ProgressCallback(out, world)._save(step)
+    restarts.Progress(out, world)._save(step)
     for rank, (cause, secondary) in (ends or {}).items():
         monkeypatch.setenv("RANK", str(rank))
         restarts.record_end(out, cause, secondary)

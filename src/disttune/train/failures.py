@@ -19,11 +19,9 @@ import json
 import sys
 import traceback
 
-from transformers import TrainerCallback
-
 from disttune.errors import UserError
 from disttune.train.faults import _rank, launcher_store
-from disttune.train.restarts import restart_count
+from disttune.train.restarts import Progress, exception_line, restart_count
 
 # (what appears in "Type: message", likely fix). The first match wins; DEFAULT_FIX otherwise.
 LIKELY_FIXES = (
@@ -41,30 +39,6 @@ DEFAULT_FIX = (
 )
 
 
-class Progress(TrainerCallback):
-    """Where training is, for the failure line: before the first step, at step N, or after training."""
-
-    state = None  # the trainer's state, once training began
-    ended = False
-
-    def __init__(self):
-        Progress.state, Progress.ended = None, False  # a new run (``disttune train`` may run several)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        Progress.state, Progress.ended = state, False
-
-    def on_train_end(self, args, state, control, **kwargs):
-        Progress.ended = True
-
-    @classmethod
-    def where(cls) -> str:
-        if cls.state is None:
-            return "before the first step"
-        if cls.ended:
-            return f"after training (step {cls.state.global_step}, saving the model)"
-        return f"at step {cls.state.global_step + 1}"
-
-
 def likely_fix(text: str, rank: int) -> str:
     """The fix for an exception's ``Type: message`` text, from ``LIKELY_FIXES``."""
     for needles, fix in LIKELY_FIXES:
@@ -75,8 +49,7 @@ def likely_fix(text: str, rank: int) -> str:
 
 def crash_summary(exc: BaseException, rank: int, where: str) -> str:
     """``disttune: rank R failed WHERE: Type: first line of the message`` and the likely fix."""
-    message = (str(exc).strip().splitlines() or [""])[0][:300]
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = exception_line(exc)
     return f"disttune: rank {rank} failed {where}: {text}\n  fix: {likely_fix(text, rank)}"
 
 

@@ -27,7 +27,7 @@ from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
 from disttune.train.checkpoints import new_run_id, read_marker
 from disttune.train.data import load_train_dataset
 from disttune.train.evaluate import HeldOutEvaluation, describe_change, evaluation_data, evaluation_settings
-from disttune.train.failures import Progress, repeat_first_failure, report_crash, report_user_error
+from disttune.train.failures import repeat_first_failure, report_crash, report_user_error
 from disttune.train.faults import TrainingStopped, apply_collective_timeout
 from disttune.train.measure import measure_run
 from disttune.train.metrics import MetricsCallback, write_json
@@ -300,8 +300,7 @@ def build_trainer(
         peft_config=get_peft_config(model_args),
         callbacks=[
             metrics,
-            restarts.ProgressCallback(training_args.output_dir, world_size_from_env()),
-            Progress(),
+            restarts.Progress(training_args.output_dir, world_size_from_env()),
             evaluation,
         ],
         run_info={

@@ -110,12 +110,17 @@ def record_end(output_dir: str | os.PathLike, cause: str, secondary: bool = Fals
         pass  # never let the record of a failure hide the failure
 
 
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (the type alone for an empty message)."""
+    message = (str(exc).strip().splitlines() or [""])[0][:limit]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def cause_of(exc: BaseException) -> tuple[str, bool]:
     """``(cause, secondary)`` for an exception that ended this rank: a lost peer is secondary."""
     if isinstance(exc, SystemExit):
         return "stopped after a collective failed (another rank was lost)", True
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__, False
+    return exception_line(exc), False
 
 
 def describe_attempt(output_dir: str | os.PathLike, attempt: int) -> dict | None:
@@ -206,12 +211,26 @@ def give_up_summary(output_dir: str | os.PathLike) -> str | None:
     return f"rank {last['rank']} failed {where}: {last['cause']}"
 
 
-class ProgressCallback(TrainerCallback):
-    """Writes ``.disttune/progress.json`` (attempt, last finished step, world size) on the main process."""
+class Progress(TrainerCallback):
+    """Where training is, on every rank: ``Progress.where()`` for the failure line (failures.py); on the
+    main process it also writes ``.disttune/progress.json`` (attempt, last finished step, world size) for
+    the restart records."""
+
+    state = None  # the trainer's state, once training began (class-level: read where no trainer is at hand)
+    ended = False
 
     def __init__(self, output_dir: str | os.PathLike, world_size: int):
+        Progress.state, Progress.ended = None, False  # a new run (``disttune train`` may run several)
         self.path = Path(output_dir) / STATE_DIR / "progress.json"
         self.world_size = world_size
+
+    @classmethod
+    def where(cls) -> str:
+        if cls.state is None:
+            return "before the first step"
+        if cls.ended:
+            return f"after training (step {cls.state.global_step}, saving the model)"
+        return f"at step {cls.state.global_step + 1}"
 
     def _save(self, step: int) -> None:
         try:
@@ -220,9 +239,13 @@ class ProgressCallback(TrainerCallback):
             pass
 
     def on_train_begin(self, args, state, control, **kwargs):
+        Progress.state, Progress.ended = state, False
         if state.is_world_process_zero:
             self._save(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self._save(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        Progress.ended = True
