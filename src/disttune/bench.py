@@ -132,7 +132,8 @@ def estimated_state(
     (a mixture of experts' k of E experts), the figure for FLOPs.
     """
     from disttune.estimate.memory import summarize
-    from disttune.estimate.models import count_params, resolve_model
+    from disttune.estimate.models import count_params
+    from disttune.estimate.presets import resolve_model
     from disttune.estimate.strategies import Inputs, ModelInfo, estimate_strategy
 
     spec = resolve_model(model_dir)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from disttune.extensions import extensions_root, human_duration, inspect_locks
+
 GIB = 2**30
 DEFAULT_PORT = 29500  # torchrun / accelerate's default rendezvous port
 STATUSES = ("pass", "info", "warn", "fail")
@@ -447,6 +449,33 @@ def config_checks(config_path: str) -> tuple[dict[str, Any], list[Check]]:
     return report.configs.get(str(config_path), {}), checks
 
 
+def check_extension_locks(environ: Mapping[str, str] | None = None) -> Check:
+    """``disttune doctor``: a stale lock in the torch extensions cache makes DeepSpeed launches hang."""
+    root = extensions_root(environ)
+    locks = inspect_locks(environ)
+    stale = [lock for lock in locks if lock.stale]
+    if stale:
+        files = "; ".join(f"{lock.path} (op {lock.op}, {human_duration(lock.age_s)} old)" for lock in stale)
+        return Check(
+            "op build locks",
+            "fail",
+            f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
+            "the op waits on it forever, printing nothing.",
+            "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
+            "launch that is waiting on them (if other machines share this cache, first make sure none of "
+            "them is building that op).",
+        )
+    if locks:
+        held = "; ".join(
+            f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
+            if lock.holders
+            else f"{lock.path} (op {lock.op}, {human_duration(lock.age_s)} old)"
+            for lock in locks
+        )
+        return Check("op build locks", "pass", f"builds in progress: {held}.")
+    return Check("op build locks", "pass", f"no op build lock under {root}.")
+
+
 def run_checks(
     config_path: str | None = None,
     probe_host: str | None = None,
@@ -456,7 +485,6 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in the order they are printed. ``probe_host`` is the only one that uses the network."""
     from disttune.env import collect_env
-    from disttune.extensions import check_extension_locks
 
     environ = os.environ if environ is None else environ
     config, checks = config_checks(config_path) if config_path else ({}, [])

@@ -122,37 +122,8 @@ def inspect_locks(
     return [lock for lock in found if lock is not None]
 
 
-def _duration(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
-def check_extension_locks(environ: Mapping[str, str] | None = None):
-    """``disttune doctor``: a stale lock in the torch extensions cache makes DeepSpeed launches hang."""
-    from disttune.doctor import Check
-
-    root = extensions_root(environ)
-    locks = inspect_locks(environ)
-    stale = [lock for lock in locks if lock.stale]
-    if stale:
-        files = "; ".join(f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)" for lock in stale)
-        return Check(
-            "op build locks",
-            "fail",
-            f"{len(stale)} lock(s) that no running build holds: {files}. A DeepSpeed launch that needs "
-            "the op waits on it forever, printing nothing.",
-            "Delete them: `rm " + " ".join(str(lock.path) for lock in stale) + "`, then start again any "
-            "launch that is waiting on them (if other machines share this cache, first make sure none of "
-            "them is building that op).",
-        )
-    if locks:
-        held = "; ".join(
-            f"{lock.path} (op {lock.op}, held by process {', '.join(map(str, lock.holders))})"
-            if lock.holders
-            else f"{lock.path} (op {lock.op}, {_duration(lock.age_s)} old)"
-            for lock in locks
-        )
-        return Check("op build locks", "pass", f"builds in progress: {held}.")
-    return Check("op build locks", "pass", f"no op build lock under {root}.")
 
 
 def _waits_and_builds() -> list[tuple[str, str]]:
@@ -212,7 +183,7 @@ class OpBuildNotice:
                 waited = now - self._since[kind, what]
                 if waited > 0:  # from the second look on: a build seen once may just be loading a built op
                     lines.append(
-                        f"disttune: DeepSpeed is building op {what} (for over {_duration(waited)}; the "
+                        f"disttune: DeepSpeed is building op {what} (for over {human_duration(waited)}; the "
                         "first build of an op takes minutes, later launches reuse it)"
                     )
                 continue
@@ -228,7 +199,7 @@ class OpBuildNotice:
                 state = "and no live process holds it: a killed build left it"
             lines.append(
                 f"disttune: waiting for DeepSpeed to build op {info.op} (lock {lock} held for "
-                f"{_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)"
+                f"{human_duration(info.age_s)} {state}, stop this launch, delete {lock} and launch again)"
             )
         for line in lines:
             self.log(line)

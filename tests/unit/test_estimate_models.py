@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from disttune.errors import UserError
-from disttune.estimate.models import count_params, lora_params, resolve_model, spec_from_config
-from disttune.estimate.presets import GEMMA3_VISION, PRESETS, normalise
+from disttune.estimate.models import count_params, lora_params, spec_from_config
+from disttune.estimate.presets import GEMMA3_VISION, PRESETS, normalise, resolve_model
 
 PUBLISHED = {  # safetensors totals on the Hugging Face Hub
     "meta-llama/Llama-3.2-1B": 1_235_814_400,

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from disttune import extensions
-from disttune.extensions import check_extension_locks, extensions_root, find_locks, inspect_locks
+from disttune.doctor import check_extension_locks
+from disttune.extensions import extensions_root, find_locks, inspect_locks
 
 OLD = time.time() - 600  # ten minutes ago
 

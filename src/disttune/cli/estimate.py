@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _model(args: argparse.Namespace):
-    from disttune.estimate.models import count_params, resolve_model
+    from disttune.estimate.models import count_params
+    from disttune.estimate.presets import resolve_model
     from disttune.estimate.strategies import ModelInfo
 
     if args.model is not None:

@@ -23,10 +23,9 @@ from disttune.estimate.models import (
     ModelSpec,
     count_params,
     lora_params,
-    resolve_model,
     spec_from_config,
 )
-from disttune.estimate.presets import PRESETS
+from disttune.estimate.presets import PRESETS, resolve_model
 from disttune.estimate.recommend import SPEED_ORDER, Recommendation, recommend, rule_of_thumb
 from disttune.estimate.strategies import HEADROOM, Inputs, ModelInfo, StrategyEstimate, estimate
 

@@ -12,10 +12,8 @@ A mixture-of-experts layer has a router E*h and its E experts as two fused tenso
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from disttune.errors import UserError
 
@@ -353,35 +351,4 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
         fused_gate_up=model_type == "phi3",
         position_embeddings=_whole(config, "n_positions", name) if model_type == "gpt2" else 0,
         **moe,
-    )
-
-
-def resolve_model(name_or_path: str) -> ModelSpec:
-    """A preset name, a ``config.json`` file, or a folder holding one -> ``ModelSpec``."""
-    from disttune.estimate.presets import PRESETS, preset_key
-
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-        if not path.is_file():
-            raise UserError(
-                f"--model {name_or_path}: the folder has no config.json; point at a model folder "
-                f"or a config.json file, or use a preset (disttune estimate --list_models)."
-            )
-    if path.is_file():
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"--model {path}: cannot read it as JSON ({exc}).") from None
-        if not isinstance(config, dict):
-            raise UserError(f"--model {path}: expected a JSON object (a transformers config.json).")
-        return spec_from_config(config, str(path))
-    key = preset_key(name_or_path)
-    if key is not None:
-        return PRESETS[key]
-    if "/" in name_or_path and name_or_path.count("/") > 1 or name_or_path.endswith(".json"):
-        raise UserError(f"--model {name_or_path}: no such file or folder.")
-    raise UserError(
-        f"--model {name_or_path}: not a file, folder or known model. Known models: "
-        f"{', '.join(PRESETS)}. Or pass a config.json path, or --num_params N."
     )

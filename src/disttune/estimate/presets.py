@@ -2,12 +2,17 @@
 
 A name matches with or without the organisation, in any case, and without the variant words that do not
 change the shapes (``-Instruct``, ``-it``, ``-chat``, ``-hf``, ``-Base``, ``-pt``): ``Qwen2.5-7B-Instruct``,
-``mistralai/Mistral-7B-Instruct-v0.3`` and ``gemma-2-9b-it`` all resolve.
+``mistralai/Mistral-7B-Instruct-v0.3`` and ``gemma-2-9b-it`` all resolve. ``resolve_model`` takes what
+``--model`` says: a preset name, a ``config.json`` file or a model folder holding one.
 """
 
 from __future__ import annotations
 
-from disttune.estimate.models import ModelSpec, siglip_tensors
+import json
+from pathlib import Path
+
+from disttune.errors import UserError
+from disttune.estimate.models import ModelSpec, siglip_tensors, spec_from_config
 
 
 def _spec(name, model_type, v, h, i, n, a, kv, tie, d=None, **extra) -> ModelSpec:
@@ -155,3 +160,32 @@ def preset_key(name: str) -> str | None:
     if name in PRESETS:
         return name
     return _BY_NAME.get(normalise(name))
+
+
+def resolve_model(name_or_path: str) -> ModelSpec:
+    """A preset name, a ``config.json`` file, or a folder holding one -> ``ModelSpec``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise UserError(
+                f"--model {name_or_path}: the folder has no config.json; point at a model folder "
+                f"or a config.json file, or use a preset (disttune estimate --list_models)."
+            )
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"--model {path}: cannot read it as JSON ({exc}).") from None
+        if not isinstance(config, dict):
+            raise UserError(f"--model {path}: expected a JSON object (a transformers config.json).")
+        return spec_from_config(config, str(path))
+    key = preset_key(name_or_path)
+    if key is not None:
+        return PRESETS[key]
+    if "/" in name_or_path and name_or_path.count("/") > 1 or name_or_path.endswith(".json"):
+        raise UserError(f"--model {name_or_path}: no such file or folder.")
+    raise UserError(
+        f"--model {name_or_path}: not a file, folder or known model. Known models: "
+        f"{', '.join(PRESETS)}. Or pass a config.json path, or --num_params N."
+    )

@@ -20,8 +20,9 @@ import sys
 import traceback
 
 from disttune.errors import UserError
-from disttune.train.faults import _rank, launcher_store
+from disttune.train.faults import launcher_store
 from disttune.train.restarts import Progress, exception_line, restart_count
+from disttune.train.strategy import rank_from_env
 
 # (what appears in "Type: message", likely fix). The first match wins; DEFAULT_FIX otherwise.
 LIKELY_FIXES = (
@@ -97,7 +98,7 @@ def _print(text: str) -> None:
 
 def report_user_error(exc: UserError, prog: str) -> None:
     """Print a user mistake once per job: not when another process already printed the same one."""
-    text, rank = f"{prog}: error: {exc}", _rank()
+    text, rank = f"{prog}: error: {exc}", rank_from_env()
     first = claim_first(text, rank)
     if first is None or first[0] == rank or first[1] != text:
         _print(text)
@@ -105,7 +106,7 @@ def report_user_error(exc: UserError, prog: str) -> None:
 
 def report_crash(exc: BaseException) -> None:
     """Print the traceback, then the cause and the likely fix; claim the job's first failure."""
-    rank = _rank()
+    rank = rank_from_env()
     traceback.print_exception(exc)
     text = crash_summary(exc, rank, Progress.where())
     first = claim_first(text, rank)
@@ -118,5 +119,5 @@ def repeat_first_failure() -> None:
     """This process stopped because another one failed (a collective lost its peer): say that one's cause
     again, so that it stays the last thing the job printed (see the module docstring)."""
     first = first_failure()
-    if first is not None and first[0] != _rank():
-        _print(f"disttune: rank {_rank()} stopped after rank {first[0]} failed first:\n{first[1]}")
+    if first is not None and first[0] != rank_from_env():
+        _print(f"disttune: rank {rank_from_env()} stopped after rank {first[0]} failed first:\n{first[1]}")

@@ -35,6 +35,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from disttune.errors import UserError
+from disttune.train.restarts import record_end
+from disttune.train.strategy import rank_from_env
 
 TEST_FAULT_ENV = "DISTTUNE_TEST_FAULT"
 MAX_CONSECUTIVE_SKIPS = 10
@@ -52,10 +54,6 @@ class TrainingStopped(Exception):
         self.checkpoint = checkpoint
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
     """The faults injected for this rank: ``{(action, step): True}`` (tests only)."""
     faults = {}
@@ -64,7 +62,7 @@ def test_faults(environ=os.environ) -> dict[tuple[str, int], bool]:
         step, _, rest = where.partition(":")
         rank, _, attempt = rest.partition(":")
         attempt_now = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        if (not rank or int(rank) == _rank()) and (not attempt or attempt == attempt_now):
+        if (not rank or int(rank) == rank_from_env()) and (not attempt or attempt == attempt_now):
             faults[(action, int(step))] = True
     return faults
 
@@ -83,7 +81,7 @@ def inject_test_fault(stage: str, step: int) -> None:
             if faults.get((action, step)):
                 os.kill(os.getpid(), sig)
         if faults.get(("crash", step)):
-            raise RuntimeError(f"injected crash at step {step} on rank {_rank()} ({TEST_FAULT_ENV})")
+            raise RuntimeError(f"injected crash at step {step} on rank {rank_from_env()} ({TEST_FAULT_ENV})")
 
 
 def likely_cause(args) -> str:
@@ -142,11 +140,9 @@ class StepGuard(TrainerCallback):
         if self.signal_name is None:
             self.signal_name, self._signal_time = name, now
             # After another rank dies, torchrun's agent stops the others with SIGTERM: not this rank's fault.
-            from disttune.train.restarts import record_end
-
             record_end(self.trainer.args.output_dir, f"received {name}", secondary=True)
             print(
-                f"disttune: rank {_rank()}: {name} received: saving a checkpoint at the end of this step, "
+                f"disttune: rank {rank_from_env()}: {name} received: saving a checkpoint at the end of this step, "
                 "then stopping (send it again after 3 s to stop at once).",
                 file=sys.stderr,
                 flush=True,
@@ -269,7 +265,7 @@ def translate_deepspeed_error(exc: BaseException, step: int, args) -> UserError 
     if "loss scale already at minimum" not in str(exc):
         return None
     return NonFiniteError(
-        f"DeepSpeed's fp16 loss scale collapsed at step {step} on rank {_rank()}: every step overflowed.\n"
+        f"DeepSpeed's fp16 loss scale collapsed at step {step} on rank {rank_from_env()}: every step overflowed.\n"
         f"  likely cause: {likely_cause(args)}.\n"
         "  fix: train in bf16 (--mixed_precision bf16) or lower the learning rate, then resume from the last "
         "checkpoint (--resume_from_checkpoint latest)."
@@ -296,7 +292,7 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
         else "lost its peer; --ddp_timeout"
     )
     return (
-        f"disttune: rank {_rank()}: a collective in step {step} {why} {timeout_s:g} s: another rank stopped "
+        f"disttune: rank {rank_from_env()}: a collective in step {step} {why} {timeout_s:g} s: another rank stopped "
         f"answering (hung, stopped or dead). Leaving with exit code 1 so that the launcher stops every rank.\n"
         "  fix: look for the rank that failed first in the launcher's report; pass --hang_dump_s N to get every "
         f"rank's Python stack in --output_dir and the silent rank's number.\n  ({text.splitlines()[0][:200]})"
@@ -345,7 +341,7 @@ class HangWatchdog(TrainerCallback):
         store = self._store
         while store is not None and not self._stop.wait(self.HEARTBEAT_S):
             try:
-                store.set(f"disttune/alive/{_rank()}", f"{time.time():.3f} {self.step}")
+                store.set(f"disttune/alive/{rank_from_env()}", f"{time.time():.3f} {self.step}")
             except Exception:
                 return
 
@@ -371,7 +367,7 @@ class HangWatchdog(TrainerCallback):
             idle = time.monotonic() - self.last_progress
             if idle < self.timeout_s:
                 continue
-            rank = _rank()
+            rank = rank_from_env()
             path = self.output_dir / f"hang_rank{rank}.txt"
             try:
                 with path.open("w") as fh:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from disttune.train.faults import _rank
+from disttune.train.strategy import rank_from_env
 
 STATE_DIR = ".disttune"
 RESTARTS_FILE = "restarts.json"
@@ -101,7 +101,7 @@ def _read(path: Path, default=None):
 
 def record_end(output_dir: str | os.PathLike, cause: str, secondary: bool = False) -> None:
     """Note how this rank's attempt ended (an exception, or a signal from the launcher: ``secondary``)."""
-    path = Path(output_dir) / STATE_DIR / f"attempt-{restart_count()}" / f"rank-{_rank()}.json"
+    path = Path(output_dir) / STATE_DIR / f"attempt-{restart_count()}" / f"rank-{rank_from_env()}.json"
     if secondary and path.exists():
         return  # the first account of this rank's end is the one that matters
     try:

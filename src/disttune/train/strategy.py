@@ -46,6 +46,11 @@ def _offloaded(section) -> bool:
     return isinstance(section, dict) and str(section.get("device", "none")).lower() not in ("none", "")
 
 
+def rank_from_env() -> int:
+    """This process's global rank, as the launcher exported it (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def world_size_from_env() -> int:
     """The world size the launcher announced (1 when run as a plain script)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
