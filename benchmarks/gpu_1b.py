@@ -71,7 +71,8 @@ def build_model(size: str, cache: Path) -> Path:
 def run_one(name: str, model_dir: Path, out: Path, args) -> dict:
     """One ``accelerate launch`` of the training script; its run_summary.json plus our estimate."""
     from disttune.bench import launch_command
-    from disttune.estimate.models import count_params, resolve_model
+    from disttune.estimate.models import count_params
+    from disttune.estimate.presets import resolve_model
     from disttune.estimate.strategies import Inputs, ModelInfo, estimate_strategy
 
     mp = "no" if args.tiny else "bf16"
