@@ -265,6 +265,21 @@ def test_cli_modules_import_no_heavy_libraries():
     assert "HEAVY []" in out.stderr
 
 
+def test_sparse_layers_follow_transformers_rule_and_are_counted_not_looped():
+    """decoder_sparse_step and mlp_only_layers pick the sparse layers as transformers does; an absurd
+    layer count (a fuzzed config once gave 1e17) is counted at once, not walked layer by layer."""
+    transformers = pytest.importorskip("transformers")
+    extra = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, head_dim=16)
+    shape = {**TINY, **extra, "num_hidden_layers": 7, "decoder_sparse_step": 2, "mlp_only_layers": [1, 4, 5]}
+    config = transformers.AutoConfig.for_model("qwen3_moe", **shape)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    sparse = sum(1 for layer in model.model.layers if hasattr(layer.mlp, "experts"))
+    assert sparse == 1  # layers 1, 3 and 5 of 0-6 by the step, less 1 and 5 listed dense
+    assert spec_from_config({"model_type": "qwen3_moe", **shape}).num_moe_layers == sparse
+    huge = {"model_type": "qwen3_moe", **shape, "num_hidden_layers": 1e17}
+    assert spec_from_config(huge).num_moe_layers == 10**17 // 2 - 2
+
+
 def test_any_config_values_give_a_spec_or_a_user_error():
     """Whatever a config.json holds in its shape fields: a spec whose counts work, or a UserError (no traceback)."""
     hypothesis = pytest.importorskip("hypothesis")

@@ -311,8 +311,11 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
         dense_only = config.get("mlp_only_layers") or []
         if not isinstance(dense_only, list):
             raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
-        dense_only = set(dense_only)
-        moe_layers = sum(1 for j in range(n) if j not in dense_only and (j + 1) % step == 0)
+        # every step-th layer is sparse unless listed as dense; counted, not looped (n may be absurdly large)
+        listed = {
+            int(j) for j in dense_only if isinstance(j, int | float) and math.isfinite(j) and j == int(j)
+        }
+        moe_layers = n // step - sum(1 for j in listed if 0 <= j < n and (j + 1) % step == 0)
         shared = (
             _whole(config, "shared_expert_intermediate_size", name, minimum=0)
             if model_type == "qwen2_moe"
