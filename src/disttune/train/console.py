@@ -22,6 +22,8 @@ from pathlib import Path
 
 from transformers import ProgressCallback
 
+from disttune.train.strategy import rank_from_env
+
 DEBUG_ENV = "DISTTUNE_DEBUG"
 
 # (start of the message, category, why nobody can act on it). Hidden on every process unless verbose.
@@ -58,7 +60,7 @@ LIBRARY_LOGGERS = ("DeepSpeed",)
 
 
 def _is_main() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    return rank_from_env() == 0
 
 
 def verbose_requested(argv: list[str], environ=os.environ) -> bool:

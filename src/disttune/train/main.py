@@ -47,6 +47,7 @@ from disttune.train.strategy import (
     deepspeed_auto_sizes,
     describe,
     promote_fsdp_on_cpu,
+    rank_from_env,
     world_size_from_env,
     zero3_moe_leaf_modules,
 )
@@ -445,7 +446,7 @@ def run(argv: list[str]) -> dict:
         script_args, training_args, model_args, notes = setup(argv)
         output_dir = training_args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        if os.environ.get("RANK", "0") == "0":
+        if rank_from_env() == 0:
             restarts.clear(output_dir)  # a new job (not a restart) keeps no restart records of an old one
             restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
             if restarted:
@@ -490,6 +491,6 @@ def main(argv: list[str] | None = None) -> int:
             repeat_first_failure()
         raise
     shutdown_distributed()  # here, once the trainer (and any traceback holding it) is gone
-    if stopped is not None and os.environ.get("RANK", "0") == "0":
+    if stopped is not None and rank_from_env() == 0:
         print(f"disttune: {stopped}", flush=True)
     return 0

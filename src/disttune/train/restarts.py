@@ -110,8 +110,8 @@ def record_end(output_dir: str | os.PathLike, cause: str, secondary: bool = Fals
         pass  # never let the record of a failure hide the failure
 
 
-def exception_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message`` (the type alone for an empty message)."""
+def exception_line(exc: BaseException, limit: int | None = 300) -> str:
+    """``Type: first line of the message`` (cut at ``limit`` characters; the type alone for an empty message)."""
     message = (str(exc).strip().splitlines() or [""])[0][:limit]
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -120,7 +120,7 @@ def cause_of(exc: BaseException) -> tuple[str, bool]:
     """``(cause, secondary)`` for an exception that ended this rank: a lost peer is secondary."""
     if isinstance(exc, SystemExit):
         return "stopped after a collective failed (another rank was lost)", True
-    return exception_line(exc), False
+    return exception_line(exc, limit=None), False
 
 
 def describe_attempt(output_dir: str | os.PathLike, attempt: int) -> dict | None:

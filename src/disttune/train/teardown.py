@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from disttune.train.strategy import rank_from_env
+
 # PartitionedParameterCoordinator.__params_to_release, name-mangled: an lru_cache on a method.
 _ZERO3_RELEASE_CACHE = "_PartitionedParameterCoordinator__params_to_release"
 
@@ -60,8 +62,10 @@ def shutdown_distributed() -> None:
             isinstance(obj, torch.nn.Module) and next(obj.parameters(recurse=False), None) is not None
             for obj in gc.get_objects()
         )  # modules with parameters: the model's layers (transformers keeps parameter-free activations)
-        rank = os.environ.get("RANK", "0")
-        print(f"disttune-debug: rank {rank}: live modules with parameters at exit: {live}", flush=True)
+        print(
+            f"disttune-debug: rank {rank_from_env()}: live modules with parameters at exit: {live}",
+            flush=True,
+        )
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
