@@ -71,3 +71,45 @@ def test_flops_and_mfu():
     )
     assert mfu(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
     assert mfu(1000.0, 1e9, None, 2) is None
+
+
+def test_attention_counts_each_packed_document_not_the_flattened_row():
+    """Packed, padding-free: 4 documents of 3, 5, 2 and 6 tokens flattened into one row of 16."""
+    from disttune.train.metrics import document_square_sum
+
+    lengths = [3, 5, 2, 6]
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    ids = torch.zeros_like(positions)
+    assert int(document_square_sum(ids, None, positions)) == 9 + 25 + 4 + 36  # not 16**2 = 256
+
+
+def test_attention_counts_non_padding_tokens_of_padded_rows():
+    from disttune.train.metrics import document_square_sum
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ids = torch.zeros_like(mask)
+    assert int(document_square_sum(ids, mask)) == 9 + 25
+    positions = torch.tensor([[0, 1, 2, 0, 0], [0, 1, 2, 3, 4]])  # a collator that sends both
+    assert int(document_square_sum(ids, mask, positions)) == 9 + 25
+    assert int(document_square_sum(ids)) == 2 * 25  # no mask: every row is a whole document
+
+
+def test_the_metrics_hook_gives_mfu_from_per_document_lengths():
+    """Through the callback's own forward hook: 2 packed documents of 4 and 12 tokens, s = (16+144)/16 = 10."""
+    from types import SimpleNamespace
+
+    from disttune.train.metrics import FLOPS_FORMULA, MetricsCallback
+
+    callback = MetricsCallback("/nonexistent")
+    callback.shape = {"num_params": 1000, "embedding_params": 100, "num_layers": 2, "hidden_size": 8}
+    module = SimpleNamespace(training=True)
+    positions = torch.cat([torch.arange(4), torch.arange(12)]).unsqueeze(0)
+    callback._count(module, (), {"input_ids": torch.zeros_like(positions), "position_ids": positions})
+    from disttune.train.metrics import _read_counts
+
+    callback._documents_tokens, callback._documents_sq = _read_counts(
+        callback._rank_tokens, callback._attention_pairs
+    )
+    assert callback.attention_context == 10.0
+    assert callback.flops_per_token() == 6 * 900 + 12 * 2 * 8 * 10
+    assert "sum(s_i^2)/sum(s_i)" in FLOPS_FORMULA and "causal masking not discounted" in FLOPS_FORMULA

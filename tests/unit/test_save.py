@@ -141,3 +141,38 @@ def test_the_adapter_check_fails_on_a_changed_lora_tensor(tmp_path, trained):
         RuntimeError, match=f"the LoRA adapter in .* loaded with values other than the trained ones: {name}"
     ):
         check_adapter(tmp_path / "final", expected)
+
+
+def test_the_check_reads_saved_tensors_one_at_a_time_without_loading_a_second_model(
+    tmp_path, trained, monkeypatch
+):
+    """A dense model's check never builds a second full model (a 70B one would need 280 GB of host RAM at
+    the end of the run): names and shapes come from a meta-device skeleton, values from the files."""
+    from disttune.train import save
+
+    model, tokenizer, gathered = trained
+    folder = _save(model, tokenizer, gathered, tmp_path / "final")
+    monkeypatch.setattr(save, "_check_by_loading", lambda *a, **k: pytest.fail("loaded a whole model"))
+    reads = []
+    original = save.SavedTensors.__getitem__
+    monkeypatch.setattr(
+        save.SavedTensors, "__getitem__", lambda self, n: reads.append(n) or original(self, n)
+    )
+    save.check_final_model(folder, gathered)
+    assert sorted(reads) == sorted(gathered)  # lm_head.weight read through its tied source
+
+
+def test_a_format_transformers_converts_on_load_is_checked_by_loading(tmp_path, monkeypatch):
+    """MoE experts: one fused tensor in the model, one entry per expert in the files."""
+    from disttune.train import save
+    from disttune.train.families import build_family_model
+    from disttune.train.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_family_model("qwen2_moe", tokenizer, seed=1)
+    model.save_pretrained(tmp_path / "final")
+    loaded = []
+    original = save._check_by_loading
+    monkeypatch.setattr(save, "_check_by_loading", lambda *a, **k: loaded.append(1) or original(*a, **k))
+    save.check_final_model(tmp_path / "final", {n: t.detach().clone() for n, t in model.state_dict().items()})
+    assert loaded == [1]

@@ -304,3 +304,15 @@ def test_a_missing_model_folder_is_named_as_such(tmp_path):
     with pytest.raises(UserError, match=r"Qwen2.5-7B: no such folder") as err:
         load_model_and_tokenizer(args)
     assert "fix: give the folder" in str(err.value)
+
+
+def test_the_cuda_allocator_gets_expandable_segments_unless_the_user_configured_it():
+    from disttune.train.strategy import default_allocator
+
+    environ = {}
+    assert "disttune's default" in default_allocator(environ)
+    assert environ == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        environ = {name: "max_split_size_mb:128"}
+        assert default_allocator(environ) == f"{name}=max_split_size_mb:128 (yours)"
+        assert environ == {name: "max_split_size_mb:128"}

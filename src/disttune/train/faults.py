@@ -115,7 +115,11 @@ def apply_collective_timeout(seconds: float) -> bool:
 class StepGuard(TrainerCallback):
     """Signals and non-finite values, agreed on by every rank once per optimizer step.
 
-    ``DisttuneTrainer.compute_loss`` sets ``nonfinite_local`` when this rank's training loss is not finite.
+    Nothing here reads a device value back during the step: ``note_loss`` (called by
+    ``DisttuneTrainer.compute_loss``) keeps "this rank's loss was not finite" as a device tensor, and the
+    gradients are judged by the one norm the trainer computes anyway before every optimizer step
+    (``note_grad_norm``, from ``DisttuneTrainer._get_grad_norm``), not by a scan of every gradient. The one
+    host read is the agreed flag vector in ``on_pre_optimizer_step``: one synchronisation per optimizer step.
     """
 
     def __init__(self, trainer, skip_nonfinite: bool = False):
@@ -123,7 +127,8 @@ class StepGuard(TrainerCallback):
         self.skip_nonfinite = skip_nonfinite
         self.signal_name: str | None = None
         self._signal_time = 0.0
-        self.nonfinite_local = False
+        self.nonfinite_local = False  # False, or a boolean device tensor (any micro-step's loss non-finite)
+        self.grad_norm = None  # this step's total gradient norm: a device tensor or a float (DeepSpeed)
         self._consecutive_skips = 0
         self.skipped_steps: list[int] = []
         self.stopped_by: str | None = None
@@ -148,29 +153,44 @@ class StepGuard(TrainerCallback):
                 flush=True,
             )
 
-    def _local_grads_finite(self) -> bool:
+    def note_loss(self, loss) -> None:
+        """Remember, on the loss's device, whether this micro-step's loss is non-finite (no host read)."""
         import torch
 
-        if self.trainer.is_deepspeed_enabled:
-            engine = self.trainer.model_wrapped
-            norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
-            return norm is None or math.isfinite(float(norm))
-        checks = []
-        for param in self.trainer.model.parameters():
-            grad = param.grad
-            if grad is None:
-                continue
-            grad = grad.to_local() if hasattr(grad, "to_local") else grad
-            checks.append(torch.isfinite(grad).all())
-        # One host sync for the whole model, not one per parameter (each would stall a GPU stream).
-        return bool(torch.stack(checks).all()) if checks else True
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.nonfinite_local = bad if self.nonfinite_local is False else self.nonfinite_local | bad
+
+    def note_grad_norm(self, norm) -> None:
+        """The total gradient norm the trainer computed for this step (before any clipping)."""
+        self.grad_norm = norm
+
+    def _grads_nonfinite(self, device):
+        """This rank's "gradients not finite" as an int or a device tensor, from the step's gradient norm
+        (a non-finite gradient makes the norm non-finite). Without one (a trainer path that computed none),
+        the norm is computed here: one fused reduction, still no host read."""
+        import torch
+
+        norm = self.grad_norm
+        if norm is None and not self.trainer.is_deepspeed_enabled:
+            grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
+            grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if norm is None:
+            return 0
+        if not torch.is_tensor(norm):
+            return int(not math.isfinite(float(norm)))
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm
+            norm = norm.full_tensor()
+        return (~torch.isfinite(norm.detach())).to(device=device, dtype=torch.int32)
 
     def _agree(self, args) -> tuple[dict[int, str], list[int], list[int]]:
-        """One all-reduce: the signal each rank got (by rank), the ranks with a non-finite loss, and those
-        with non-finite gradients (under DDP one rank's NaN loss reaches every rank's gradients).
+        """One all-reduce and one host read: the signal each rank got (by rank), the ranks with a non-finite
+        loss, and those with non-finite gradients (under DDP one rank's NaN loss reaches every rank's
+        gradients).
 
-        Each rank fills its own slot of a zero vector; a sum over ranks (accelerate's ``reduce``) gives
-        every rank every slot. (``set_trigger``/``check_trigger`` carry one bit, not who saw what.)
+        Each rank fills its own slot of a zero vector on the device (scalar fills and device-to-device
+        copies, no synchronisation); a sum over ranks (accelerate's ``reduce``) gives every rank every slot.
+        (``set_trigger``/``check_trigger`` carry one bit, not who saw what.)
         """
         import torch
         from accelerate.state import PartialState
@@ -179,10 +199,19 @@ class StepGuard(TrainerCallback):
         state = PartialState()
         world, rank = state.num_processes, state.process_index
         flags = torch.zeros(3 * world, dtype=torch.int32, device=args.device)
-        flags[rank] = int(signal.Signals[self.signal_name]) if self.signal_name else 0
-        flags[world + rank] = int(self.nonfinite_local)
-        flags[2 * world + rank] = int(not self._local_grads_finite())
-        flags = reduce(flags, reduction="sum").tolist()
+        if self.signal_name:
+            flags[rank] = int(signal.Signals[self.signal_name])
+        for slot, value in (
+            (world + rank, self.nonfinite_local),
+            (2 * world + rank, self._grads_nonfinite(args.device)),
+        ):
+            if torch.is_tensor(value):
+                flags[slot] = value.to(device=flags.device, dtype=torch.int32)
+            elif value:
+                flags[slot] = 1
+        if world > 1:
+            flags = reduce(flags, reduction="sum")
+        flags = flags.tolist()  # the step's one host read
         signalled = {r: signal.Signals(flags[r]).name for r in range(world) if flags[r]}
         return (
             signalled,
@@ -204,7 +233,7 @@ class StepGuard(TrainerCallback):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.nonfinite_local = False
+        self.nonfinite_local, self.grad_norm = False, None
         inject_test_fault("step_begin", state.global_step + 1)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

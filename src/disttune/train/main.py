@@ -45,6 +45,7 @@ from disttune.train.save import check_adapter, check_final_model, save_final, sa
 from disttune.train.strategy import (
     cpu_distributed_defaults,
     deepspeed_auto_sizes,
+    default_allocator,
     describe,
     promote_fsdp_on_cpu,
     rank_from_env,
@@ -142,6 +143,7 @@ def messages_to_prompt_completion(dataset):
 def setup(argv: list[str]):
     """Parse and reconcile every setting; returns ``(script_args, training_args, model_args, notes)``."""
     cuda = torch.cuda.is_available()
+    allocator = default_allocator() if cuda else None  # before the first CUDA allocation
     restarts.init_restarted_process_group()  # after a restart by torchrun's agent: see restarts.py
     recipe = read_recipe(argv)
     explicit = _explicit_names(argv, recipe)
@@ -154,6 +156,8 @@ def setup(argv: list[str]):
         defaults["optim"] = "adamw_torch_fused"  # one fused kernel per step on GPU; same math as adamw_torch
     if "save_steps" in explicit and "save_strategy" not in explicit:
         defaults["save_strategy"] = "steps"  # --save_steps N alone checkpoints, as in plain transformers
+    if allocator:
+        notes.append(f"CUDA allocator: {allocator}")
     warning = cpu_mixed_precision_fallback(cuda)
     if warning:
         notes.append(warning)

@@ -353,8 +353,9 @@ def flops_per_token(
 
     N = parameters minus the input embedding (a lookup, not a matmul; lm_head is counted); 6N is
     forward (2N) + backward (4N) of the matmuls; 12 L h s the attention scores and values over a context
-    of s tokens (forward + backward, causal masking not discounted). s is the padded sequence length the
-    model really computed on (the mean over the batches seen).
+    of s tokens (forward + backward, causal masking not discounted). s is the mean context per token over
+    the documents trained on, sum(s_i^2) / sum(s_i) (``metrics.document_square_sum``): a token attends
+    within its own document, not across a packed row nor over padding.
     """
     return 6.0 * (num_params - embedding_params) + 12.0 * num_layers * hidden_size * seq_len
 

@@ -46,6 +46,9 @@ class MetricsCallback(TrainerCallback):
         self._rank_last = 0
         self._rows = 0
         self._row_len_sum = 0
+        self._attention_pairs = 0  # sum over documents of s_i^2 (an int, or a device tensor until log time)
+        self._documents_sq = 0  # the same, read back at the last log
+        self._documents_tokens = 0  # the tokens of those documents, read back at the last log
         self.shape: dict = {}
         self.peak: float | None = None
         self.world_size = 1
@@ -60,7 +63,11 @@ class MetricsCallback(TrainerCallback):
         if ids is None:
             return
         mask = kwargs.get("attention_mask")
+        mask = mask if mask is not None and mask.dim() == 2 else None  # not a 4-D attention bias
         self._rank_tokens = self._rank_tokens + (mask.sum() if mask is not None else ids.numel())
+        self._attention_pairs = self._attention_pairs + document_square_sum(
+            ids, mask, kwargs.get("position_ids")
+        )
         self._rows += int(ids.shape[0]) if ids.dim() > 1 else 1
         self._row_len_sum += int(ids.numel())
 
@@ -89,21 +96,28 @@ class MetricsCallback(TrainerCallback):
 
     @property
     def mean_seq_len(self) -> float:
-        """Mean padded sequence length of the training batches this rank computed on."""
+        """Mean padded row length of the training batches this rank computed on (a packed, padding-free
+        batch is one row of several documents: not the attention context)."""
         return self._row_len_sum / self._rows if self._rows else 0.0
 
+    @property
+    def attention_context(self) -> float:
+        """The mean attention context per token: sum of s_i^2 over sum of s_i, over the documents (one per
+        padded row, or per packed document) of the batches read back at the last log."""
+        return self._documents_sq / self._documents_tokens if self._documents_tokens else 0.0
+
     def flops_per_token(self) -> float | None:
-        """6N + 12 L h s for the model and the sequences seen (``measure.flops_per_token``)."""
+        """6N + 12 L h s, s the per-document attention context (``measure.flops_per_token``)."""
         from disttune.train.measure import flops_per_token
 
-        if not self.shape or not self._rows:
+        if not self.shape or not self._documents_tokens:
             return None
         return flops_per_token(
             self.shape["num_params"],
             self.shape["embedding_params"],
             self.shape["num_layers"],
             self.shape["hidden_size"],
-            self.mean_seq_len,
+            self.attention_context,
         )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -119,8 +133,9 @@ class MetricsCallback(TrainerCallback):
         self.total_time += elapsed
         self.total_tokens += new_tokens
         self.losses.append(float(logs["loss"]))
-        rank_tokens = int(self._rank_tokens)  # the one device sync, at log time only
+        rank_tokens, pairs = _read_counts(self._rank_tokens, self._attention_pairs)  # at log time only
         rank_new, self._rank_last = rank_tokens - self._rank_last, rank_tokens
+        self._documents_sq, self._documents_tokens = pairs, rank_tokens
         peak_mem, _ = peak_memory_bytes(args.device)
         per_rank = gather(
             (round(rank_new / elapsed, 2) if elapsed > 0 else None, peak_mem)
@@ -171,13 +186,46 @@ class MetricsCallback(TrainerCallback):
         fpt = self.flops_per_token()
         return {
             "flops_per_token": round(fpt) if fpt else None,
-            "flops_per_token_formula": "6*(N - input embedding) + 12*L*h*s, s = mean padded sequence length "
-            f"({self.mean_seq_len:.1f})",
+            "flops_per_token_formula": FLOPS_FORMULA.format(s=self.attention_context),
             "device_name": self.device_name,
             "peak_flops_per_device": self.peak,
             "peak_flops_known_devices": [k for k, _ in PEAK_FLOPS],
             "mfu": _round(mfu(self.tokens_per_second, fpt, self.peak, self.world_size)),
         }
+
+
+FLOPS_FORMULA = (
+    "6*(N - input embedding) + 12*L*h*s, s = sum(s_i^2)/sum(s_i) over the documents trained on ({s:.1f}): "
+    "each document's own length s_i (a padded row's non-padding tokens, a packed document's tokens), "
+    "causal masking not discounted (PaLM's convention)"
+)
+
+
+def document_square_sum(ids, mask=None, position_ids=None):
+    """Sum of s_i^2 over the documents of one batch, on the batch's device (no host read).
+
+    Documents: with ``position_ids`` (packed rows, padding-free or not), the runs that restart at position 0;
+    the identity sum_{p<s} (2p + 1) = s^2 gives sum_i s_i^2 as one reduction over the tokens. Otherwise each
+    row is one document of ``mask``'s non-padding tokens (all of the row without a mask).
+    """
+    if position_ids is not None and position_ids.shape == ids.shape:
+        odd = 2 * position_ids + 1
+        return (odd * mask).sum() if mask is not None else odd.sum()
+    if mask is not None:
+        return (mask.sum(dim=-1) ** 2).sum()
+    rows = ids.shape[0] if ids.dim() > 1 else 1
+    return rows * ids.shape[-1] ** 2
+
+
+def _read_counts(*values) -> list[int]:
+    """Device counters as ints, in one host read."""
+    import torch
+
+    tensors = [v for v in values if torch.is_tensor(v)]
+    if not tensors:
+        return [int(v) for v in values]
+    read = iter(torch.stack([t.to(torch.int64) for t in tensors]).tolist())
+    return [next(read) if torch.is_tensor(v) else int(v) for v in values]
 
 
 def _round(value: float | None) -> float | None:

@@ -81,7 +81,7 @@ def _read_deepspeed(checkpoint: Path) -> tuple[dict, dict, int | None]:
                 if (folder / f"{key}.pt").is_file():
                     moments[f"{key}.{name}"] = _universal_tensor(folder / f"{key}.pt")
             if (folder / "step.pt").is_file():
-                steps.add(int(torch.load(folder / "step.pt", weights_only=False)))
+                steps.add(int(torch.load(folder / "step.pt", map_location="cpu", weights_only=False)))
     return weights, moments, max(steps) if steps else None
 
 
@@ -346,12 +346,17 @@ def _load_module(trainer, weights: dict, moments: dict, step: int) -> None:
     by_id = {id(p): n for n, p in params.items()}
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     for group in optimizer.param_groups:
+        # torch's fused and capturable Adam keep the step count on the parameter's device (the fused
+        # kernel refuses a CPU one: the default on CUDA is adamw_torch_fused); the others on the CPU.
+        on_device = bool(group.get("fused") or group.get("capturable"))
         for param in group["params"]:
             name = by_id[id(param)]
             state = optimizer.state[param]
             for key in MOMENTS:
                 state[key] = moments[f"{key}.{name}"].to(param.device, param.dtype).clone()
-            state["step"] = torch.tensor(float(step))
+            state["step"] = torch.tensor(
+                float(step), dtype=torch.float32, device=param.device if on_device else "cpu"
+            )
 
 
 def _load_fsdp(model, optimizer, weights: dict, moments: dict, step: int) -> None:

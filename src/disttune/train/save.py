@@ -67,7 +67,9 @@ def compare_weights(
     ``expected``: the trained (gathered) weights; ``loaded``: what loading ``folder`` produced;
     ``never_loaded``: names the loader reported missing from the files (it initialised them itself);
     ``tied``: the loader's ``{tied name: source}``, to name the cause when training moved a tied pair apart.
-    Values are compared exactly (in the trained dtype): both sides come from the same tensors.
+    Values are compared exactly (in the trained dtype): both sides come from the same tensors. The two
+    sides may live on different devices (the trained weights on the GPU, the loaded ones on the CPU): each
+    pair is compared on the host, one tensor at a time (``on_host``).
     """
     import torch
 
@@ -75,7 +77,7 @@ def compare_weights(
     never_loaded = sorted(set(never_loaded) & set(expected))
     differing = []
     for name in sorted(set(expected) & set(loaded)):
-        want, got = expected[name], loaded[name]
+        want, got = on_host(expected[name]), on_host(loaded[name])
         if want.shape != got.shape:
             differing.append(f"{name} (shape {tuple(got.shape)}, trained {tuple(want.shape)})")
         elif not torch.equal(got.to(want.dtype), want):
@@ -112,9 +114,17 @@ def compare_weights(
     )
 
 
+def on_host(tensor):
+    """``tensor`` on the CPU (itself when it is there already): where two tensors from different devices
+    (a gathered GPU weight, a weight loaded from disk) are compared."""
+    tensor = tensor.detach()
+    return tensor if tensor.device.type == "cpu" else tensor.to("cpu")
+
+
 def _same(a, b) -> bool:
     import torch
 
+    a, b = on_host(a), on_host(b)
     return a.shape == b.shape and torch.equal(a, b.to(a.dtype))
 
 
@@ -126,6 +136,91 @@ def _names(names: list[str], limit: int = 6) -> str:
 def check_final_model(
     folder: Path, expected: dict, trust_remote_code: bool = False, what: str = "the final model"
 ) -> None:
+    """Prove that loading ``folder`` gives ``expected``, holding at most one saved tensor at a time.
+
+    The model is built from the saved config on the ``meta`` device (no memory): its parameter names,
+    shapes and tied pairs are what ``from_pretrained`` would fill. When the files hold exactly those names
+    (each tied copy once), each tensor is read lazily from the safetensors files and compared
+    (``SavedTensors``): what transformers would load, without a second copy of the model in host RAM. When
+    the names differ (a checkpoint format transformers converts on load, such as MoE experts stored one
+    per file entry), the folder is loaded with ``from_pretrained`` and compared whole.
+    """
+    saved = SavedTensors.open(folder)
+    skeleton = _meta_model(folder, trust_remote_code)
+    if saved is not None and skeleton is not None:
+        tied = tied_weight_keys(skeleton)
+        names = set(skeleton.state_dict())
+        filled = set(saved) | {name for name, source in tied.items() if source in saved}
+        if set(saved) <= names and filled == names:
+            saved.alias = {name: source for name, source in tied.items() if name not in saved}
+            never_loaded = sorted(names - filled)
+            compare_weights(expected, saved, folder, what, never_loaded, tied)
+            return
+    _check_by_loading(folder, expected, trust_remote_code, what)
+
+
+class SavedTensors:
+    """The tensors of a folder's safetensors files as a read-only mapping, each read when asked for.
+
+    ``alias``: ``{tied name: source name}`` for the tied copies the files hold once (what transformers
+    re-ties on load).
+    """
+
+    def __init__(self, files: dict[str, Path]):
+        self.files = files  # tensor name -> the file that holds it
+        self.alias: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, folder: Path) -> SavedTensors | None:
+        """The folder's tensors (one file or an index of shards), or None without safetensors files."""
+        import json
+
+        folder = Path(folder)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            return cls({name: folder / file for name, file in weight_map.items()})
+        single = folder / "model.safetensors"
+        if not single.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as handle:
+            return cls(dict.fromkeys(handle.keys(), single))
+
+    def __iter__(self):
+        return iter([*self.files, *self.alias])
+
+    def __contains__(self, name) -> bool:
+        return name in self.files or name in self.alias
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.alias)
+
+    def __getitem__(self, name: str):
+        from safetensors import safe_open
+
+        name = self.alias.get(name, name)
+        with safe_open(str(self.files[name]), framework="pt") as handle:
+            return handle.get_tensor(name)
+
+
+def _meta_model(folder: Path, trust_remote_code: bool):
+    """The model of ``folder``'s config on the meta device (names, shapes, tied pairs), or None."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # a model class that cannot be built on meta: the loading check decides
+        return None
+    model.tie_weights()
+    return model
+
+
+def _check_by_loading(folder: Path, expected: dict, trust_remote_code: bool, what: str) -> None:
     """Load ``folder`` with ``AutoModelForCausalLM.from_pretrained`` and compare it with ``expected``."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config

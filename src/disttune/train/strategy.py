@@ -46,6 +46,26 @@ def _offloaded(section) -> bool:
     return isinstance(section, dict) and str(section.get("device", "none")).lower() not in ("none", "")
 
 
+ALLOCATOR_ENVS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch's old and new name
+EXPANDABLE = "expandable_segments:True"
+
+
+def default_allocator(environ=os.environ) -> str:
+    """Turn on the CUDA caching allocator's expandable segments unless the user configured the allocator.
+
+    With fixed segments, blocks freed at the end of the forward pass (activations, logits) leave cached
+    segments that later, differently sized allocations (gradients, the optimizer states created at the
+    first step) cannot reuse: on one H200 the peak reserved memory was 24% above the peak allocated.
+    Expandable segments grow one mapping instead (torchtitan's launch script sets the same). Must run
+    before the first CUDA allocation. Returns the allocator setting the run uses, for the plan.
+    """
+    for name in ALLOCATOR_ENVS:
+        if environ.get(name):
+            return f"{name}={environ[name]} (yours)"
+    environ[ALLOCATOR_ENVS[0]] = EXPANDABLE
+    return f"{ALLOCATOR_ENVS[0]}={EXPANDABLE} (disttune's default; set the variable to change it)"
+
+
 def rank_from_env() -> int:
     """This process's global rank, as the launcher exported it (0 without a launcher)."""
     return int(os.environ.get("RANK", "0"))

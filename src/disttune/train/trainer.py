@@ -25,7 +25,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from trl import SFTTrainer
 
 from disttune.train.checkpoints import is_complete, rotate, write_marker
@@ -67,8 +66,15 @@ class DisttuneTrainer(SFTTrainer):
             loss = loss * float("nan")
             result = (loss, *result[1:]) if isinstance(result, tuple) else loss
         if model.training:
-            self.guard.nonfinite_local |= not bool(torch.isfinite(loss.detach()).all())
+            self.guard.note_loss(loss)  # on the device: read once per optimizer step (StepGuard)
         return result
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """transformers' gradient norm of this step (computed before every optimizer step), kept for the
+        guard's non-finite check instead of a scan of every gradient."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.guard.note_grad_norm(grad_norm)
+        return grad_norm
 
     def training_step(self, *args, **kwargs):
         try:
