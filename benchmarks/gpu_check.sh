@@ -22,6 +22,7 @@
 #      under DDP (single_gpu.yaml) and ZeRO-3: each pair's ratio (benchmarks/overhead_vs_trl.py);
 #   6. FSDP2 on the 1.1B Llama; then DDP/ZeRO-3/FSDP2 tokens/s, MFU, peak allocated and reserved next to
 #      `disttune estimate` (benchmarks/gpu_1b.py).
+# Stage c (optional, STAGES="a b c"): 7. ours vs plain TRL with Liger's kernels on both sides, DDP.
 # Exits non-zero when any step failed. Needs a CUDA build of torch and the rest of requirements-lock.txt in
 # the active Python (or .venv); on the lent device machine: bash .whl/on_device.sh bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -30,7 +31,7 @@ WORK="${1:-${OUT:-runs/gpu_check}}"
 REPORT_DIR="${REPORT_DIR:-$WORK}"
 STAGES="${STAGES:-a b}"
 PAIRS="${PAIRS:-2}"
-STEPS_1B="${STEPS_1B:-30}"
+STEPS_1B="${STEPS_1B:-20}"
 mkdir -p "$WORK" "$REPORT_DIR"
 PY="${PYTHON:-python}"
 [ -x .venv/bin/python ] && PY=.venv/bin/python
@@ -63,6 +64,7 @@ if [ ! -f "$REPORT" ]; then
     } >"$REPORT"
 fi
 
+rm -f "$FAILED"
 port=29600
 launch() {  # launch NAME CONFIG|- ARGS...: one tiny-model run of the training script, own port, into WORK/NAME
     local name=$1 config=$2; shift 2
@@ -102,7 +104,6 @@ EOF
 }
 
 stage_a() {
-    rm -f "$FAILED"
     local short=(--max_steps 10)
     local configs=(single_gpu multi_gpu_ddp deepspeed_zero1 deepspeed_zero2 deepspeed_zero3 deepspeed_zero3_offload fsdp2)
     for c in "${configs[@]}"; do step "$c" launch "$c" "$c" "${short[@]}" & done
@@ -116,7 +117,7 @@ stage_a() {
       step resume_gpu_to_zero3 launch resume_gpu_to_zero3 deepspeed_zero3 --max_steps 8 --save_steps 4 \
           --resume_from_checkpoint "$WORK/resume_src_gpu/checkpoint-4" ) &
     ( step build_1b "$PY" -c "$BUILD_1B" &&
-      step memory_grid "$PY" benchmarks/gpu_1b.py "${TINY[@]}" --grid --parallel "${GRID_PARALLEL:-3}" \
+      step memory_grid "$PY" benchmarks/gpu_1b.py "${TINY[@]}" --grid --parallel "${GRID_PARALLEL:-4}" \
           --max_steps 3 --cache "$CACHE" --output "$REPORT_DIR/memory_grid.json" ) &
     step pytest_gpu "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider &
     wait
@@ -151,6 +152,14 @@ stage_b() {
         result fsdp2_1b
         echo '```'; tail -n 4 "$WORK/strategies_1b.log"; echo '```'
     } >>"$REPORT"
+}
+
+stage_c() {  # optional: the fused kernels (Liger) on both sides, DDP; evidence for making them a default
+    echo >>"$REPORT"; echo "## c. ours vs plain TRL, both with --use_liger_kernel true, 1.1B Llama, DDP" >>"$REPORT"
+    step vs_trl_ddp_liger "$PY" benchmarks/overhead_vs_trl.py --config single_gpu --pairs "$PAIRS" \
+        --max_steps "$STEPS_1B" --output "$REPORT_DIR/vs_trl_ddp_liger.json" --work "$WORK/vs_trl_ddp_liger" \
+        -- "${ARGS_1B[@]}" --use_liger_kernel true
+    { result vs_trl_ddp_liger; echo '```'; grep -E "^pair|^ours" "$WORK/vs_trl_ddp_liger.log"; echo '```'; } >>"$REPORT"
 }
 
 for s in $STAGES; do "stage_$s"; done

@@ -90,7 +90,8 @@ def command(script: Path, run_dir: Path, config: str | None, script_args: list[s
         return [sys.executable, str(script), *args]
     from disttune.bench import launch_command
 
-    return launch_command(config, script, run_dir, 1, None, args[2:])
+    config_file = Path(config) if config.endswith(".yaml") else ROOT / "accelerate_configs" / f"{config}.yaml"
+    return launch_command(config_file, script, run_dir, 1, None, args[2:])
 
 
 def summarise(pairs: list[dict], key: str) -> dict | None:

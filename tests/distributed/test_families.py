@@ -1,11 +1,13 @@
 """Model families under every shipped strategy, 2 CPU processes through the real ``accelerate launch``.
 
-Each family (``disttune.train.families``: Llama, Qwen2, Gemma 2, GPT-2, Mistral, Qwen2-MoE) is built
-from its transformers config at a toy size, saved as a local HF folder and launched with
-``--model_name_or_path <folder>``: fp32, 3 steps, same seed and data. Each run must exit 0 (its own final
-check loads ``final/`` with ``from_pretrained`` and compares it with the gathered trained weights), write
-each tied weight once, and agree with the same family under ZeRO-3 (losses, gradient norms, final
-weights), as the built-in Llama does in ``test_strategies.py``.
+Each family (``disttune.train.families``: Llama, Qwen2, Gemma 2, GPT-2, Mistral, and the mixtures of
+experts Qwen2-MoE, Qwen3-MoE and Mixtral) is built from its transformers config at a toy size, saved as a
+local HF folder and launched with ``--model_name_or_path <folder>``: fp32, 3 steps, the built-in data, same
+seed. Each run must exit 0 (its own final check compares ``final/`` with the gathered trained weights),
+answer the held-out questions before and after training and report the evaluation loss (the model run
+outside the training step, under the strategy), write each tied weight once, and agree with the same family
+under ZeRO-3 (losses, gradient norms, final weights), as the built-in Llama does in ``test_strategies.py``.
+The same non-training paths per family in one process (with ``--merge_lora``): tests/unit/test_family_paths.py.
 
 Before the save fix, Qwen2 with tied embeddings failed under ZeRO-2 and FSDP2 and GPT-2 under FSDP2
 (the tied weight was written twice and the element count blamed ZeRO-3 gathering). CI runs the cut
@@ -13,8 +15,6 @@ Before the save fix, Qwen2 with tied embeddings failed under ZeRO-2 and FSDP2 an
 """
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from launching import SHORT_RUN, explain, launch, read_metrics, read_summary
@@ -33,12 +33,16 @@ STRATEGIES = {
     for row in SHIPPED
 }
 REFERENCE = "deepspeed_zero3"
-# CI's share (7 launches, about 42 CPU-seconds each): every family that differs from the built-in Llama
+# CI's share (8 launches, about 42 CPU-seconds each): every family that differs from the built-in Llama
 # (test_strategies.py runs that one under every strategy; Mistral has its layout) under ZeRO-3, the
 # reference each cell is compared with, plus the three cells that failed before the save fix (Qwen2-tied
-# under ZeRO-2 and FSDP2, GPT-2 under FSDP2). `make test-families` runs all 36.
-CI_CUT = {(family, REFERENCE) for family in ("qwen2", "gemma2", "gpt2", "qwen2_moe")}
+# under ZeRO-2 and FSDP2, GPT-2 under FSDP2). `make test-families` runs all 48 (8 families x 6 configs).
+CI_CUT = {(family, REFERENCE) for family in ("qwen2", "gemma2", "gpt2", "qwen2_moe", "qwen3_moe")}
 CI_CUT |= {("qwen2", "deepspeed_zero2"), ("qwen2", "fsdp2"), ("gpt2", "fsdp2")}
+# Every cell also runs the model outside the training step: greedy answers to 8 held-out questions before
+# and after training (generation under the strategy: ZeRO-3 gathers, FSDP2 synced_gpus, MoE routers) and
+# the evaluation loss on them at the end (transformers' evaluation loop).
+HELD_OUT = ("--heldout_examples", "8", "--eval_strategy", "steps", "--eval_steps", "3")
 REL_TOL = 1e-5  # as test_strategies.py: float noise from reduction order; a real difference is >> 1e-4
 
 
@@ -56,30 +60,13 @@ def run(tmp_path_factory):
     from disttune.train.families import family_checkpoint
 
     root = tmp_path_factory.mktemp("families")
-    data = root / "data.jsonl"  # 64 short conversations: the real file-loading path, little tokenizing
-    data.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"What is {i} + {i}?"},
-                        {"role": "assistant", "content": str(2 * i)},
-                    ]
-                }
-            )
-            + "\n"
-            for i in range(64)
-        )
-    )
     done: dict = {}
 
     def launched(family: str, config: str):
         if (family, config) not in done:
             model = family_checkpoint(family, root / "models")
             out = root / f"{family}-{config}"
-            result = launch(
-                config, out, *SHORT_RUN, "--model_name_or_path", str(model), "--dataset_name", str(data)
-            )
+            result = launch(config, out, *SHORT_RUN, *HELD_OUT, "--model_name_or_path", str(model))
             done[family, config] = (out, result)
         out, result = done[family, config]
         assert result.returncode == 0, f"{family} under {config}: {explain(result)}"
@@ -104,6 +91,10 @@ def test_family_trains_saves_and_agrees_with_zero3(run, family, config):
     )
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3]
+    evaluation = summary["eval"]
+    assert evaluation["before"]["step"] == 0 and evaluation["after"]["step"] == 3, evaluation
+    assert evaluation["before"]["examples"] == evaluation["after"]["examples"] == 8
+    assert evaluation["after"]["token_accuracy"] is not None and evaluation["after"]["eval_loss"] > 0
 
     # final/ holds each tied weight once, loads, and has the model's parameter count (tied ones once).
     model = AutoModelForCausalLM.from_pretrained(out / "final")

@@ -204,3 +204,23 @@ def test_a_new_job_clears_the_records_of_an_old_one_but_a_restart_keeps_them(tmp
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     restarts.clear(tmp_path)
     assert not (tmp_path / restarts.STATE_DIR).exists()
+
+
+def test_the_failure_line_names_the_phase_outside_the_training_step():
+    """A failure in the held-out evaluation before the first step is not "at step 1"."""
+    from types import SimpleNamespace
+
+    from disttune.train.restarts import Progress
+
+    Progress("/nonexistent", 1)
+    assert Progress.where() == "before the first step"
+    Progress.state = SimpleNamespace(global_step=0)
+    assert Progress.where() == "at step 1"
+    with Progress.during("in the held-out evaluation"):
+        assert Progress.where() == "before training, in the held-out evaluation"
+        Progress.state.global_step = 40
+        assert Progress.where() == "at step 41, in the held-out evaluation"
+        Progress.ended = True
+        assert Progress.where() == "after training (step 40, in the held-out evaluation)"
+    assert Progress.where() == "after training (step 40, saving the model)"
+    Progress("/nonexistent", 1)  # leave no state for other tests

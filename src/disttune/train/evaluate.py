@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
 from disttune.errors import UserError
 from disttune.train.data import BUILTIN_NAME, builtin_heldout, split_for_eval
+from disttune.train.restarts import Progress
 
 LOSS_KEYS = ("eval_loss", "eval_mean_token_accuracy")  # transformers' loss and TRL's token accuracy
 SAMPLES_SHOWN = 3  # held-out answers printed after training
@@ -181,6 +183,24 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return outputs
 
 
+@contextmanager
+def without_router_logits(model):
+    """A mixture-of-experts model generates with its router logits off, as configured again afterwards.
+
+    TRL turns ``output_router_logits`` on for training (the load-balancing loss); during generation the
+    model would then compute that loss over the cached steps, where the attention mask no longer matches
+    the routed tokens (Qwen3-MoE: "size of tensor a (64) must match ... (3200)")."""
+    config = getattr(model, "config", None)
+    was = getattr(config, "output_router_logits", None)
+    if was:
+        config.output_router_logits = False
+    try:
+        yield model
+    finally:
+        if was:
+            config.output_router_logits = was
+
+
 class HeldOutEvaluation(TrainerCallback):
     """Held-out answers (built-in data) at train begin and end; evaluation losses whenever the trainer
     evaluates, with one evaluation forced after the last step. ``summary()`` holds the numbers."""
@@ -211,7 +231,11 @@ class HeldOutEvaluation(TrainerCallback):
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
         )
         with PartialState().split_between_processes(list(enumerate(encoded)), apply_padding=True) as mine:
-            with unwrapped as model:
+            with (
+                unwrapped as model,
+                without_router_logits(model),
+                Progress.during("in the held-out evaluation"),
+            ):
                 was_training = model.training
                 model.eval()
                 prompts = [p for _, (p, _) in mine]

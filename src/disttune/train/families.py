@@ -90,6 +90,24 @@ FAMILIES: dict[str, Family] = {
         },
         "mixture of experts: top-2 of 4 routed experts plus a shared expert per layer",
     ),
+    "qwen3_moe": Family(
+        "Qwen3MoeConfig",
+        {
+            **_ATTENTION,
+            "head_dim": 16,
+            "tie_word_embeddings": False,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "decoder_sparse_step": 1,
+        },
+        "mixture of experts (Qwen3): top-2 of 4 routed experts every layer, q/k norms, no shared expert",
+    ),
+    "mixtral": Family(
+        "MixtralConfig",
+        {**_ATTENTION, "tie_word_embeddings": False, "num_local_experts": 4, "num_experts_per_tok": 2},
+        "mixture of experts (Mixtral): top-2 of 4 experts every layer, sliding-window-free GQA",
+    ),
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -218,19 +219,35 @@ class Progress(TrainerCallback):
 
     state = None  # the trainer's state, once training began (class-level: read where no trainer is at hand)
     ended = False
+    phase: str | None = None  # work outside the training step under way ("in the held-out evaluation")
 
     def __init__(self, output_dir: str | os.PathLike, world_size: int):
-        Progress.state, Progress.ended = None, False  # a new run (``disttune train`` may run several)
+        Progress.state, Progress.ended, Progress.phase = None, False, None  # a new run (``disttune train`` may run several)
         self.path = Path(output_dir) / STATE_DIR / "progress.json"
         self.world_size = world_size
 
     @classmethod
     def where(cls) -> str:
+        """Where the run was: ``before the first step``, ``before training, in the held-out evaluation``,
+        ``at step 7``, ``after training (step 80), in the held-out evaluation``, ..."""
+        phase = f", {cls.phase}" if cls.phase else ""
         if cls.state is None:
-            return "before the first step"
+            return f"before the first step{phase}"
         if cls.ended:
-            return f"after training (step {cls.state.global_step}, saving the model)"
-        return f"at step {cls.state.global_step + 1}"
+            return f"after training (step {cls.state.global_step}{phase or ', saving the model'})"
+        if cls.phase and cls.state.global_step == 0:
+            return f"before training{phase}"
+        return f"at step {cls.state.global_step + 1}{phase}"
+
+    @classmethod
+    @contextmanager
+    def during(cls, phase: str):
+        """Name the work under way (outside the training step) for the failure line while it runs."""
+        previous, cls.phase = cls.phase, phase
+        try:
+            yield
+        finally:
+            cls.phase = previous
 
     def _save(self, step: int) -> None:
         try:
