@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.run_folder import RunFolder, read_jsonl
 from disttune.strategies import SHIPPED, resolve
 
 # The strategies with a shipped accelerate config (disttune/strategies.py); each is estimated under its own name.
@@ -104,9 +105,9 @@ def launch_command(
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     """``(step, loss)`` pairs from a run's ``metrics.jsonl``."""
-    from disttune.train.metrics import read_metrics
-
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r.get("loss") is not None]
+    return [
+        (r["step"], r["loss"]) for r in read_jsonl(RunFolder(run_dir).metrics) if r.get("loss") is not None
+    ]
 
 
 def max_loss_deviation(losses: list[tuple[int, float]], reference: list[tuple[int, float]]) -> float | None:
@@ -160,7 +161,7 @@ def estimated_state(
 
 def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -> dict:
     """One ``bench.json`` record from a finished run's files."""
-    summary = json.loads((run_dir / "run_summary.json").read_text())
+    summary = json.loads(RunFolder(run_dir).summary.read_text())
     states = [s for s in summary.get("model_state_bytes") or [] if s]
     worst = max(states, key=lambda s: s["total"] - s["other"]) if states else None
     measured = worst["params"] + worst["grads"] + worst["optimizer"] if worst else None
@@ -169,7 +170,9 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     return {
         "strategy": strategy,
         "estimate_strategy": strategy,  # the same row of disttune/strategies.py
-        "ran_as": summary.get("strategy"),  # the table row the running job matched (train.strategy.describe)
+        "ran_as": summary.get(
+            "strategy"
+        ),  # the table row the running job matched (train.distributed.describe)
         "world_size": summary["world_size"],
         "mixed_precision": summary["mixed_precision"],
         "global_batch_size": summary["global_batch_size"],
@@ -268,7 +271,7 @@ def run_bench(
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         wall = time.perf_counter() - start
-        if rc != 0 or not (run_dir / "run_summary.json").is_file():
+        if rc != 0 or not RunFolder(run_dir).summary.is_file():
             log(
                 f"bench: [{i}/{len(strategies)}] {strategy}: FAILED ({rc}) after {wall:.0f} s; see {run_dir / 'launch.log'}"
             )

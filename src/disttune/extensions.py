@@ -59,6 +59,30 @@ def extensions_root(environ: Mapping[str, str] | None = None) -> Path:
     return Path(cache).expanduser() / "torch_extensions"
 
 
+def environment_extensions_dir(environ: Mapping[str, str] | None = None, prefix: str | None = None) -> Path:
+    """This Python environment's own folder of op builds: ``<root>/py<version>_<hash of sys.prefix>``.
+
+    torch's default, ``py<version>_<cpu|cuXYZ>``, is shared by every environment of the same Python: two
+    virtual environments used in turn (two projects, or CI beside a checkout) rebuild each op at every switch
+    (its build.ninja names the other environment's paths) while holding the lock every other launch waits on.
+    """
+    import hashlib
+
+    key = hashlib.sha1((prefix or sys.prefix).encode()).hexdigest()[:10]
+    return extensions_root(environ) / f"py{sys.version_info.major}{sys.version_info.minor}_{key}"
+
+
+def use_environment_extensions_dir(environ=None) -> str | None:
+    """Set ``TORCH_EXTENSIONS_DIR`` to ``environment_extensions_dir()`` unless the user set it (before
+    DeepSpeed builds anything); returns the folder, or None when the user's setting stands."""
+    environ = os.environ if environ is None else environ
+    if environ.get("TORCH_EXTENSIONS_DIR"):
+        return None
+    folder = environment_extensions_dir(environ)
+    environ["TORCH_EXTENSIONS_DIR"] = str(folder)
+    return str(folder)
+
+
 def find_locks(root: Path) -> list[Path]:
     """Every ``lock`` under ``root/<op>/`` and ``root/<py_tag>/<op>/``."""
     if not root.is_dir():

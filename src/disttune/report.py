@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disttune.errors import UserError
+from disttune.run_folder import RunFolder, read_jsonl
 from disttune.strategies import DATA_PARALLEL_TYPES
 
-METRICS = "metrics.jsonl"
-SUMMARY = "run_summary.json"
 REQUIRED = ("step", "loss", "tokens_per_second", "peak_memory_bytes")  # what the plot reads from each record
 MIB = 2**20
 _RESUMED = re.compile(r"-from-step(\d+)$")
@@ -57,13 +56,13 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
                 f"{path}: no such folder.\n  fix: give the --output_dir of a training run "
                 "(the folder with metrics.jsonl) or of a `disttune bench`."
             )
-        if (path / METRICS).is_file():
+        if RunFolder(path).metrics.is_file():
             found.append(path)
             continue
-        children = sorted(p for p in path.iterdir() if (p / METRICS).is_file())
+        children = sorted(p for p in path.iterdir() if RunFolder(p).metrics.is_file())
         if not children:
             raise UserError(
-                f"{path}: no {METRICS} in it or in its subfolders.\n  fix: give the --output_dir "
+                f"{path}: no {RunFolder(path).metrics.name} in it or in its subfolders.\n  fix: give the --output_dir "
                 "of a training run that logged at least one step (it writes metrics.jsonl there)."
             )
         found += children
@@ -94,11 +93,9 @@ def _segments(records: list[dict]) -> list[Segment]:
 
 def load_run(path: Path, label: str) -> Run:
     """Read one run folder; every problem is a ``UserError`` naming the file (and the line) and the fix."""
-    from disttune.train.metrics import read_metrics
-
-    metrics = path / METRICS
+    metrics = RunFolder(path).metrics
     try:
-        records = read_metrics(path)
+        records = read_jsonl(metrics)
     except ValueError as exc:
         raise UserError(
             f"{exc}\n  fix: the file is damaged (a run killed mid-write leaves half a line): "
@@ -117,12 +114,12 @@ def load_run(path: Path, label: str) -> Run:
                 "disttune's training script.\n  fix: give the --output_dir of a disttune run."
             )
     summary = None
-    if (path / SUMMARY).is_file():
+    if RunFolder(path).summary.is_file():
         try:
-            summary = json.loads((path / SUMMARY).read_text())
+            summary = json.loads(RunFolder(path).summary.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"{path / SUMMARY}: not valid JSON ({exc.msg}, line {exc.lineno}).\n  fix: delete "
+                f"{RunFolder(path).summary}: not valid JSON ({exc.msg}, line {exc.lineno}).\n  fix: delete "
                 "the file to report the run from metrics.jsonl alone."
             ) from exc
     return Run(label, path, _segments(records), summary)
@@ -194,7 +191,7 @@ def render_markdown(runs: list[Run]) -> str:
             notes.append(f"- {row['run']}: resumed from step {steps}; tokens/s is the last launch's.")
         if not row["finished"]:
             notes.append(
-                f"- {row['run']}: no {SUMMARY} (the run did not finish): steps and loss are the last "
+                f"- {row['run']}: no run_summary.json (the run did not finish): steps and loss are the last "
                 "logged ones."
             )
     lines.append("")

@@ -2,7 +2,7 @@
 
 ``config new`` writes a row's YAML from it, ``bench`` launches a row's shipped file, ``estimate`` names its
 rows after it and ``recommend`` ranks them by ``speed_rank``, the training script's preflight names a run's
-checkpoint layout with it and ``train.strategy.describe`` tells which row a running job is.
+checkpoint layout with it and ``train.distributed.describe`` tells which row a running job is.
 ``tests/unit/test_strategies_table.py`` proves that the shipped YAMLs and what ``config new`` writes agree
 with it (distributed_type, ZeRO stage, offload devices, fsdp_version and the header comment).
 

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 def fake_run(path, losses, tokens_per_step=1000, run_id="20261202T080845-1c0010", summary=True):
     """A run folder as the training script leaves it: ``MetricsCallback`` writes metrics.jsonl, then
     run_summary.json (the keys ``train.main.fit`` writes that the report reads)."""
-    from disttune.train.metrics import MetricsCallback, write_json
+    from disttune.run_folder import write_json
+    from disttune.train.metrics import MetricsCallback
 
     path.mkdir(parents=True, exist_ok=True)
     callback = MetricsCallback(str(path), run_id=run_id)

@@ -98,11 +98,11 @@ def test_launch_refuses_before_starting_anything(hostile, tmp_path, capsys):
 
 
 def test_training_recipe_reader_refuses_within_a_second(hostile):
-    from disttune.train.main import _explicit_names
+    from disttune.train.args import explicit_names
 
     path, words = hostile
     with pytest.raises(UserError) as info:
-        _timed(lambda: _explicit_names(["--config", str(path)]))
+        _timed(lambda: explicit_names(["--config", str(path)]))
     assert words in str(info.value) and str(info.value).startswith("--config ")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import warnings
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from disttune.errors import UserError
 from disttune.launch import ReportFilter, condense_report
-from disttune.train import failures
+from disttune.train import failure
 from disttune.train.console import QUIET_WARNINGS, quiet_console, step_line, verbose_requested
 
 # What accelerate launch printed on stderr when rank 1 of 2 crashed (torch 2.13, accelerate 1.15), cut.
@@ -124,13 +125,18 @@ def test_accelerates_report_for_one_process_becomes_one_line():
     assert report.finish().startswith("disttune launch: the script failed (exit code 3), see its error above")
 
 
-def test_a_crash_summary_names_the_rank_the_step_and_a_fix():
-    summary = failures.crash_summary(FileNotFoundError("no such file: /data/x.jsonl"), 1, "at step 3")
-    assert summary.splitlines() == [
+def test_a_crash_names_the_rank_the_step_and_a_fix(monkeypatch, capsys):
+    monkeypatch.setattr(failure, "launcher_store", lambda: None)
+    monkeypatch.setenv("RANK", "1")
+    failure.Where.reset()
+    failure.Where.state = SimpleNamespace(global_step=2)
+    recorded = failure.report_crash(FileNotFoundError("no such file: /data/x.jsonl"))
+    assert capsys.readouterr().err.splitlines()[-2:] == [
         "disttune: rank 1 failed at step 3: FileNotFoundError: no such file: /data/x.jsonl",
         "  fix: check the path and its permissions in the message above",
     ]
-    assert "rank 0" in failures.crash_summary(RuntimeError("boom"), 0, "before the first step")
+    assert (recorded.rank, recorded.step, recorded.secondary) == (1, 3, False)
+    failure.Where.reset()
 
 
 @pytest.fixture
@@ -140,20 +146,24 @@ def store():
     return TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
 
 
-def test_the_first_failure_is_claimed_once_and_a_user_error_said_once(store, monkeypatch, capsys):
-    assert failures.first_failure(store) is None
-    assert failures.claim_first("rank 1 text", 1, store) == (1, "rank 1 text")
-    assert failures.claim_first("rank 0 text", 0, store) == (1, "rank 1 text")
-    assert failures.first_failure(store) == (1, "rank 1 text")
-
-    monkeypatch.setattr(failures, "launcher_store", lambda: store)
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a fresh key: a restarted job starts over
-    for rank in ("1", "0"):
+def test_the_first_failure_is_said_once_and_repeated_last_by_the_ranks_that_followed(
+    store, monkeypatch, capsys
+):
+    monkeypatch.setattr(failure, "launcher_store", lambda: store)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    failure.Where.reset()
+    for rank in ("1", "0"):  # both ranks read the same bad flag; rank 1 first
         monkeypatch.setenv("RANK", rank)
-        failures.report_user_error(UserError("--dataset_name x: file not found."), "script.py")
+        failure.report_user_error(UserError("--dataset_name x: file not found."), "script.py")
     assert capsys.readouterr().err == "script.py: error: --dataset_name x: file not found.\n"
-    failures.repeat_first_failure()  # rank 0 stopped after rank 1's error: say it again, last
-    assert capsys.readouterr().err.splitlines() == [
+    first = failure.live_first(store)
+    assert (first.rank, first.cause) == (1, "--dataset_name x: file not found.")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a fresh key: a restarted job starts over
+    monkeypatch.setenv("RANK", "1")
+    failure.report_user_error(UserError("--dataset_name x: file not found."), "script.py")
+    monkeypatch.setenv("RANK", "0")
+    failure.report_lost_peer()  # rank 0 stopped after rank 1's error: say it again, last
+    assert capsys.readouterr().err.splitlines()[-2:] == [
         "disttune: rank 0 stopped after rank 1 failed first:",
         "script.py: error: --dataset_name x: file not found.",
     ]

@@ -180,13 +180,11 @@ TRAIN_WORDS = [
 @pytest.fixture(scope="module")
 def train_parser_env(tmp_path_factory):
     """Parse in a clean, non-distributed environment (imports done once, outside the deadline)."""
-    from disttune.train.main import parse_arguments
+    from disttune.train.args import parse_args
 
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     folder = tmp_path_factory.mktemp("train-fuzz")
-    parse_arguments(
-        ["--output_dir", str(folder / "out")]
-    )  # the first parse imports TRL/transformers: not timed
+    parse_args(["--output_dir", str(folder / "out")])  # the first parse imports TRL/transformers: not timed
     yield folder
     os.environ.update(saved)
 
@@ -196,10 +194,10 @@ def train_parser_env(tmp_path_factory):
     argv=st.lists(st.sampled_from(TRAIN_WORDS) | st.text(alphabet=string.printable, max_size=8), max_size=6)
 )
 def test_training_script_parser_on_random_argv(train_parser_env, argv, capsys):
-    from disttune.train.main import parse_arguments
+    from disttune.train.args import parse_args
 
     try:
-        parse_arguments(["--output_dir", str(train_parser_env / "out"), *argv])
+        parse_args(["--output_dir", str(train_parser_env / "out"), *argv])
     except UserError as exc:
         assert str(exc)
     except SystemExit as exc:

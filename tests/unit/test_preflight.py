@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from disttune.errors import UserError
-from disttune.train.preflight import (
+from disttune.train.distributed import current_layout
+from disttune.train.prepare import (
     check_disk_space,
     check_output_dir,
     checkpoints_kept,
-    current_layout,
     estimate_checkpoint_size,
     prepare_run,
 )
@@ -76,7 +76,7 @@ def test_safe_inputs_yaml_safe_load_only_and_no_remote_code_by_default(tmp_path)
     for path in src.rglob("*.py"):
         text = path.read_text()
         assert "yaml.load(" not in text and "unsafe_load" not in text and "yaml.Loader" not in text, path
-    from disttune.train.main import parse_arguments
+    from disttune.train.args import parse_args
 
-    _, training_args, _, _ = parse_arguments(["--output_dir", str(tmp_path)])
+    _, training_args, _ = parse_args(["--output_dir", str(tmp_path)])
     assert training_args.trust_remote_code is False  # passed to every from_pretrained

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from disttune.errors import UserError
-from disttune.train import restarts
-from disttune.train.faults import test_faults as read_test_faults
+from disttune.train import failure, restarts
+from disttune.train.guards import test_faults as read_test_faults
 from disttune.train.portable import make_portable, read_portable
-from disttune.train.preflight import keep_global_batch, layout_change
+from disttune.train.prepare import keep_global_batch, layout_change
 from disttune.train.reconcile import GA_ENV, set_accumulation
 
 
@@ -144,21 +144,23 @@ def test_fault_injection_can_be_limited_to_one_attempt(monkeypatch):
 
 
 def _attempt(monkeypatch, out, attempt, world=2, step=5, ends=None):
-    """Leave what attempt ``attempt`` leaves: progress at ``step``, and each rank's end in ``ends``."""
+    """Leave what attempt ``attempt`` leaves: progress at ``step``, and each rank's end in ``ends`` (its
+    failure record, made in step ``step + 1``)."""
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
     restarts.Progress(out, world)._save(step)
     for rank, (cause, secondary) in (ends or {}).items():
-        monkeypatch.setenv("RANK", str(rank))
-        restarts.record_end(out, cause, secondary)
+        failure.record(
+            failure.Failure(rank, step + 1, f"at step {step + 1}", cause, secondary), out, to_store=False
+        )
 
 
 def test_a_rank_that_left_no_record_is_named_as_killed(tmp_path, monkeypatch):
     _attempt(monkeypatch, tmp_path, 0, ends={0: ("stopped after a collective failed", True)})
-    assert restarts.describe_attempt(tmp_path, 0) == {
+    assert failure.describe_attempt(tmp_path, 0) == {
         "attempt": 0,
         "failed_in_step": 6,
         "rank": 1,
-        "cause": restarts.KILLED,
+        "cause": failure.KILLED,
     }
 
 
@@ -181,7 +183,7 @@ def test_an_exception_beats_a_secondary_end_and_restarts_are_recorded_once(tmp_p
         "resuming from checkpoint-2"
     )
     restarts.note_restart(tmp_path, str(tmp_path / "checkpoint-2"))  # every rank's setup may call it
-    assert [e["restart"] for e in restarts.read_restarts(tmp_path)] == [1]
+    assert [e["restart"] for e in failure.read_restarts(tmp_path)] == [1]
 
 
 def test_give_up_summary_says_when_every_attempt_failed_in_the_same_step(tmp_path, monkeypatch):
@@ -190,37 +192,39 @@ def test_give_up_summary_says_when_every_attempt_failed_in_the_same_step(tmp_pat
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     restarts.note_restart(tmp_path, None)
     _attempt(monkeypatch, tmp_path, 1, ends={0: ("received SIGTERM", True)})
-    assert restarts.give_up_summary(tmp_path) == (
-        f"rank 1 failed in step 6 in all 2 attempts: {restarts.KILLED}"
+    assert failure.give_up_summary(tmp_path) == (
+        f"rank 1 failed in step 6 in all 2 attempts: {failure.KILLED}"
     )
-    assert restarts.give_up_summary(tmp_path / "elsewhere") is None
+    assert failure.give_up_summary(tmp_path / "elsewhere") is None
 
 
 def test_a_new_job_clears_the_records_of_an_old_one_but_a_restart_keeps_them(tmp_path, monkeypatch):
     _attempt(monkeypatch, tmp_path, 0)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     restarts.clear(tmp_path)
-    assert (tmp_path / restarts.STATE_DIR / "progress.json").is_file()
+    assert (tmp_path / ".disttune" / "progress.json").is_file()
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     restarts.clear(tmp_path)
-    assert not (tmp_path / restarts.STATE_DIR).exists()
+    assert not (tmp_path / ".disttune").exists()
 
 
 def test_the_failure_line_names_the_phase_outside_the_training_step():
     """A failure in the held-out evaluation before the first step is not "at step 1"."""
     from types import SimpleNamespace
 
-    from disttune.train.restarts import Progress
-
-    Progress("/nonexistent", 1)
-    assert Progress.where() == "before the first step"
-    Progress.state = SimpleNamespace(global_step=0)
-    assert Progress.where() == "at step 1"
-    with Progress.during("in the held-out evaluation"):
-        assert Progress.where() == "before training, in the held-out evaluation"
-        Progress.state.global_step = 40
-        assert Progress.where() == "at step 41, in the held-out evaluation"
-        Progress.ended = True
-        assert Progress.where() == "after training (step 40, in the held-out evaluation)"
-    assert Progress.where() == "after training (step 40, saving the model)"
-    Progress("/nonexistent", 1)  # leave no state for other tests
+    where = failure.Where
+    where.reset()
+    assert (where.describe(), where.step()) == ("before the first step", None)
+    where.state = SimpleNamespace(global_step=0)
+    assert (where.describe(), where.step()) == ("at step 1", 1)
+    with failure.during("in the held-out evaluation"):
+        assert (where.describe(), where.step()) == ("before training, in the held-out evaluation", None)
+        where.state.global_step = 40
+        assert where.describe() == "at step 41, in the held-out evaluation"
+        where.ended = True
+        assert (where.describe(), where.step()) == (
+            "after training (step 40, in the held-out evaluation)",
+            40,
+        )
+    assert where.describe() == "after training (step 40, saving the model)"
+    where.reset()  # leave no state for other tests

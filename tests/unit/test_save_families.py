@@ -71,8 +71,8 @@ def test_family_checkpoint_loads_with_from_pretrained(tmp_path):
 
 
 def test_sparse_moe_blocks_are_found_by_their_experts(tokenizer):
+    from disttune.train.distributed import sparse_moe_blocks, zero3_moe_leaf_modules
     from disttune.train.families import build_family_model
-    from disttune.train.strategy import sparse_moe_blocks, zero3_moe_leaf_modules
 
     moe = build_family_model("qwen2_moe", tokenizer)
     assert sparse_moe_blocks(moe) == ["Qwen2MoeSparseMoeBlock"]
@@ -91,8 +91,8 @@ def test_unknown_family_is_refused(tokenizer):
 def test_under_zero3_every_moe_block_becomes_a_leaf_module_with_a_note(tokenizer, monkeypatch):
     import transformers.integrations
 
+    from disttune.train.distributed import zero3_moe_leaf_modules
     from disttune.train.families import build_family_model
-    from disttune.train.strategy import zero3_moe_leaf_modules
 
     moe, dense = build_family_model("qwen2_moe", tokenizer), build_family_model("llama", tokenizer)
     # Built first: with ZeRO-3 reported on, from_config would construct under zero.Init.

@@ -50,13 +50,13 @@ ARGS = {
 
 
 def _ours(tmp_path, monkeypatch) -> float:
-    from disttune.train.main import build_trainer, setup
+    from disttune.train.build import build_trainer
+    from disttune.train.settings import resolve
 
     argv = ["--output_dir", str(tmp_path / "ours"), "--heldout_examples", "0"]
     for key, value in ARGS.items():
         argv += [f"--{key}", str(value)]
-    script_args, training_args, model_args, notes = setup(argv)
-    trainer, *_ = build_trainer(script_args, training_args, model_args, notes)
+    trainer = build_trainer(resolve(argv)).trainer
     counter = SyncCounter(monkeypatch)
     trainer.add_callback(counter)
     trainer.train()
@@ -103,7 +103,7 @@ def test_the_guard_reads_the_gradients_through_one_norm(gradient_norm):
     Python walk that reads every gradient."""
     from types import SimpleNamespace
 
-    from disttune.train.faults import StepGuard
+    from disttune.train.guards import StepGuard
 
     model = torch.nn.Linear(3, 2)
     model(torch.ones(1, 3)).sum().backward()

@@ -209,7 +209,7 @@ def test_running_setups_map_to_rows_and_checkpoint_layouts():
     layouts = {s.name: s.checkpoint_layout for s in STRATEGIES}
     assert layouts["ddp"] == "ddp" and layouts["fsdp2"] == "fsdp"
     assert layouts["zero3"] == layouts["zero3_offload"] == "deepspeed-zero3"  # offload resumes either way
-    from disttune.train.preflight import current_layout
+    from disttune.train.prepare import current_layout
 
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "WORLD_SIZE": "2"}
     assert current_layout(env)["strategy"] == strategies.BY_NAME["zero2"].checkpoint_layout
@@ -228,7 +228,7 @@ def _accelerator(distributed_type, deepspeed=None, fsdp=None):
 
 
 def test_describe_names_the_row_a_run_matches():
-    from disttune.train.strategy import describe
+    from disttune.train.distributed import describe
 
     zero = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
     offload = SimpleNamespace(zero_stage=3, deepspeed_config=zero)

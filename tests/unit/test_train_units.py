@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from disttune.errors import UserError
-from disttune.train import data, reconcile, strategy
-from disttune.train.main import _explicit_names, format_plan
+from disttune.train import data, distributed, reconcile
+from disttune.train.args import explicit_names
+from disttune.train.settings import Settings, batch_plan, describe_checkpointing, format_plan
 
 
 def _args(**kw):
@@ -69,22 +70,25 @@ def test_fp16_falls_back_to_bf16_only_without_gpu():
 def test_cpu_distributed_defaults_per_strategy():
     launched = {"LOCAL_RANK": "0", "WORLD_SIZE": "2"}
     ddp = dict(launched)
-    assert strategy.cpu_distributed_defaults(False, ddp)[0] == {} and ddp["ACCELERATE_USE_CPU"] == "true"
+    assert distributed.cpu_distributed_defaults(False, ddp)[0] == {} and ddp["ACCELERATE_USE_CPU"] == "true"
     ds = {**launched, "ACCELERATE_USE_DEEPSPEED": "true"}
-    assert strategy.cpu_distributed_defaults(False, ds)[0] == {"ddp_backend": "gloo"}
+    assert distributed.cpu_distributed_defaults(False, ds)[0] == {"ddp_backend": "gloo"}
     assert "ACCELERATE_USE_CPU" not in ds
     fsdp = {**launched, "ACCELERATE_USE_FSDP": "true"}
-    assert strategy.cpu_distributed_defaults(False, fsdp)[0] == {"ddp_backend": "gloo"}
-    assert strategy.cpu_distributed_defaults(True, dict(launched)) == ({}, [])  # GPUs: accelerate knows best
-    assert strategy.cpu_distributed_defaults(False, {}) == ({}, [])  # a plain single process
+    assert distributed.cpu_distributed_defaults(False, fsdp)[0] == {"ddp_backend": "gloo"}
+    assert distributed.cpu_distributed_defaults(True, dict(launched)) == (
+        {},
+        [],
+    )  # GPUs: accelerate knows best
+    assert distributed.cpu_distributed_defaults(False, {}) == ({}, [])  # a plain single process
 
 
 def test_deepspeed_auto_sizes_fill_only_missing_keys():
     plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3, "reduce_bucket_size": 5}})
-    filled = strategy.deepspeed_auto_sizes(SimpleNamespace(deepspeed_plugin=plugin))
+    filled = distributed.deepspeed_auto_sizes(SimpleNamespace(deepspeed_plugin=plugin))
     assert filled == ["stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"]
     assert plugin.deepspeed_config["zero_optimization"]["reduce_bucket_size"] == 5
-    assert strategy.deepspeed_auto_sizes(SimpleNamespace(deepspeed_plugin=None)) == []
+    assert distributed.deepspeed_auto_sizes(SimpleNamespace(deepspeed_plugin=None)) == []
 
 
 def test_builtin_data_is_deterministic_and_its_answers_are_right():
@@ -148,13 +152,13 @@ def test_tiny_checkpoint_is_built_once_and_identical_per_seed(tmp_path):
 def test_explicit_names_come_from_the_command_line_and_the_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("gradient_accumulation_steps: 4\nlearning_rate: 0.1\n")
-    names = _explicit_names(["--config", str(recipe), "--max_grad_norm=0.5"])
+    names = explicit_names(["--config", str(recipe), "--max_grad_norm=0.5"])
     assert {"gradient_accumulation_steps", "learning_rate", "max_grad_norm"} <= names
     with pytest.raises(UserError, match="file not found"):
-        _explicit_names(["--config", str(tmp_path / "missing.yaml")])
+        explicit_names(["--config", str(tmp_path / "missing.yaml")])
     (tmp_path / "list.yaml").write_text("- a\n")
     with pytest.raises(UserError, match="must be a mapping"):
-        _explicit_names(["--config", str(tmp_path / "list.yaml")])
+        explicit_names(["--config", str(tmp_path / "list.yaml")])
 
 
 def test_plan_text_shows_the_global_batch_formula():
@@ -176,7 +180,8 @@ def test_plan_text_shows_the_global_batch_formula():
         save_steps=50,
         save_total_limit=None,
     )
-    text = format_plan(info, args, tokens_per_step=32 * 512)
+    settings = Settings(None, args, None, batch_plan(args, world_size=4), None)
+    text = format_plan(info, settings)
     assert "DEEPSPEED ZeRO-3" in text
     assert "global batch            32 = 4 x 4 x 2" in text
     assert "<= 16384" in text
@@ -184,8 +189,6 @@ def test_plan_text_shows_the_global_batch_formula():
 
 
 def test_the_batch_plan_is_computed_once_from_the_arguments():
-    from disttune.train.main import batch_plan
-
     args = SimpleNamespace(
         per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=512, learning_rate=2e-5
     )
@@ -270,8 +273,6 @@ def test_precision_is_set_from_the_launch():
 
 
 def test_the_plan_says_whether_and_how_often_the_run_checkpoints():
-    from disttune.train.main import describe_checkpointing
-
     args = SimpleNamespace(save_strategy="no", save_steps=500, save_total_limit=None)
     assert describe_checkpointing(args) == "off (--save_steps N turns them on)"
     args = SimpleNamespace(save_strategy="steps", save_steps=4, save_total_limit=2)
@@ -279,21 +280,23 @@ def test_the_plan_says_whether_and_how_often_the_run_checkpoints():
 
 
 def test_save_steps_alone_turns_step_checkpoints_on(tmp_path, monkeypatch):
-    from disttune.train.main import setup
+    from disttune.train.settings import resolve
 
     monkeypatch.chdir(tmp_path)
-    _, args, _, _ = setup(["--output_dir", str(tmp_path / "a"), "--save_steps", "4"])
+    args = resolve(["--output_dir", str(tmp_path / "a"), "--save_steps", "4"]).training_args
     assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps" and args.save_steps == 4
-    _, args, _, _ = setup(["--output_dir", str(tmp_path / "b"), "--save_steps", "4", "--save_strategy", "no"])
+    args = resolve(
+        ["--output_dir", str(tmp_path / "b"), "--save_steps", "4", "--save_strategy", "no"]
+    ).training_args
     assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
-    _, args, _, _ = setup(["--output_dir", str(tmp_path / "c")])
+    args = resolve(["--output_dir", str(tmp_path / "c")]).training_args
     assert str(getattr(args.save_strategy, "value", args.save_strategy)) == "no"
 
 
 def test_a_missing_model_folder_is_named_as_such(tmp_path):
     from types import SimpleNamespace
 
-    from disttune.train.main import load_model_and_tokenizer
+    from disttune.train.build import load_model_and_tokenizer
 
     args = SimpleNamespace(
         model_name_or_path=str(tmp_path / "Qwen2.5-7B"),
@@ -307,7 +310,7 @@ def test_a_missing_model_folder_is_named_as_such(tmp_path):
 
 
 def test_the_cuda_allocator_gets_expandable_segments_unless_the_user_configured_it():
-    from disttune.train.strategy import default_allocator
+    from disttune.train.distributed import default_allocator
 
     environ = {}
     assert "disttune's default" in default_allocator(environ)

@@ -164,17 +164,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"disttune launch: {shell_line(argv, env_updates)}", file=sys.stderr, flush=True)
     code = run_launcher(argv, env_updates, condense=not args.debug)  # the exit report: one line
     if code != 0:
-        last = failure_record(script_args)
+        last = failure_record(script, script_args)
         if last:
             print(f"disttune launch: {last}", file=sys.stderr, flush=True)
     return code
 
 
-def failure_record(script_args: list[str]) -> str | None:
-    """What the training script recorded about the attempt that failed last (``train/restarts.py``): the
+def failure_record(script: str, script_args: list[str]) -> str | None:
+    """What the training script recorded about the attempt that failed last (``train/failure.py``): the
     rank, the step and the cause, and whether every restart failed there. None when it left no record."""
-    from disttune.launch import script_arg
-    from disttune.train.restarts import give_up_summary
+    from disttune.train.failure import give_up_summary
 
-    output_dir = script_arg(script_args, "--output_dir")
+    output_dir = output_dir_of(script, script_args)
     return give_up_summary(output_dir) if output_dir else None
+
+
+def output_dir_of(script: str, script_args: list[str]) -> str | None:
+    """The run folder of the launched script: for disttune's training script, read by its own parser
+    (``train.args``: its default and a ``--config`` recipe's value count); for another script, its
+    ``--output_dir`` argument, if any."""
+    from pathlib import Path
+
+    from disttune.launch import script_arg
+    from disttune.train.args import PROG, parse_args
+
+    if Path(script).name != PROG:
+        return script_arg(script_args, "--output_dir")
+    try:
+        return parse_args(list(script_args))[1].output_dir
+    except (UserError, SystemExit):
+        return script_arg(script_args, "--output_dir")

@@ -1,13 +1,20 @@
-"""Command-line arguments of the training script.
+"""Command-line arguments of the training script, and the one parser that reads them.
 
 The names are TRL's and transformers' own (``SFTConfig`` = ``TrainingArguments`` + SFT options,
 ``ModelConfig`` for the model and LoRA); ``DisttuneArguments`` adds only what they lack. A recipe file
 given with ``--config recipe.yaml`` sets defaults that the command line overrides (TRL's ``TrlParser``).
+``make_parser()`` is that parser with the script's defaults (TRL's ``sft.py`` exports the same); the
+script, ``disttune check -- ARGS`` and ``disttune launch`` all read the arguments through ``parse_args``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from disttune.errors import UserError
+
+PROG = "07_distributed_training.py"
 
 # The embedded default run: what `07_distributed_training.py` does with no arguments.
 SCRIPT_DEFAULTS = {
@@ -105,3 +112,52 @@ class DisttuneArguments:
     # Set by setup(), not on the command line: "deepspeed-zero2 x2 -> ddp x1" when the checkpoint being
     # resumed was written under another strategy or world size (then portable.py converts it), else None.
     layout_change: str | None = field(default=None, init=False)
+
+
+def make_parser(defaults: dict | None = None):
+    """TRL's parser of ``(DisttuneArguments, SFTConfig, ModelConfig)`` with the script's defaults
+    (``SCRIPT_DEFAULTS``, then ``defaults``: the values the launch derives, such as fused AdamW on CUDA)."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((DisttuneArguments, SFTConfig, ModelConfig), prog=PROG)
+    parser.set_defaults(**{**SCRIPT_DEFAULTS, **(defaults or {})})
+    return parser
+
+
+def read_recipe(argv: list[str]) -> dict:
+    """The ``--config`` recipe's mapping ({} without one), read with the bounded config reader (depth,
+    aliases, size, time) before TRL reads it."""
+    from disttune.config.load import read_config
+
+    if "--config" not in argv:
+        return {}
+    index = argv.index("--config") + 1
+    if index >= len(argv):
+        raise UserError("--config needs a file: --config recipe.yaml")
+    path = Path(argv[index])
+    if not path.is_file():
+        raise UserError(f"--config {path}: file not found.\n  fix: check the path (cwd: {Path.cwd()}).")
+    try:
+        recipe = read_config(path, "recipe", syntax="yaml").data
+    except UserError as exc:
+        raise UserError(f"--config {exc}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"--config {path}: must be a mapping of argument names to values.")
+    return recipe
+
+
+def explicit_names(argv: list[str], recipe: dict | None = None) -> set[str]:
+    """Argument names the user set, on the command line or in the ``--config`` recipe (read when not given)."""
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return names | {str(name) for name in (read_recipe(argv) if recipe is None else recipe)}
+
+
+def parse_args(argv: list[str], defaults: dict | None = None):
+    """``argv`` (and its ``--config`` recipe) as ``(DisttuneArguments, SFTConfig, ModelConfig)``; a bad value
+    or an unknown key is a ``UserError``. The recipe is read with the bounded reader first (``read_recipe``):
+    TRL's own reader would follow any YAML."""
+    read_recipe(argv)
+    try:
+        return tuple(make_parser(defaults).parse_args_and_config(argv))
+    except ValueError as exc:  # unknown keys in a recipe, invalid combinations
+        raise UserError(str(exc)) from exc

@@ -13,16 +13,15 @@ By default (``--verbose`` or ``DISTTUNE_DEBUG=1`` restores everything):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import warnings
-from pathlib import Path
 
 from transformers import ProgressCallback
 
-from disttune.train.strategy import rank_from_env
+from disttune.run_folder import RunFolder, append_jsonl
+from disttune.train.distributed import rank_from_env
 
 DEBUG_ENV = "DISTTUNE_DEBUG"
 
@@ -174,9 +173,10 @@ class StepLog(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        path = Path(args.output_dir) / "trainer_log.jsonl"
-        with path.open("a") as fh:
-            fh.write(json.dumps({"step": state.global_step, **logs, "run_id": self.metrics.run_id}) + "\n")
+        append_jsonl(
+            RunFolder(args.output_dir).trainer_log,
+            {"step": state.global_step, **logs, "run_id": self.metrics.run_id},
+        )
         if self.show_dicts:
             super().on_log(args, state, control, logs=logs, **kwargs)
         record = getattr(self.metrics, "last_record", None)

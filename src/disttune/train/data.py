@@ -150,6 +150,20 @@ def detect_format(column_names: list[str], where: str) -> str:
     )
 
 
+def check_dataset_name(name: str) -> None:
+    """Refuse a local data set path that does not exist, before anything is loaded (a file with a known
+    suffix, or a path written as one: ``/``, ``./``, ``../``, ``~``); hub names are left to ``datasets``."""
+    if name == BUILTIN_NAME:
+        return
+    path = Path(name).expanduser()
+    looks_local = path.suffix.lower() in FILE_LOADERS or name.startswith(("/", "./", "../", "~"))
+    if looks_local and not path.exists():
+        raise UserError(
+            f"--dataset_name {name}: file not found.\n  fix: check the path (cwd: {Path.cwd()}); or give a "
+            "hub data set name, or 'builtin' for the built-in data."
+        )
+
+
 def load_train_dataset(name: str, split: str = "train", config: str | None = None, seed: int = 1234):
     """Load ``name`` (``builtin``, a local .jsonl/.json/.parquet/.csv file, or a ``datasets`` hub name).
 

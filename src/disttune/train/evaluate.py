@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 
 from disttune.errors import UserError
 from disttune.train.data import BUILTIN_NAME, builtin_heldout, split_for_eval
-from disttune.train.restarts import Progress
+from disttune.train.failure import during
 
 LOSS_KEYS = ("eval_loss", "eval_mean_token_accuracy")  # transformers' loss and TRL's token accuracy
 SAMPLES_SHOWN = 3  # held-out answers printed after training
@@ -234,7 +234,7 @@ class HeldOutEvaluation(TrainerCallback):
             with (
                 unwrapped as model,
                 without_router_logits(model),
-                Progress.during("in the held-out evaluation"),
+                during("in the held-out evaluation"),
             ):
                 was_training = model.training
                 model.eval()

@@ -1,4 +1,4 @@
-"""Run records: ``metrics.jsonl`` (one line per logged step) and ``run_summary.json``.
+"""The training metrics: ``metrics.jsonl`` in the run folder, one record per logged step.
 
 Only the main process writes. Per log line: the total tokens/s (the trainer's own gathered count,
 ``include_num_input_tokens_seen``), each rank's tokens/s (its own non-padding tokens, counted by a
@@ -13,12 +13,13 @@ integrations' ``on_log`` before a user callback's, so figures added to its ``log
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from disttune.run_folder import RunFolder, append_jsonl, read_jsonl
 
 
 def _clean(value):
@@ -32,7 +33,8 @@ class MetricsCallback(TrainerCallback):
     """Appends one JSON object per logged training step to ``<output_dir>/metrics.jsonl``."""
 
     def __init__(self, output_dir: str, run_id: str | None = None, probe_step: int = 2):
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.folder = RunFolder(output_dir)
+        self.path = self.folder.metrics
         self.run_id = run_id
         self.probe_step = probe_step
         self.probe = None
@@ -90,7 +92,7 @@ class MetricsCallback(TrainerCallback):
         if state.is_world_process_zero and "tensorboard" in (args.report_to or ()):
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb_writer = SummaryWriter(log_dir=str(tensorboard_dir(args.output_dir, self.run_id)))
+            self.tb_writer = SummaryWriter(log_dir=str(self.folder.tensorboard(self.run_id)))
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen or 0
 
@@ -162,9 +164,7 @@ class MetricsCallback(TrainerCallback):
         if self.run_id is not None:
             record["run_id"] = self.run_id
         self.last_record = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
         if self.tb_writer is not None:
             for tag, value in tensorboard_scalars(record).items():
                 self.tb_writer.add_scalar(tag, value, record["step"])
@@ -232,11 +232,6 @@ def _round(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def tensorboard_dir(output_dir: str | Path, run_id: str | None) -> Path:
-    """Where disttune's TensorBoard scalars go: beside transformers' run folders, one per launch."""
-    return Path(output_dir) / "runs" / f"disttune-{run_id or 'run'}"
-
-
 def tensorboard_scalars(record: dict) -> dict[str, float]:
     """disttune's figures of one ``metrics.jsonl`` record as TensorBoard tags (unknown values left out).
 
@@ -253,25 +248,5 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
     """The records ``MetricsCallback`` wrote to ``<output_dir>/metrics.jsonl`` (``[]`` when there is none).
-
-    A line that is not JSON raises ``ValueError`` naming the file and the line number.
-    """
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}): {line[:80]!r}") from exc
-    return records
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` atomically (temporary file, then rename) so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    A line that is not JSON raises ``ValueError`` naming the file and the line number."""
+    return read_jsonl(RunFolder(output_dir).metrics)

@@ -38,16 +38,42 @@ from pathlib import Path
 import torch
 
 from disttune.errors import UserError
-from disttune.train.checkpoints import checkpoint_step, is_complete, write_marker
+from disttune.run_folder import RunFolder
+from disttune.train.checkpoints import checkpoint_step, is_complete, read_marker, write_marker
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-PORTABLE_DIR = "portable"
 
 
 def portable_path(checkpoint: str | Path) -> Path:
     """Where the portable form of ``checkpoint`` lives: ``<its folder>/portable/<its name>``."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent / PORTABLE_DIR / checkpoint.name
+    return RunFolder.portable(checkpoint)
+
+
+def prepare_resume(trainer, settings) -> str | None:
+    """When the checkpoint comes from another strategy or world size: convert it once (main process; the
+    others wait) and have the trainer load the portable copy. Returns the note for the log."""
+    script_args, training_args = settings.script_args, settings.training_args
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None or not script_args.layout_change:
+        return None
+    if settings.model_args.use_peft:
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: {script_args.layout_change}: a LoRA run resumes only "
+            "under the strategy and world size that wrote it.\n  fix: launch with the checkpoint's accelerate "
+            "config and --num_processes."
+        )
+    model = trainer.model
+    # Under ZeRO-3 a parameter is an empty placeholder from the start; its real shape is ds_shape.
+    shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order = [n for n, _ in trainable if n in decay] + [n for n, _ in trainable if n not in decay]
+    note = None
+    with trainer.accelerator.main_process_first():
+        if trainer.accelerator.is_main_process:
+            _, note = make_portable(checkpoint, read_marker(checkpoint) or {}, shapes, order)
+    trainer.portable = portable_path(checkpoint)
+    return note
 
 
 # --- reading a checkpoint, per source strategy ------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from disttune.train.strategy import rank_from_env
+from disttune.train.distributed import rank_from_env
 
 # PartitionedParameterCoordinator.__params_to_release, name-mangled: an lru_cache on a method.
 _ZERO3_RELEASE_CACHE = "_PartitionedParameterCoordinator__params_to_release"

@@ -9,14 +9,15 @@ What it adds to ``SFTTrainer``, all of it here (the callbacks' own behaviour is 
 - ``_save_checkpoint``: every checkpoint is marked complete once all ranks have written it, and old ones
   are rotated only after that (``checkpoints.py``);
 - ``get_eval_dataloader``: evaluation drops no example (``dataloader_drop_last`` is for training);
-- callbacks: ``StepGuard`` (signals, non-finite steps) and, with ``--hang_dump_s N``, ``HangWatchdog``;
+- its own callback ``StepGuard`` (signals, non-finite steps; ``guards.py``), added last; the other
+  callbacks are assembled in ``build.build_trainer``;
 - resume across layouts: with ``portable`` set (a checkpoint of another strategy or world size, converted
   by ``portable.py``), transformers' own loading is skipped and the portable copy is loaded into the
   prepared model and optimizer instead; the global step (hence the data position) still comes from the
   checkpoint's ``trainer_state.json``, and its per-rank random states are not restored (they belong to
   another world size).
 
-``DISTTUNE_TEST_FAULT`` (tests only, see ``faults.py``) injects a NaN loss here and a kill mid-save.
+``DISTTUNE_TEST_FAULT`` (tests only, see ``guards.py``) injects a NaN loss here and a kill mid-save.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 
 from trl import SFTTrainer
 
+from disttune.run_folder import RunFolder
 from disttune.train.checkpoints import is_complete, rotate, write_marker
-from disttune.train.faults import (
-    HangWatchdog,
+from disttune.train.guards import (
     StepGuard,
     collective_failure_message,
     inject_test_fault,
@@ -40,24 +41,20 @@ from disttune.train.portable import load_portable
 
 
 class DisttuneTrainer(SFTTrainer):
-    """``SFTTrainer`` that stops (or skips) non-finite steps, saves and stops on SIGTERM/SIGINT, can dump
-    the stacks of a hung job, and writes checkpoints that a resume can trust.
+    """``SFTTrainer`` that stops (or skips) non-finite steps, saves and stops on SIGTERM/SIGINT, and writes
+    checkpoints that a resume can trust.
 
     ``run_info`` (world size, strategy, run id) goes into every checkpoint's completion mark, so that a
     resume can check that it is compatible. The other arguments are ``SFTTrainer``'s.
     """
 
-    def __init__(
-        self, *args, run_info: dict, skip_nonfinite_steps: bool = False, hang_dump_s: float = 0.0, **kwargs
-    ):
+    def __init__(self, *args, run_info: dict, skip_nonfinite_steps: bool = False, **kwargs):
         self.run_info = run_info
         self.portable: Path | None = None  # set when resuming a checkpoint of another layout (portable.py)
         self.guard = StepGuard(self, skip_nonfinite=skip_nonfinite_steps)
         super().__init__(*args, **kwargs)
         # Last, after transformers' progress callback: the guard's on_train_end may raise TrainingStopped.
         self.add_callback(self.guard)
-        if hang_dump_s and hang_dump_s > 0:
-            self.add_callback(HangWatchdog(hang_dump_s, self.args.output_dir))
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         result = super().compute_loss(model, inputs, *args, **kwargs)
@@ -122,7 +119,7 @@ class DisttuneTrainer(SFTTrainer):
         checkpoint, and never marks one complete; see ``checkpoints.py``.
         """
         args, step = self.args, self.state.global_step
-        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        folder = RunFolder(args.output_dir).checkpoint(step)
         if args.should_save and folder.is_dir() and not is_complete(folder):
             shutil.rmtree(folder)  # a half-written leftover of a crashed run: never mix files into it
         self.accelerator.wait_for_everyone()

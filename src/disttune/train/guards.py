@@ -1,4 +1,4 @@
-"""Faults during training: preemption signals, non-finite steps, hung ranks.
+"""Guards around the training step: preemption signals, non-finite steps, hung ranks.
 
 ``DisttuneTrainer`` (``trainer.py``) adds these callbacks and the per-step hooks they need.
 
@@ -8,8 +8,9 @@
   (then all stop before the optimizer step, naming the step, the ranks and the likely cause, or, with
   ``--skip_nonfinite_steps``, all skip the update).
 - ``HangWatchdog``: when no step completes for ``--hang_dump_s`` seconds, writes this rank's Python
-  stacks to ``<output_dir>/hang_rank{r}.txt``, names the ranks that stopped answering, and leaves with
-  ``os._exit(1)``, so that the launcher tears the job down. The collective timeout alone does not do
+  stacks to ``<output_dir>/hang_rank{r}.txt``, names the ranks that stopped answering, records the failure
+  (``failure.py``: the silent rank is the first failure) and leaves with ``os._exit(1)``, so that the
+  launcher tears the job down. The collective timeout alone does not do
   this on CPU: transformers does not pass ``--ddp_timeout`` to the gloo group (see
   ``apply_collective_timeout``).
 
@@ -30,13 +31,13 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from transformers import TrainerCallback
 
 from disttune.errors import UserError
-from disttune.train.restarts import record_end
-from disttune.train.strategy import rank_from_env
+from disttune.run_folder import RunFolder
+from disttune.train.distributed import rank_from_env, world_size_from_env
+from disttune.train.failure import STOPPED_ANSWERING, Failure, at_step, launcher_store, record
 
 TEST_FAULT_ENV = "DISTTUNE_TEST_FAULT"
 MAX_CONSECUTIVE_SKIPS = 10
@@ -145,7 +146,10 @@ class StepGuard(TrainerCallback):
         if self.signal_name is None:
             self.signal_name, self._signal_time = name, now
             # After another rank dies, torchrun's agent stops the others with SIGTERM: not this rank's fault.
-            record_end(self.trainer.args.output_dir, f"received {name}", secondary=True)
+            step = self.trainer.state.global_step + 1
+            # In a signal handler: the run folder and the error file only (no socket to the store here).
+            failure = Failure(rank_from_env(), step, at_step(step), f"received {name}", secondary=True)
+            record(failure, self.trainer.args.output_dir, to_store=False)
             print(
                 f"disttune: rank {rank_from_env()}: {name} received: saving a checkpoint at the end of this step, "
                 "then stopping (send it again after 3 s to stop at once).",
@@ -281,7 +285,7 @@ class StepGuard(TrainerCallback):
             signal.signal(sig, handler)
         self._previous_handlers = {}
         if self.stopped_by is not None:
-            checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            checkpoint = str(RunFolder(args.output_dir).checkpoint(state.global_step))
             raise TrainingStopped(
                 f"stopped by {self.stopped_by} after step {state.global_step}; checkpoint saved in {checkpoint}.\n"
                 "  to resume: run the same command with --resume_from_checkpoint latest",
@@ -328,22 +332,6 @@ def collective_failure_message(exc: BaseException, step: int, timeout_s: float) 
     )
 
 
-def launcher_store(timeout_s: float = 5.0):
-    """A private client of the launcher's rendezvous store (own socket, short timeout), or None
-    (not launched by torch elastic / accelerate, or the store cannot be reached)."""
-    try:
-        from torch.distributed import TCPStore
-
-        return TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=timedelta(seconds=timeout_s),
-        )
-    except Exception:
-        return None
-
-
 class HangWatchdog(TrainerCallback):
     """Dump stacks and leave when no step completes for ``timeout_s`` seconds.
 
@@ -356,7 +344,7 @@ class HangWatchdog(TrainerCallback):
 
     def __init__(self, timeout_s: float, output_dir: str):
         self.timeout_s = timeout_s
-        self.output_dir = Path(output_dir)
+        self.output_dir = output_dir
         self.last_progress = time.monotonic()
         self.step = 0
         self._stop = threading.Event()
@@ -374,47 +362,65 @@ class HangWatchdog(TrainerCallback):
             except Exception:
                 return
 
-    def _silent_ranks(self) -> str:
-        """Which ranks stopped answering, from their heartbeats (best effort)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+    def _silent_ranks(self) -> dict[int, str]:
+        """``{rank: why}`` for the ranks that stopped answering, from their heartbeats (best effort)."""
+        world = world_size_from_env()
         if self._store is None or world < 2:
-            return ""
-        silent = []
+            return {}
+        silent = {}
         for rank in range(world):
             try:
                 stamp, step = self._store.get(f"disttune/alive/{rank}").decode().split()
             except Exception:
-                silent.append(f"rank {rank} (no heartbeat)")
+                silent[rank] = f"rank {rank} (no heartbeat)"
                 continue
             age = time.time() - float(stamp)
             if age > 5 * self.HEARTBEAT_S:
-                silent.append(f"rank {rank} (silent for {age:.0f} s, last completed step {step})")
-        return "; not answering: " + ", ".join(silent) if silent else "; every rank's process still answers"
+                silent[rank] = f"rank {rank} (silent for {age:.0f} s, last completed step {step})"
+        return silent
+
+    def _dump(self, rank: int, idle: float):
+        path = RunFolder(self.output_dir).hang_dump(rank)
+        try:
+            with path.open("w") as fh:
+                fh.write(
+                    f"rank {rank}: no step completed for {idle:.0f} s; last completed step {self.step}\n"
+                )
+                fh.flush()
+                faulthandler.dump_traceback(fh, all_threads=True)
+        except OSError:
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        return path
+
+    def _leave(self, idle: float) -> None:
+        """Dump this rank's stacks, record the failure, say which rank failed first, and leave."""
+        rank, step = rank_from_env(), self.step + 1
+        path = self._dump(rank, idle)
+        silent = {r: why for r, why in self._silent_ranks().items() if r != rank}
+        answering = (
+            "; not answering: " + ", ".join(silent.values())
+            if silent
+            else "; every rank's process still answers"
+        )
+        hung = f"no training step completed for {idle:.0f} s (--hang_dump_s {self.timeout_s:g})"
+        failure = Failure(rank, step, at_step(step), hung, secondary=bool(silent), silent=tuple(silent))
+        record(failure, self.output_dir, self._store)
+        first = failure
+        if silent:  # the rank this one waited for failed first (failure.first_of derives the same)
+            first = Failure(min(silent), step, at_step(step), STOPPED_ANSWERING.format(watcher=rank))
+        print(
+            f"disttune: rank {rank}: {hung}; stuck in step {step}{answering}. Python stacks in {path}. "
+            f"Leaving with exit code 1 so that the launcher stops every rank.\ndisttune: {first.line()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
             idle = time.monotonic() - self.last_progress
-            if idle < self.timeout_s:
-                continue
-            rank = rank_from_env()
-            path = self.output_dir / f"hang_rank{rank}.txt"
-            try:
-                with path.open("w") as fh:
-                    fh.write(
-                        f"rank {rank}: no step completed for {idle:.0f} s; last completed step {self.step}\n"
-                    )
-                    fh.flush()
-                    faulthandler.dump_traceback(fh, all_threads=True)
-            except OSError:
-                faulthandler.dump_traceback(sys.stderr, all_threads=True)
-            print(
-                f"disttune: rank {rank}: no training step completed for {idle:.0f} s (--hang_dump_s "
-                f"{self.timeout_s:g}); stuck in step {self.step + 1}{self._silent_ranks()}. Python stacks in "
-                f"{path}. Leaving with exit code 1 so that the launcher stops every rank.",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(1)
+            if idle >= self.timeout_s:
+                self._leave(idle)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.step = state.global_step

@@ -1,4 +1,5 @@
-"""Checks before the first step: output folder, disk space, resume target, no silent overwrite.
+"""Preparing the run folder before anything is loaded: output folder, disk space, resume target, no silent
+overwrite.
 
 Each check raises ``UserError`` (what, where, how to fix) and leaves every file as it was.
 """
@@ -12,20 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disttune.errors import UserError
-from disttune.strategies import checkpoint_layout
+from disttune.run_folder import RunFolder
+from disttune.train.distributed import current_layout, rank_from_env, restart_count
+from disttune.train.failure import Where
 
 GIB = 1024**3
-
-
-def current_layout(environ=os.environ) -> dict:
-    """World size and checkpoint layout (``strategies.checkpoint_layout``) as the launcher announced them."""
-    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        kind, stage = "DEEPSPEED", environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    elif environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        kind, stage = "FSDP", None
-    else:
-        kind, stage = "MULTI_GPU", None
-    return {"world_size": int(environ.get("WORLD_SIZE", "1")), "strategy": checkpoint_layout(kind, stage)}
 
 
 def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: bool) -> None:
@@ -43,7 +35,7 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: b
         ) from exc
     if resuming or overwrite:
         return
-    existing = [name for name in ("final", "metrics.jsonl", "run_summary.json") if (root / name).exists()]
+    existing = [path.name for path in RunFolder(root).results if path.exists()]
     if existing:
         raise UserError(
             f"--output_dir {root} already holds a run ({', '.join(existing)}); refusing to overwrite it.\n"
@@ -181,7 +173,6 @@ def prepare_run(script_args, training_args, explicit: set[str] = frozenset()) ->
     changed, check the output folder, keep ``--hub_token`` out of every file the run writes. Returns notes
     for the log; ``script_args.layout_change`` says whether the checkpoint must be converted."""
     from disttune.train.checkpoints import read_marker, resolve_resume
-    from disttune.train.restarts import restart_count
 
     notes = []
     requested = training_args.resume_from_checkpoint
@@ -210,4 +201,24 @@ def prepare_run(script_args, training_args, explicit: set[str] = frozenset()) ->
         # environment, where huggingface_hub finds it for --push_to_hub, and out of the files.
         os.environ.setdefault("HF_TOKEN", training_args.hub_token)
         training_args.hub_token = None
+    Where.output_dir = training_args.output_dir  # the checks passed: a failure from here on is recorded there
+    if rank_from_env() == 0:
+        notes[:0] = clear_previous_records(
+            training_args, replace=script_args.overwrite_output_dir and not path
+        )
     return notes
+
+
+def clear_previous_records(training_args, replace: bool) -> list[str]:
+    """The main process, before anything is loaded: a new job keeps no restart records of an old one, a
+    restarted one notes why the previous attempt ended (``restarts.py``), and ``--overwrite_output_dir``
+    starts the record files afresh (else metrics.jsonl would hold both runs). Returns notes for the log."""
+    from disttune.train import restarts
+
+    output_dir = training_args.output_dir
+    restarts.clear(output_dir)
+    if replace and restart_count() == 0:
+        for path in RunFolder(output_dir).records:
+            path.unlink(missing_ok=True)
+    restarted = restarts.note_restart(output_dir, training_args.resume_from_checkpoint)
+    return [restarted] if restarted else []

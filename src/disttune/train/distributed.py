@@ -1,13 +1,16 @@
-"""Strategy-specific facts and fixes, kept in one place so the training code never branches on them.
+"""What the launch set up, and the strategy-specific fixes, in one place so the training code never
+branches on the strategy.
 
-Everything here reads what accelerate/DeepSpeed/FSDP really set up (never the config file's claims).
+The launcher's environment (rank, world size, restart count), what accelerate/DeepSpeed/FSDP really set up
+(``describe``: never the config file's claims), and the few fixes a strategy needs on a CPU or under ZeRO-3.
+Standard library at import (torch is imported inside the functions that need it).
 """
 
 from __future__ import annotations
 
 import os
 
-from disttune.strategies import identify
+from disttune.strategies import checkpoint_layout, identify
 
 
 def describe(accelerator) -> dict:
@@ -74,6 +77,25 @@ def rank_from_env() -> int:
 def world_size_from_env() -> int:
     """The world size the launcher announced (1 when run as a plain script)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def restart_count(environ=os.environ) -> int:
+    """How many times torchrun's elastic agent has restarted this job (0 for the first attempt)."""
+    try:
+        return int(environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def current_layout(environ=os.environ) -> dict:
+    """World size and checkpoint layout (``strategies.checkpoint_layout``) as the launcher announced them."""
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        kind, stage = "DEEPSPEED", environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    elif environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        kind, stage = "FSDP", None
+    else:
+        kind, stage = "MULTI_GPU", None
+    return {"world_size": int(environ.get("WORLD_SIZE", "1")), "strategy": checkpoint_layout(kind, stage)}
 
 
 def _flag(environ, name: str) -> bool:
