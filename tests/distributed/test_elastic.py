@@ -14,7 +14,7 @@ import sys
 import pytest
 from launching import CONFIGS, REPO, SCRIPT, explain, launch, read_metrics, read_summary, short_run
 
-from disttune.train.restarts import KILLED
+from disttune.train.failure import KILLED
 
 pytestmark = pytest.mark.distributed
 

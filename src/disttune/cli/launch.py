@@ -190,7 +190,14 @@ def output_dir_of(script: str, script_args: list[str]) -> str | None:
 
     if Path(script).name != PROG:
         return script_arg(script_args, "--output_dir")
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the script already said what the libraries had to say
     try:
-        return parse_args(list(script_args))[1].output_dir
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return parse_args(list(script_args))[1].output_dir
     except (UserError, SystemExit):
         return script_arg(script_args, "--output_dir")

@@ -128,8 +128,8 @@ def resolve(argv: list[str]) -> Settings:
         training_args.include_num_input_tokens_seen = "non_padding"
     notes += reconcile.reconcile_batch_settings(training_args, explicit)
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
-    notes += prepare_run(script_args, training_args, explicit)
     check_dataset_name(script_args.dataset_name)  # before the model loads: a wrong path fails in a second
+    notes += prepare_run(script_args, training_args, explicit)  # the run folder: last of the checks
     plan, scaled = _scaled(batch_plan(training_args, world_size_from_env()), script_args)
     if scaled:
         training_args.learning_rate = plan.learning_rate
