@@ -56,7 +56,16 @@ def test_top_level_typo_is_an_error(tmp_path):
 
 def test_auto_where_nobody_fills_it(tmp_path):
     data = {**GOOD, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}
-    assert "'auto' is not allowed" in one(run(tmp_path, data), "zero_optimization.sub_group_size").message
+    f = one(run(tmp_path, data), "zero_optimization.sub_group_size")
+    assert (
+        f.severity == "error"
+        and "not found in kwargs" in f.message
+        and "DeepSpeed alone drops it" in f.message
+    )
+    assert (
+        "'auto' is not allowed"
+        in one(run(tmp_path, {**GOOD, "steps_per_print": "auto"}), "steps_per_print").message
+    )
 
 
 def test_string_where_a_number_belongs(tmp_path):
@@ -134,7 +143,11 @@ def test_config_file_resolved_next_to_the_yaml_and_checked(tmp_path):
         },
     )
     report = check_files([path], cwd=tmp_path)
-    assert len(report.files) == 2 and "relative to the YAML's folder" in report.notes[0]
+    # not where the launch (from tmp_path) opens it: a warning naming the folder to launch from
+    where = one(report.findings, "deepspeed_config.deepspeed_config_file")
+    assert where.severity == "warning" and f"launch from {tmp_path / 'cfg'}" in where.fix
+    assert "the config's folder" in where.message
+    assert len(report.files) == 2  # and the JSON found there is checked
     f = one(report.findings, "train_batch_size")
     assert f.file.endswith("ds.json") and "1 x 1 x 4 = 4" in f.message
 
@@ -207,9 +220,11 @@ def test_renamed_keys_name_successor_and_release(tmp_path):
     found = run(tmp_path, data)
     old = one(found, "zero_optimization.stage3_gather_fp16_weights_on_model_save")
     assert old.severity == "warning" and "'stage3_gather_16bit_weights_on_model_save'" in old.message
-    assert "DeepSpeed 0.6.0" in old.message and "still works" in old.message
+    assert "DeepSpeed 0.6.0" in old.message and "still maps it" in old.message
+    assert "under accelerate it works too" in old.message
+    assert old.fix == "use stage3_gather_16bit_weights_on_model_save instead"
     dropped = one(found, "zero_optimization.cpu_offload_use_pin_memory")
-    assert dropped.severity == "error" and "no longer read" in dropped.message
+    assert dropped.severity == "error" and "no longer reads it" in dropped.message
 
 
 def test_kind_comes_from_the_content_not_the_extension(tmp_path):
