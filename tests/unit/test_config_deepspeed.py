@@ -264,3 +264,46 @@ def test_deepspeed_keys_misplaced_in_an_accelerate_config_do_not_change_its_kind
         "gradient_clipping",
     }
     assert all("unknown top-level keys" in f.message for f in report.findings)
+
+
+def _repo(tmp_path):
+    """A repository whose accelerate config names its DeepSpeed JSON relative to the repository root."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "configs").mkdir()
+    (repo / "configs" / "ds.json").write_text(json.dumps(GOOD))
+    yaml_path = repo / "configs" / "acc.yaml"
+    yaml_path.write_text(
+        "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: configs/ds.json\n"
+    )
+    return repo, yaml_path
+
+
+def test_a_path_relative_to_the_repository_root_says_where_to_launch_from(tmp_path, monkeypatch):
+    repo, yaml_path = _repo(tmp_path)
+    monkeypatch.chdir(repo / "configs")  # the config's own folder: the launch would not find it from here
+    report = check_files([yaml_path.name])
+    f = one(report.findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "warning" and "relative to the repository root" in f.message
+    assert f"launch from {repo}" in f.fix and len(report.files) == 2  # the JSON is still checked
+    monkeypatch.chdir(repo)  # where the repository's scripts launch: found, as the launch finds it
+    report = check_files(["configs/acc.yaml"])
+    assert report.findings == [] and "as accelerate opens it" in report.notes[0]
+
+
+def test_a_missing_path_names_each_place_once(tmp_path, monkeypatch):
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: nope.json\n", GOOD)
+    monkeypatch.chdir(path.parent)  # the current directory is the config's folder: one path, not "X and X"
+    f = one(check_files([path.name]).findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "error" and "(looked at nope.json, and relative to every folder above" in f.message
+    monkeypatch.chdir(tmp_path)
+    f = one(check_files([path]).findings, "deepspeed_config.deepspeed_config_file")
+    assert "looked at nope.json and cfg/nope.json" in f.message
+
+
+def test_a_tilde_is_not_expanded_by_the_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ds.json").write_text(json.dumps(GOOD))
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: ~/ds.json\n", GOOD)
+    f = one(check_files([path], cwd=tmp_path).findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "error" and "nothing expands '~'" in f.message and str(tmp_path / "ds.json") in f.fix

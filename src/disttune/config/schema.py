@@ -137,7 +137,7 @@ PROCESSES = Key(
     minimum=1,
     why_minimum=": accelerate needs at least one process to run",
     nullable=_nullable("num_processes"),
-    origin="accelerate's ClusterConfig",
+    origin="accelerate launch",
 )
 INT, INTISH, FLOAT, FLOATISH, LIST, DICT = (
     Key("int"),
@@ -317,13 +317,13 @@ CLUSTER_CONFIG = Section(
     {
         **_BASE,
         "num_processes": PROCESSES,
-        "machine_rank": Key("int", nullable=_nullable("machine_rank"), origin="accelerate's ClusterConfig"),
+        "machine_rank": Key("int", nullable=_nullable("machine_rank"), origin="accelerate launch"),
         "num_machines": Key(
             "int",
             minimum=1,
             why_minimum=": a run takes place on at least one machine",
             nullable=_nullable("num_machines"),
-            origin="accelerate's ClusterConfig",
+            origin="accelerate launch",
         ),
         "gpu_ids": ANY,  # a string ("all" or "0,1"); checked in rules.py
         "main_process_ip": Key("str", nullable=_nullable("main_process_ip")),

@@ -89,7 +89,8 @@ def check_value(
                 dotted,
                 value,
                 f"null is not accepted here{_by(key)}: it expects {_KIND_WORDS.get(key.kind, 'a value')}",
-                f"remove {dotted.rsplit('.', 1)[-1]} (the default applies) or write a value",
+                f"write {_KIND_WORDS.get(key.kind, 'a value')}, or remove {dotted.rsplit('.', 1)[-1]} so that its "
+                "default applies",
             )
         ]
     if value == "auto":
