@@ -343,20 +343,24 @@ def rule_gpu_ids(y: Accelerate) -> list[Finding]:
                     f"set num_processes to {len(ids) * y.machines}, or list {per} ids",
                 )
             )
+    return out + _gpu_ids_not_applied(y, value)
+
+
+def _gpu_ids_not_applied(y: Accelerate, value: str) -> list[Finding]:
     launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
-    if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
-        out.append(
-            error(
-                y.file,
-                "gpu_ids",
-                value,
-                f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
-                "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
-                "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
-                "or use deepspeed_multinode_launcher: standard",
-            )
+    if y.dtype != "DEEPSPEED" or y.machines <= 1 or launcher == "standard":
+        return []
+    return [
+        error(
+            y.file,
+            "gpu_ids",
+            value,
+            f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
+            "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
+            "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
+            "or use deepspeed_multinode_launcher: standard",
         )
-    return out
+    ]
 
 
 def rule_ignored_sections(y: Accelerate) -> list[Finding]:
