@@ -143,9 +143,9 @@ def test_config_file_resolved_next_to_the_yaml_and_checked(tmp_path):
         },
     )
     report = check_files([path], cwd=tmp_path)
-    # not where the launch (from tmp_path) opens it: a warning naming the folder to launch from
+    # not where a launch from tmp_path opens it: an error naming the folder to launch from
     where = one(report.findings, "deepspeed_config.deepspeed_config_file")
-    assert where.severity == "warning" and f"launch from {tmp_path / 'cfg'}" in where.fix
+    assert where.severity == "error" and f"launch from {tmp_path / 'cfg'}" in where.fix
     assert "the config's folder" in where.message
     assert len(report.files) == 2  # and the JSON found there is checked
     f = one(report.findings, "train_batch_size")
@@ -284,7 +284,7 @@ def test_a_path_relative_to_the_repository_root_says_where_to_launch_from(tmp_pa
     monkeypatch.chdir(repo / "configs")  # the config's own folder: the launch would not find it from here
     report = check_files([yaml_path.name])
     f = one(report.findings, "deepspeed_config.deepspeed_config_file")
-    assert f.severity == "warning" and "relative to the repository root" in f.message
+    assert f.severity == "error" and "relative to the repository root" in f.message
     assert f"launch from {repo}" in f.fix and len(report.files) == 2  # the JSON is still checked
     monkeypatch.chdir(repo)  # where the repository's scripts launch: found, as the launch finds it
     report = check_files(["configs/acc.yaml"])

@@ -170,3 +170,8 @@ def test_max_grad_norm_is_not_an_optimizer_parameter(tmp_path):
     }
     f = one(run(tmp_path, data), "optimizer.params.max_grad_norm")
     assert f.severity == "error" and "gradient_clipping" in f.fix
+
+
+def test_auto_is_a_value_where_deepspeed_lists_it(tmp_path):
+    zenflow = {"select_strategy": "auto", "select_interval": "auto", "topk_ratio": 0.2}
+    assert run(tmp_path, {"zero_optimization": {"stage": 2, "zenflow": zenflow}}) == []

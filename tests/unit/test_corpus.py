@@ -351,4 +351,4 @@ def test_accelerate_template_json_is_found_next_to_the_yaml_and_checked(corpus, 
     report = check_files([yaml_path])
     assert len(report.files) == 2 and report.files[1].endswith("zero_stage1_config.json")
     where = [f for f in report.findings if f.key == "deepspeed_config.deepspeed_config_file"]
-    assert [f.severity for f in where] == ["warning"] and f"launch from {yaml_path.parent}" in where[0].fix
+    assert [f.severity for f in where] == ["error"] and f"launch from {yaml_path.parent}" in where[0].fix

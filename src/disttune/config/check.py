@@ -309,7 +309,8 @@ _KEY = "deepspeed_config.deepspeed_config_file"
 
 
 def _referenced_json(report: CheckReport, y: Accelerate, yaml_path: Path, cwd) -> tuple[dict | None, str]:
-    """Load the DeepSpeed JSON the YAML names, resolved as the launch resolves it; say where to launch from."""
+    """Load the DeepSpeed JSON the YAML names, resolved as a launch from here resolves it (an error when that
+    fails); when it exists relative to another folder, say which one to launch from, and check it there."""
     value = y.ds.get("deepspeed_config_file")
     if not value or y.dtype != "DEEPSPEED":
         return None, ""
@@ -346,16 +347,23 @@ def _where_finding(y: Accelerate, value, found, yaml_path: Path) -> Finding | No
             f"write the absolute path: {found.tried[0]}",
         )
     if found.how == "elsewhere":
-        base = found.base
-        what = "the repository root" if is_repository_root(base) else "the config's folder"
-        if not is_repository_root(base) and base != Path(os.path.abspath(yaml_path.parent)):
-            what = "a folder above the config"
-        return warning(
+        base, yaml_dir = found.base, Path(os.path.abspath(yaml_path.parent))
+        if is_repository_root(base):
+            what = "the repository root"
+        elif base == yaml_dir:
+            what = "the config's folder"
+        else:
+            what = (
+                "a folder above the config"
+                if base in yaml_dir.parents
+                else "a folder above the current directory"
+            )
+        return error(
             y.file,
             _KEY,
             value,
             f"not found from the current directory ({_display(found.tried[0])}), which is where accelerate launch "
-            f"opens it; it exists relative to {what}, {base}",
+            f"opens it, so a launch from here stops; it exists relative to {what}, {base}",
             f"launch from {base} (cd {base} && accelerate launch ...), or make the path absolute: "
             f"{found.path}",
         )

@@ -60,7 +60,7 @@ _KINDS = {
 }
 
 
-def _key(path: str, name: str, field: str, spec: dict, refer) -> Key:
+def _key(path: str, name: str, field: str, spec: dict) -> Key:
     """Our ``Key`` for the field ``field`` of DeepSpeed's model for ``path``, under the spelling ``name``.
 
     "auto" passes here when accelerate / HF Trainer fill either spelling in; spellings.py reports "auto"
@@ -70,7 +70,9 @@ def _key(path: str, name: str, field: str, spec: dict, refer) -> Key:
     origin = section_model(path)
     spellings = {f"{path}.{field}", f"{path}.{spec.get('alias', field)}"}
     if spec["type"] == "section":
-        key = dataclasses.replace(refer(spec["section"]), nullable=bool(spec.get("nullable")), origin=origin)
+        key = dataclasses.replace(
+            _section(spec["section"]), nullable=bool(spec.get("nullable")), origin=origin
+        )
     elif spec["type"] == "enum":
         choices = tuple(spec["choices"])
         integers = all(isinstance(c, int) for c in choices)
@@ -88,15 +90,11 @@ def _key(path: str, name: str, field: str, spec: dict, refer) -> Key:
 
 def _section(path: str) -> Key:
     """A strict section built from DeepSpeed's model for ``path`` (field names and aliases both accepted)."""
-
-    def refer(child: str) -> Key:
-        return _section(child)
-
     keys: dict[str, Key] = {}
     for name, spec in section_fields(path).items():
-        keys[name] = _key(path, name, name, spec, refer)
+        keys[name] = _key(path, name, name, spec)
         if spec.get("alias"):
-            keys[spec["alias"]] = _key(path, spec["alias"], name, spec, refer)
+            keys[spec["alias"]] = _key(path, spec["alias"], name, spec)
     return sec(keys, unknown="error", unknown_why=_FORBID)
 
 

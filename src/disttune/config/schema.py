@@ -15,6 +15,7 @@ so it is silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from disttune.config.derived import ACCELERATE, accelerate_values
@@ -238,7 +239,7 @@ FP8_CONFIG = Section(
     prefix="fp8_",
 )
 
-DYNAMO_BACKEND = enum(*DYNAMO_BACKENDS, fold="upper")
+DYNAMO_BACKEND = dataclasses.replace(enum(*DYNAMO_BACKENDS, fold="upper"), origin="accelerate launch")
 DYNAMO_CONFIG = Section(
     {
         "dynamo_backend": DYNAMO_BACKEND,

@@ -94,7 +94,7 @@ def check_value(
             )
         ]
     if value == "auto":
-        if key.auto or key.kind == "any":
+        if key.auto or key.kind == "any" or "auto" in key.choices:
             return []
         return [_not_auto(key, file, dotted)]
     if not _type_ok(value, key):
@@ -126,7 +126,7 @@ def check_value(
             fix = f"use one of: {', '.join(map(str, names))}" + (
                 f" (did you mean {close[0]}?)" if close else ""
             )
-            return [error(file, dotted, value, f"{value!r} is not an allowed value", fix)]
+            return [error(file, dotted, value, f"{value!r} is not an allowed value{_by(key)}", fix)]
     outside = _outside(value, key, file, dotted)
     if outside:
         return outside
