@@ -233,7 +233,7 @@ def _check_json(
     report: CheckReport, data: dict, file: str, world: int | None, under_accelerate: bool
 ) -> None:
     report.findings += check_section(data, DEEPSPEED_JSON, file, context=DEEPSPEED_CONTEXT)
-    report.findings += check_spellings(data, file)
+    report.findings += check_spellings(data, file, under_accelerate=under_accelerate)
     report.findings += check_deepspeed_rules(data, file, world, under_accelerate)
 
 

@@ -26,6 +26,7 @@ _MATCHES = {
     if key.startswith(("optimizer.params.", "scheduler.params."))
 }
 _REPLACED_FLAG = {"optimizer": "optim", "scheduler": "lr_scheduler_type"}
+_TOTAL = "scheduler.params.total_num_steps"
 
 
 def _wanted(flags: tuple[str, ...], args: ScriptArgs | None) -> object:
@@ -55,14 +56,10 @@ def _equal(ds_value: object, wanted: object) -> bool:
 def _param(block: str, name: str, value: object, flags, args: ScriptArgs | None, file: str):
     """(a conflict finding or None, ("name value", the flags to match) when it cannot be compared, or None)."""
     key = f"{block}.params.{name}"
-    if (
-        key == "scheduler.params.total_num_steps"
-    ):  # the Trainer's number of training steps: --max_steps if given
-        flags = ("max_steps",)
-    wanted = _wanted(flags, args)
     shown = " / ".join(f"--{f}" for f in flags)
-    if key == "scheduler.params.total_num_steps":
-        shown = "the run's number of optimizer steps (--max_steps)"
+    if key == _TOTAL:  # compared with the Trainer's number of training steps: --max_steps when given
+        flags, shown = ("max_steps",), "the run's number of optimizer steps (--max_steps)"
+    wanted = _wanted(flags, args)
     if wanted is None:
         return None, (f"{name} {value!r}", shown)
     if _equal(value, wanted):

@@ -63,7 +63,9 @@ DEPRECATED = {
 }
 
 
-def _deprecated(path: str, name: str, spec: dict, block: dict, data: dict, file: str) -> Finding:
+def _deprecated(
+    path: str, name: str, spec: dict, block: dict, data: dict, file: str, under_accelerate: bool
+) -> Finding:
     """One deprecated key: dropped (error), given with its successor (error), or mapped (and under accelerate?)."""
     dotted, new = f"{_shown(path)}{name}", spec["new_param"]
     since, under = DEPRECATED.get(f"{path}.{name}", ("", None))
@@ -87,6 +89,8 @@ def _deprecated(path: str, name: str, spec: dict, block: dict, data: dict, file:
     severity, said = under(data, value) if under else (WARNING, "accelerate reads neither name")
     also = f" (also spelled {alias!r})" if alias else ""
     message = f"{head}; {_DS} still maps it to {new!r}{also}; {said}"
+    if severity == ERROR and not under_accelerate:  # a file given alone: it runs under DeepSpeed alone
+        severity = WARNING
     return (error if severity == ERROR else warning)(
         file, dotted, value, message, f"use {alias or new} instead"
     )
@@ -153,11 +157,12 @@ def _block(data: dict, path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def check_spellings(data: dict, file: str, root: str = "") -> list[Finding]:
+def check_spellings(data: dict, file: str, root: str = "", under_accelerate: bool = True) -> list[Finding]:
     """Deprecated keys (under DeepSpeed and under accelerate) and aliased keys, in every section DeepSpeed models.
 
     ``root``: ``INFERENCE`` for a ``deepspeed.init_inference`` config (its model's sections), else a training
-    config's sections.
+    config's sections. ``under_accelerate``: an accelerate config points to the file, so what fails only under
+    accelerate is an error; for a file given alone it is a warning that says so.
     """
     out: list[Finding] = []
     for path in (p for p in DEEPSPEED["sections"] if p.startswith(INFERENCE) == bool(root)):
@@ -165,7 +170,7 @@ def check_spellings(data: dict, file: str, root: str = "") -> list[Finding]:
         if block is None:
             continue
         out += [
-            _deprecated(path, name, spec["deprecated"], block, data, file)
+            _deprecated(path, name, spec["deprecated"], block, data, file, under_accelerate)
             for name, spec in section_fields(path).items()
             if "deprecated" in spec and name in block
         ]
