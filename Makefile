@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The demo uses every visible GPU, or 2 CPU processes when there is none.
 NPROC   ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-full test-families lint clean
+.PHONY: install demo test test-full test-families lint schema clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ test-full: install
 # The full model-family x strategy matrix (about 30 two-process runs; CI runs a cut of it in `make test`).
 test-families: install
 	$(BIN)/python -m pytest -q -m families tests/distributed/test_families.py
+
+# What `disttune check` knows of DeepSpeed's and accelerate's configs, read from the installed versions into
+# src/disttune/config/data/derived_schema.json (run as a script: it must not need the file it writes). After
+# upgrading either library, run this and review the diff; tests/unit/test_config_schema_drift.py fails until then.
+schema: install
+	$(BIN)/python src/disttune/config/derive.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -120,6 +120,23 @@ DS_JSON = '{"zero_optimization": {"stage": 2}, "bf16": {"enabled": true}, '
             "distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_backward_prefetch_policy: BACKWARD_PRE\n",
             "fsdp_config.fsdp_backward_prefetch_policy",
         ),
+        (
+            "dynamo.yaml",
+            "distributed_type: MULTI_GPU\nnum_processes: 2\ndynamo_config:\n  dynamo_backend: INDUCTR\n",
+            "dynamo_config.dynamo_backend",
+        ),
+        (
+            "bucket.json",
+            '{"zero_optimization": {"stage": 2, "reduce_bucket_size": 0}}',
+            "zero_optimization.reduce_bucket_size",
+        ),
+        (
+            "ratio.json",
+            '{"zero_optimization": {"stage": 3, "offload_optimizer": {"ratio": 1.5}}}',
+            "zero_optimization.offload_optimizer.ratio",
+        ),
+        ("amp.json", '{"zero_optimization": {"stage": 2}, "amp": {"enabled": true}}', "amp"),
+        ("nullnp.yaml", "distributed_type: MULTI_GPU\nnum_processes: null\n", "num_processes"),
     ],
 )
 def test_each_broken_class_exits_1_naming_the_key(tmp_path, capsys, name, text, key):
@@ -152,3 +169,16 @@ def test_unquoted_no_is_clean_and_slurm_multinode_only_warns(tmp_path, capsys):
     assert main(["check", slurm]) == 0
     out = capsys.readouterr().out
     assert "--main_process_ip" in out and "--machine_rank" in out and "0 errors, 2 warnings" in out
+
+
+def test_a_deepspeed_scheduler_block_against_the_scripts_arguments(tmp_path, capsys):
+    ds = write(
+        tmp_path,
+        json.dumps({"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR", "params": {}}}),
+        "ds.json",
+    )
+    assert main(["check", ds]) == 0  # without the script's arguments: a warning naming what is replaced
+    out = capsys.readouterr().out
+    assert f"WARNING {ds}:scheduler: " in out and "--lr_scheduler_type" in out
+    assert main(["check", ds, "--", "--lr_scheduler_type", "cosine"]) == 1  # with them: the conflict
+    assert f"ERROR {ds}:scheduler: the script is given --lr_scheduler_type cosine" in capsys.readouterr().out

@@ -56,7 +56,16 @@ def test_top_level_typo_is_an_error(tmp_path):
 
 def test_auto_where_nobody_fills_it(tmp_path):
     data = {**GOOD, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}
-    assert "'auto' is not allowed" in one(run(tmp_path, data), "zero_optimization.sub_group_size").message
+    f = one(run(tmp_path, data), "zero_optimization.sub_group_size")
+    assert (
+        f.severity == "error"
+        and "not found in kwargs" in f.message
+        and "DeepSpeed alone drops it" in f.message
+    )
+    assert (
+        "'auto' is not allowed"
+        in one(run(tmp_path, {**GOOD, "steps_per_print": "auto"}), "steps_per_print").message
+    )
 
 
 def test_string_where_a_number_belongs(tmp_path):
@@ -134,7 +143,11 @@ def test_config_file_resolved_next_to_the_yaml_and_checked(tmp_path):
         },
     )
     report = check_files([path], cwd=tmp_path)
-    assert len(report.files) == 2 and "relative to the YAML's folder" in report.notes[0]
+    # not where a launch from tmp_path opens it: an error naming the folder to launch from
+    where = one(report.findings, "deepspeed_config.deepspeed_config_file")
+    assert where.severity == "error" and f"launch from {tmp_path / 'cfg'}" in where.fix
+    assert "the config's folder" in where.message
+    assert len(report.files) == 2  # and the JSON found there is checked
     f = one(report.findings, "train_batch_size")
     assert f.file.endswith("ds.json") and "1 x 1 x 4 = 4" in f.message
 
@@ -207,9 +220,11 @@ def test_renamed_keys_name_successor_and_release(tmp_path):
     found = run(tmp_path, data)
     old = one(found, "zero_optimization.stage3_gather_fp16_weights_on_model_save")
     assert old.severity == "warning" and "'stage3_gather_16bit_weights_on_model_save'" in old.message
-    assert "DeepSpeed 0.6.0" in old.message and "still works" in old.message
+    assert "DeepSpeed 0.6.0" in old.message and "still maps it" in old.message
+    assert "under accelerate it works too" in old.message
+    assert old.fix == "use stage3_gather_16bit_weights_on_model_save instead"
     dropped = one(found, "zero_optimization.cpu_offload_use_pin_memory")
-    assert dropped.severity == "error" and "no longer read" in dropped.message
+    assert dropped.severity == "error" and "no longer reads it" in dropped.message
 
 
 def test_kind_comes_from_the_content_not_the_extension(tmp_path):
@@ -249,3 +264,46 @@ def test_deepspeed_keys_misplaced_in_an_accelerate_config_do_not_change_its_kind
         "gradient_clipping",
     }
     assert all("unknown top-level keys" in f.message for f in report.findings)
+
+
+def _repo(tmp_path):
+    """A repository whose accelerate config names its DeepSpeed JSON relative to the repository root."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "configs").mkdir()
+    (repo / "configs" / "ds.json").write_text(json.dumps(GOOD))
+    yaml_path = repo / "configs" / "acc.yaml"
+    yaml_path.write_text(
+        "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: configs/ds.json\n"
+    )
+    return repo, yaml_path
+
+
+def test_a_path_relative_to_the_repository_root_says_where_to_launch_from(tmp_path, monkeypatch):
+    repo, yaml_path = _repo(tmp_path)
+    monkeypatch.chdir(repo / "configs")  # the config's own folder: the launch would not find it from here
+    report = check_files([yaml_path.name])
+    f = one(report.findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "error" and "relative to the repository root" in f.message
+    assert f"launch from {repo}" in f.fix and len(report.files) == 2  # the JSON is still checked
+    monkeypatch.chdir(repo)  # where the repository's scripts launch: found, as the launch finds it
+    report = check_files(["configs/acc.yaml"])
+    assert report.findings == [] and "as accelerate opens it" in report.notes[0]
+
+
+def test_a_missing_path_names_each_place_once(tmp_path, monkeypatch):
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: nope.json\n", GOOD)
+    monkeypatch.chdir(path.parent)  # the current directory is the config's folder: one path, not "X and X"
+    f = one(check_files([path.name]).findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "error" and "(looked at nope.json, and relative to every folder above" in f.message
+    monkeypatch.chdir(tmp_path)
+    f = one(check_files([path]).findings, "deepspeed_config.deepspeed_config_file")
+    assert "looked at nope.json and cfg/nope.json" in f.message
+
+
+def test_a_tilde_is_not_expanded_by_the_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ds.json").write_text(json.dumps(GOOD))
+    path = _pair(tmp_path, "deepspeed_config:\n  deepspeed_config_file: ~/ds.json\n", GOOD)
+    f = one(check_files([path], cwd=tmp_path).findings, "deepspeed_config.deepspeed_config_file")
+    assert f.severity == "error" and "nothing expands '~'" in f.message and str(tmp_path / "ds.json") in f.fix

@@ -102,7 +102,9 @@ def test_unknown_distributed_type(tmp_path):
 
 def test_missing_distributed_type_and_num_processes(tmp_path):
     assert ("error", "distributed_type") in keys(run(tmp_path, "mixed_precision: bf16\n"))
-    assert ("error", "num_processes") in keys(run(tmp_path, "distributed_type: MULTI_GPU\n"))
+    # num_processes can come on the launch line: absent is a warning naming the flag
+    f = one(run(tmp_path, "distributed_type: MULTI_GPU\n"), "num_processes")
+    assert f.severity == "warning" and "--num_processes" in f.message and "--num_processes" in f.fix
     assert run(tmp_path, "distributed_type: MULTI_GPU\n", num_processes=2) == []
 
 
@@ -152,6 +154,39 @@ def test_multi_node_needs_a_valid_port(tmp_path):
 def test_gpu_ids_must_be_a_string(tmp_path):
     f = one(run(tmp_path, "distributed_type: 'NO'\nnum_processes: 1\ngpu_ids: 0\n"), "gpu_ids")
     assert ".split" in f.message and "'0'" in f.fix
+
+
+def test_gpu_ids_are_split_as_accelerate_splits_them(tmp_path):
+    # accelerate counts "0,".split(",") as two ids and starts; CUDA then sees GPU 0 alone
+    assert run(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 1\ngpu_ids: '0,'\n") == []
+    # "all" is compared exactly: anything else becomes CUDA_VISIBLE_DEVICES as written
+    f = one(run(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: 2\ngpu_ids: ALL\n"), "gpu_ids")
+    assert f.severity == "error" and "CUDA_VISIBLE_DEVICES=ALL" in f.message and f.fix == "write gpu_ids: all"
+
+
+def test_launch_line_values_absent_warn_null_or_strings_are_errors(tmp_path):
+    for key in ("num_processes", "num_machines", "machine_rank"):
+        values = {"num_processes": "2", key: "null"}
+        text = "distributed_type: MULTI_GPU\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
+        f = one(run(tmp_path, text), key)
+        assert f.severity == "error" and "null is not accepted" in f.message, key
+    f = one(run(tmp_path, "distributed_type: MULTI_GPU\nnum_processes: '8'\n"), "num_processes")
+    assert f.severity == "error" and "a quoted value is a string" in f.message
+    # accelerate's own default for these is null (`accelerate config` writes it): fine
+    assert (
+        run(
+            tmp_path,
+            "distributed_type: MULTI_GPU\nnum_processes: 2\nmain_process_ip: null\nmain_process_port: null\n",
+        )
+        == []
+    )
+    # a multi-node template leaves address and rank to the launch line: warnings naming the flags
+    found = run(tmp_path, "distributed_type: MULTI_GPU\nnum_machines: 2\n")
+    assert keys(found) == {
+        ("warning", "num_processes"),
+        ("warning", "main_process_ip"),
+        ("warning", "machine_rank"),
+    }
 
 
 def test_gpu_ids_count_against_processes_per_machine(tmp_path):

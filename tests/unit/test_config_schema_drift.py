@@ -1,23 +1,29 @@
-"""The hand-written schema against the installed accelerate and DeepSpeed: fail, naming each key, when they differ.
+"""The schema `disttune check` uses against the installed accelerate and DeepSpeed: fail when they differ.
 
-`config/schema.py` and `config/deepspeed_schema.py` are written down as data so that `disttune check` never
-imports torch. These tests import the real packages (only here) and derive what they accept: accelerate's
-config dataclasses, its launcher's argument groups (each `*_config` section is copied onto them) and the
-keys `accelerate config` writes; DeepSpeed's pydantic config models (field names and aliases). After a
-version bump, a failure lists exactly what was added or removed.
+`disttune check` never imports torch: what DeepSpeed and accelerate declare is saved by `derive.py` into
+`config/data/derived_schema.json` (`make schema`), and the rest of the schema is written down as data. These
+tests import the real packages (only here): the data file is regenerated and must be identical; the values
+the generated bound / enum tests use (tests/unit/derived_cases.py) are tried on the real models, which must
+refuse the one just outside and accept the one just inside; the limits we took from DeepSpeed's validator
+code, the deprecated keys and what accelerate reads are checked against their sources; and the hand-written
+accelerate sections must list exactly the keys accelerate's launcher reads. After a version bump, a failure
+says what changed and that `make schema` regenerates the data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
 import inspect
+import pathlib
 import re
-import typing
 
 import pytest
+from derived_cases import ACCELERATE_ENUMS, accelerate_cases, deepspeed_cases, name_cases
 
 from disttune.config import deepspeed_schema as ds_schema
-from disttune.config import schema
+from disttune.config import derive, derived, schema, spellings
 
 
 def _diff(ours, theirs) -> str:
@@ -101,77 +107,154 @@ def test_every_section_of_the_cluster_config_is_compared():
     assert sections == compared
 
 
-# --- DeepSpeed --------------------------------------------------------------------------------------
+# --- DeepSpeed and what accelerate / transformers read of its config ---------------------------------------
 
 
-def _pydantic_keys(model) -> set[str]:
-    keys = set()
-    for name, f in model.model_fields.items():
-        keys.add(name)
-        if f.alias:
-            keys.add(f.alias)
-    return keys
-
-
-def _models():
+def test_the_derived_data_file_is_what_the_installed_libraries_declare():
     pytest.importorskip("deepspeed")
-    from deepspeed.comm.config import CommsLoggerConfig
-    from deepspeed.compile.config import CompileConfig
-    from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig
-    from deepspeed.runtime.config import HybridEngineConfig
+    fresh = derive.render(derive.derive())
+    saved = derive.DATA_FILE.read_text(encoding="utf-8")
+    diff = "".join(
+        list(difflib.unified_diff(saved.splitlines(True), fresh.splitlines(True), "saved", "installed"))[:80]
+    )
+    assert fresh == saved, f"the installed libraries changed what they declare; run `make schema`:\n{diff}"
+
+
+def _model(section: str):
+    module, _, name = derived.DEEPSPEED["sections"][section]["model"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _refuses(model, **values) -> bool:
+    try:
+        model(**values)
+    except (ValueError, AssertionError):  # pydantic's ValidationError is a ValueError
+        return True
+    return False
+
+
+@pytest.mark.parametrize("case", deepspeed_cases(), ids=str)
+def test_deepspeed_refuses_each_generated_value_and_accepts_the_one_inside(case):
+    pytest.importorskip("deepspeed")
+    model = _model(case.section)
+    assert _refuses(model, **{case.spelling: case.bad}), f"DeepSpeed accepts {case}"
+    assert not _refuses(model, **{case.spelling: case.good}), f"DeepSpeed refuses {case.key}={case.good!r}"
+
+
+@pytest.mark.parametrize(("key", "bad"), name_cases())
+def test_deepspeed_cannot_build_the_generated_optimizer_and_scheduler_names(key, bad):
+    pytest.importorskip("deepspeed")
+    import torch
+    from deepspeed.runtime import lr_schedules
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+    if key == "optimizer.type":  # engine._configure_basic_optimizer
+        assert bad.lower() not in DEEPSPEED_OPTIMIZERS and getattr(torch.optim, bad, None) is None
+    else:  # engine._scheduler_from_config
+        assert not hasattr(lr_schedules, bad) and not hasattr(torch.optim.lr_scheduler, bad)
+
+
+def test_every_deepspeed_config_model_is_derived():
+    pytest.importorskip("deepspeed")
+    import deepspeed.inference.config  # noqa: F401  (the inference models)
+    import deepspeed.runtime.config  # noqa: F401  (imports every model a training config is validated with)
     from deepspeed.runtime.config_utils import DeepSpeedConfigModel
-    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
-    from deepspeed.runtime.tensor_parallel.config import TPTrainingConfig
-    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    models = {
-        "zero_optimization": DeepSpeedZeroConfig,
-        "fp16": DeepSpeedFP16Config,
-        "bf16": DeepSpeedBF16Config,
-        "bfloat16": DeepSpeedBF16Config,
-        "tensor_parallel": TPTrainingConfig,
-        "compile": CompileConfig,
-        "comms_logger": CommsLoggerConfig,
-        "tensorboard": TensorBoardConfig,
-        "csv_monitor": CSVConfig,
-        "wandb": WandbConfig,
-        "comet": CometConfig,
-        "hybrid_engine": HybridEngineConfig,
+    def walk(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from walk(sub)
+
+    known = {section["model"] for section in derived.DEEPSPEED["sections"].values()}
+    not_sections = {
+        "DeepSpeedMonitorConfig",  # built from tensorboard / wandb / csv_monitor / comet, each derived
+        "BaseQuantConfig",  # the base of the derived quantization models
+        "DeepSpeedMoEConfig",  # held by the inference config's `moe: bool | DeepSpeedMoEConfig` (checked as any)
     }
-    # the zero_optimization sub-models, found from its field types
-    for name, f in DeepSpeedZeroConfig.model_fields.items():
-        for t in (f.annotation, *typing.get_args(f.annotation)):
-            if inspect.isclass(t) and issubclass(t, DeepSpeedConfigModel):
-                models[f"zero_optimization.{name}"] = t
-    return models
+    missing = sorted(
+        f"{m.__module__}.{m.__qualname__}"
+        for m in set(walk(DeepSpeedConfigModel))
+        if ".inference.v2" not in m.__module__
+        and f"{m.__module__}.{m.__qualname__}" not in known
+        and m.__name__ not in not_sections
+    )
+    assert not missing, f"DeepSpeed config models that derive.DEEPSPEED_MODELS does not reach: {missing}"
 
 
-def _our_section(path: str):
-    section = ds_schema.DEEPSPEED_JSON
-    for part in path.split("."):
-        section = section.keys[part].section
-    return section
+@pytest.mark.parametrize("key", sorted(ds_schema.CODE_LIMITS))
+def test_the_limits_taken_from_deepspeeds_validator_code_hold(key):
+    pytest.importorskip("deepspeed")
+    section, _, name = key.rpartition(".")
+    model, limits = _model(section), ds_schema.CODE_LIMITS[key]
+    for op, limit in limits.get("bounds", ()):
+        outside = {"ge": limit - 0.5, "gt": limit, "le": limit + 0.5, "lt": limit}[op]
+        assert _refuses(model, **{name: outside}) and not _refuses(model, **{name: limit + (op == "gt")})
+    for choice in limits.get("choices", ()):
+        assert not _refuses(model, **{name: choice})
+    if limits.get("choices"):
+        assert _refuses(model, **{name: limits["choices"][0] + "x"})
 
 
-def test_strict_deepspeed_sections_match_its_pydantic_models():
-    problems = []
-    for path, model in _models().items():
-        keys, theirs = set(_our_section(path).keys), _pydantic_keys(model)
-        if keys != theirs:
-            problems.append(f"{path}: {_diff(keys, theirs)}")
-    assert not problems, "\n".join(problems)
+def test_dynamic_loss_scaling_needs_a_positive_window_and_floor():
+    # deepspeed_rules._loss_scaling states these; DeepSpeedFP16Config._validate_dynamic_loss_scale_params
+    pytest.importorskip("deepspeed")
+    model = _model("fp16")
+    for name in ("loss_scale_window", "min_loss_scale"):
+        assert _refuses(model, enabled=True, loss_scale=0, **{name: 0})
+        assert not _refuses(model, enabled=False, loss_scale=0, **{name: 0})
+        assert not _refuses(model, enabled=True, loss_scale=128, **{name: 0})
 
 
-def test_every_strict_section_is_compared():
-    strict = {
-        k
-        for k, v in ds_schema.DEEPSPEED_JSON.keys.items()
-        if v.kind == "section" and v.section.unknown == "error"
+def test_removed_keys_are_refused_by_deepspeed_before_anything_runs():
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
+
+    for key in ("amp", "sparse_attention"):
+        with pytest.raises(DeepSpeedConfigError):
+            DeepSpeedConfig({"train_batch_size": 1, key: {}})
+    assert not set(ds_schema.REMOVED) & set(ds_schema.DEEPSPEED_JSON.keys)
+
+
+def _reads_deepspeed_json():
+    """The sources of what accelerate and HF Trainer run on a DeepSpeed JSON."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import deepspeed as acc_deepspeed
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    parts = (Accelerator._prepare_deepspeed, DeepSpeedPlugin, acc_deepspeed, hf_deepspeed)
+    return "\n".join(inspect.getsource(p) for p in parts)
+
+
+def test_every_deprecated_deepspeed_key_has_its_accelerate_story():
+    pytest.importorskip("deepspeed")
+    deprecated = {
+        f"{section}.{name}"
+        for section, spec in derived.DEEPSPEED["sections"].items()
+        if not section.startswith(derived.INFERENCE)
+        for name, field in spec["fields"].items()
+        if "deprecated" in field
     }
-    strict |= {
-        f"zero_optimization.{k}" for k, v in ds_schema.ZERO_OPTIMIZATION.items() if v.kind == "section"
-    }
-    assert strict <= set(_models()), sorted(strict - set(_models()))
+    assert deprecated == set(spellings.DEPRECATED), (
+        "add what accelerate does with each to spellings.DEPRECATED"
+    )
+    source = _reads_deepspeed_json()
+    for key in deprecated:  # they read the new names only: the old one means nothing to them
+        assert f'"{key.rsplit(".", 1)[1]}"' not in source, key
+    assert '"offload_optimizer"' in source and "zero_optimization.offload_optimizer.device" in source
+
+
+@pytest.mark.parametrize(("key", "name", "bad"), accelerate_cases(), ids=str)
+def test_accelerate_refuses_each_generated_value(key, name, bad):
+    from accelerate.utils import constants
+    from accelerate.utils import dataclasses as acc_dataclasses
+
+    fold = {"upper": str.upper, "lower": str.lower, "": str}[ACCELERATE_ENUMS[key][1]]
+    if hasattr(constants, name):  # a list accelerate (or DeepSpeed's runner) compares the folded value with
+        assert fold(bad) not in getattr(constants, name)
+        return
+    with pytest.raises(ValueError):  # DistributedType(...), DynamoBackend(value.upper()), ...
+        getattr(acc_dataclasses, name)(fold(bad))
 
 
 def test_top_level_deepspeed_keys_are_names_deepspeed_reads():
@@ -180,27 +263,18 @@ def test_top_level_deepspeed_keys_are_names_deepspeed_reads():
     pytest.importorskip("deepspeed")
     import deepspeed
 
-    root = inspect.getfile(deepspeed).rsplit("/", 1)[0]
-    import pathlib
-
+    root = pathlib.Path(inspect.getfile(deepspeed)).parent
     strings = set()
-    for path in pathlib.Path(root).rglob("*.py"):
+    for path in root.rglob("*.py"):
         strings |= set(re.findall(r'["\'](\w+)["\']', path.read_text(encoding="utf-8", errors="replace")))
     missing = sorted(set(ds_schema.DEEPSPEED_JSON.keys) - strings)
     assert not missing, f"keys DeepSpeed never names: {missing}"
 
 
-def test_renamed_table_matches_what_the_packages_still_read():
+def test_renamed_accelerate_keys_match_what_accelerate_still_reads():
     from disttune.config import renamed
 
     for path, entry in renamed.ACCELERATE.items():
         section, key = path.split(".")
         read = key in SECTIONS[section.upper()]()
         assert read == entry.read, path
-    zero = _models()["zero_optimization"]
-    for path, entry in renamed.DEEPSPEED.items():
-        section, key = path.split(".")
-        assert section == "zero_optimization"
-        extra = zero.model_fields[key].json_schema_extra or {}
-        assert extra.get("deprecated") is True, path
-        assert extra.get("set_new_param", True) == entry.read, path

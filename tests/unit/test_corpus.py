@@ -19,11 +19,28 @@ Why each finding is true (accelerate 1.15, DeepSpeed 0.19.8):
 - realworld Otter zero3_slurm / ms-swift multi_node: several machines, with the address and the rank left
   to the launch line (SLURM style): warnings naming --main_process_ip / --machine_rank.
 - realworld CogVideo configs/zero3_offload.yaml (DeepSpeed JSON saved as .yaml): two keys written twice.
-- realworld DeepSpeedExamples (5 files) and InternVL adam_zero1_amp.json: no zero_optimization, which
-  accelerate (and HF Trainer through it) refuses; adam_zero1_amp's `log` and imagenet's
+- realworld DeepSpeedExamples (5 files) and InternVL adam_zero1_amp.json: no zero_optimization. Only
+  accelerate's DeepSpeedPlugin requires it ('Please specify the ZeRO optimization config'); these files are
+  for the `deepspeed` launcher, where DeepSpeed runs without ZeRO. Given alone they are judged as DeepSpeed
+  judges them, so it is a warning that says "under accelerate" (it was an error before issue 25); it is an
+  error when an accelerate config points to the file. adam_zero1_amp's `log` and imagenet's
   `cuda_visible_devices` are top-level keys DeepSpeed silently ignores.
-- realworld transformers ds_config_zero3.json: `stage3_gather_fp16_weights_on_model_save`, renamed in
-  DeepSpeed 0.6.0 and still mapped by 0.19.8: a warning naming its successor.
+- Keys DeepSpeed 0.19.8 now refuses outright (runtime/config.py `_REMOVED_TOP_LEVEL_CONFIG_KEYS`, raised as
+  DeepSpeedConfigError before anything runs; errors since issue 25): InternVL adam_zero1_amp's `amp`,
+  DeepSpeedExamples bing_bert lamb's `sparse_attention`, compression gpt2's `compression_training`.
+- Optimizers DeepSpeed 0.19.8 cannot build (errors since issue 25): DeepSpeedExamples 1-bit_adam's
+  `OneBitAdam` and InternVL adam_zero3_fp16's `ZeroOneAdam` are neither in its DEEPSPEED_OPTIMIZERS nor
+  torch.optim classes, so engine._configure_basic_optimizer stops on `getattr(torch.optim, name)`.
+- realworld transformers ds_config_zero3.json: `stage3_gather_fp16_weights_on_model_save`, deprecated in
+  DeepSpeed 0.6.0 and still mapped by 0.19.8 (and accelerate saves through DeepSpeed's reading of it): a
+  warning naming its successor. Since issue 25 also an error for `reduce_bucket_size: 0`, which
+  DeepSpeedZeroConfig declares `gt=0` (pydantic stops the launch).
+- Every file with a DeepSpeed `optimizer` or `scheduler` block (warnings since issue 25; the files of
+  accelerate's own templates included, and the accelerate YAML that points to one): under HF Trainer the
+  block replaces the script's `--optim` / `--lr_scheduler_type` without a word, and an explicit param
+  (lr, betas, eps, weight_decay, warmup_max_lr, warmup_num_steps) must equal the script's flag or
+  HF Trainer stops ('DeepSpeed config values that mismatch TrainingArguments'). A warning, not an error: the
+  files run as written, and without the script's arguments the comparison cannot be made.
 - realworld alpaca_farm: `fsdp_backward_prefetch_policy`, renamed to `fsdp_backward_prefetch` in accelerate
   0.26.0 and no longer read by 1.15: the setting is lost.
 - realworld Chinese-LLaMA-Alpaca-2 ds_zero2_no_offload.json: fp16.min_loss_scale 1e-10; DeepSpeed's field
@@ -47,18 +64,24 @@ IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 E, W = "error", "warning"
 EXPECTED: dict[str, set[tuple[str, str]]] = {
-    "accelerate/config_yaml_templates/deepspeed.yaml": set(),
+    "accelerate/config_yaml_templates/deepspeed.yaml": {(W, "optimizer"), (W, "scheduler")},
     "accelerate/config_yaml_templates/fp8.yaml": set(),
     "accelerate/config_yaml_templates/fsdp.yaml": set(),
     "accelerate/config_yaml_templates/multi_gpu.yaml": set(),
     "accelerate/config_yaml_templates/multi_node.yaml": set(),
     "accelerate/config_yaml_templates/multi_xpu.yaml": set(),
     "accelerate/config_yaml_templates/single_accelerator.yaml": set(),
-    "accelerate/deepspeed_config_templates/zero_stage1_config.json": set(),
-    "accelerate/deepspeed_config_templates/zero_stage2_config.json": set(),
-    "accelerate/deepspeed_config_templates/zero_stage2_offload_config.json": set(),
-    "accelerate/deepspeed_config_templates/zero_stage3_config.json": set(),
-    "accelerate/deepspeed_config_templates/zero_stage3_offload_config.json": set(),
+    "accelerate/deepspeed_config_templates/zero_stage1_config.json": {(W, "optimizer"), (W, "scheduler")},
+    "accelerate/deepspeed_config_templates/zero_stage2_config.json": {(W, "optimizer"), (W, "scheduler")},
+    "accelerate/deepspeed_config_templates/zero_stage2_offload_config.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
+    "accelerate/deepspeed_config_templates/zero_stage3_config.json": {(W, "optimizer"), (W, "scheduler")},
+    "accelerate/deepspeed_config_templates/zero_stage3_offload_config.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
     "axolotl/zero1.json": set(),
     "axolotl/zero1_torch_compile.json": {(E, "compile.backend"), (E, "compile.disable")},
     "axolotl/zero2.json": set(),
@@ -86,48 +109,66 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "realworld/Luodian__Otter/pipeline/accelerate_configs/accelerate_config_ddp.yaml": set(),
     "realworld/Luodian__Otter/pipeline/accelerate_configs/accelerate_config_fsdp.yaml": set(),
     "realworld/Luodian__Otter/pipeline/accelerate_configs/accelerate_config_zero2_slurm.yaml": {
-        (E, "deepspeed_config.offload_param_device"),
+        (E, "deepspeed_config.offload_param_device")
     },
     "realworld/Luodian__Otter/pipeline/accelerate_configs/accelerate_config_zero3.yaml": set(),
     "realworld/Luodian__Otter/pipeline/accelerate_configs/accelerate_config_zero3_slurm.yaml": {
         (W, "machine_rank"),
         (W, "main_process_ip"),
     },
-    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage1_config.json": set(),
-    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage3_config.json": set(),
-    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage3_config_100b_1e7_offload.json": set(),
-    "realworld/OpenGVLab__InternVL/internvl_g/zero_stage2_config.json": set(),
-    "realworld/OpenGVLab__InternVL/segmentation/zero_configs/adam_zero1_amp.json": {
-        (E, "log"),
-        (E, "zero_optimization"),
+    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage1_config.json": {(W, "optimizer")},
+    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage3_config.json": {(W, "optimizer")},
+    "realworld/OpenGVLab__InternVL/internvl_chat/zero_stage3_config_100b_1e7_offload.json": {
+        (W, "optimizer")
     },
-    "realworld/OpenGVLab__InternVL/segmentation/zero_configs/adam_zero3_fp16.json": set(),
+    "realworld/OpenGVLab__InternVL/internvl_g/zero_stage2_config.json": {(W, "scheduler")},
+    "realworld/OpenGVLab__InternVL/segmentation/zero_configs/adam_zero1_amp.json": {
+        (E, "amp"),
+        (E, "log"),
+        (W, "optimizer"),
+        (W, "zero_optimization"),
+    },
+    "realworld/OpenGVLab__InternVL/segmentation/zero_configs/adam_zero3_fp16.json": {
+        (E, "optimizer.type"),
+        (W, "optimizer"),
+    },
     "realworld/OpenLMLab__MOSS-RLHF/accelerate_config.yaml": set(),
-    "realworld/QwenLM__Qwen/finetune/ds_config_zero2.json": set(),
-    "realworld/QwenLM__Qwen/finetune/ds_config_zero3.json": set(),
+    "realworld/QwenLM__Qwen/finetune/ds_config_zero2.json": {(W, "optimizer"), (W, "scheduler")},
+    "realworld/QwenLM__Qwen/finetune/ds_config_zero3.json": {(W, "optimizer"), (W, "scheduler")},
     "realworld/RLHFlow__Online-RLHF/configs/deepspeed_stage3.json": set(),
     "realworld/RLHFlow__Online-RLHF/configs/zero0.yaml": set(),
     "realworld/THUDM__ChatGLM3/finetune_demo/configs/ds_zero_2.json": set(),
-    "realworld/THUDM__ChatGLM3/finetune_demo/configs/ds_zero_3.json": set(),
-    "realworld/THUDM__CogVideo/finetune/accelerate_config.yaml": set(),
-    "realworld/THUDM__CogVideo/finetune/configs/zero2.yaml": set(),
+    "realworld/THUDM__ChatGLM3/finetune_demo/configs/ds_zero_3.json": {(W, "optimizer")},
+    "realworld/THUDM__CogVideo/finetune/accelerate_config.yaml": {(W, "optimizer"), (W, "scheduler")},
+    "realworld/THUDM__CogVideo/finetune/configs/zero2.yaml": {(W, "optimizer"), (W, "scheduler")},
     "realworld/THUDM__CogVideo/finetune/configs/zero3_offload.yaml": {
         (E, "zero_optimization.stage3_param_persistence_threshold"),
         (E, "zero_optimization.stage3_prefetch_bucket_size"),
+        (W, "optimizer"),
+        (W, "scheduler"),
     },
     "realworld/a-r-r-o-w__cogvideox-factory/accelerate_configs/compiled_1.yaml": set(),
     "realworld/a-r-r-o-w__cogvideox-factory/accelerate_configs/deepspeed.yaml": {
-        (E, "deepspeed_config.offload_param_device"),
+        (E, "deepspeed_config.offload_param_device")
     },
     "realworld/a-r-r-o-w__cogvideox-factory/accelerate_configs/uncompiled_2.yaml": set(),
     "realworld/allenai__open-instruct/configs/ds_configs/stage2_no_offloading_accelerate.conf": set(),
-    "realworld/allenai__open-instruct/configs/ds_configs/stage3_no_offloading.conf": set(),
+    "realworld/allenai__open-instruct/configs/ds_configs/stage3_no_offloading.conf": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
     "realworld/allenai__open-instruct/configs/ds_configs/stage3_offloading_accelerate.conf": set(),
-    "realworld/bigcode-project__starcoder/chat/deepspeed_z3_config_bf16.json": set(),
-    "realworld/deepseek-ai__DeepSeek-Coder/finetune/configs/ds_config_zero3.json": set(),
+    "realworld/bigcode-project__starcoder/chat/deepspeed_z3_config_bf16.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
+    "realworld/deepseek-ai__DeepSeek-Coder/finetune/configs/ds_config_zero3.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
     "realworld/haotian-liu__LLaVA/scripts/zero2.json": set(),
     "realworld/haotian-liu__LLaVA/scripts/zero3.json": set(),
-    "realworld/haotian-liu__LLaVA/scripts/zero3_offload.json": set(),
+    "realworld/haotian-liu__LLaVA/scripts/zero3_offload.json": {(W, "optimizer"), (W, "scheduler")},
     "realworld/huggingface__alignment-handbook/recipes/accelerate_configs/deepspeed_zero1.yaml": set(),
     "realworld/huggingface__alignment-handbook/recipes/accelerate_configs/deepspeed_zero2.yaml": set(),
     "realworld/huggingface__alignment-handbook/recipes/accelerate_configs/fsdp.yaml": set(),
@@ -135,15 +176,19 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         (E, "mixed_precision"),
         (E, "train_batch_size"),
         (E, "zero_optimization.offload_param.device"),
+        (W, "optimizer"),
+        (W, "scheduler"),
     },
     "realworld/huggingface__diffusers/examples/dreambooth/ds_config_zero2.json": {
         (E, "zero_optimization.offload_param.device"),
+        (W, "optimizer"),
+        (W, "scheduler"),
     },
     "realworld/huggingface__diffusers/examples/hunyuanvideo/accelerate_config_machine_single.yaml": set(),
     "realworld/huggingface__diffusers/examples/hunyuanvideo/zero_stage2_config.json": set(),
     "realworld/huggingface__diffusers/examples/research_projects/flux_lora_quantization/accelerate.yaml": set(),
     "realworld/huggingface__diffusers/examples/research_projects/flux_lora_quantization/ds2.yaml": {
-        (E, "deepspeed_config.offload_param_device"),
+        (E, "deepspeed_config.offload_param_device")
     },
     "realworld/huggingface__open-r1/recipes/accelerate_configs/fsdp.yaml": set(),
     "realworld/huggingface__peft/examples/causal_language_modeling/accelerate_ds_zero3_cpu_offload_config.yaml": set(),
@@ -154,33 +199,51 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "realworld/huggingface__peft/examples/sft/configs/fsdp_config_qlora.yaml": set(),
     "realworld/huggingface__peft/tests/training/fsdp2_config.yaml": set(),
     "realworld/huggingface__peft/tests/training/tp_config.yaml": set(),
-    "realworld/huggingface__transformers/tests/deepspeed/ds_config_zero2.json": set(),
+    "realworld/huggingface__transformers/tests/deepspeed/ds_config_zero2.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
     "realworld/huggingface__transformers/tests/deepspeed/ds_config_zero3.json": {
+        (E, "zero_optimization.reduce_bucket_size"),
+        (W, "optimizer"),
+        (W, "scheduler"),
         (W, "zero_optimization.stage3_gather_fp16_weights_on_model_save"),
     },
     "realworld/lm-sys__FastChat/playground/deepspeed_config_s2.json": set(),
     "realworld/lm-sys__FastChat/playground/deepspeed_config_s3.json": set(),
-    "realworld/microsoft__DeepSpeedExamples/compression/gpt2/config/ds_config_W8A8_Qgroup64_fp16.json": set(),
+    "realworld/microsoft__DeepSpeedExamples/compression/gpt2/config/ds_config_W8A8_Qgroup64_fp16.json": {
+        (E, "compression_training"),
+        (W, "optimizer"),
+    },
     "realworld/microsoft__DeepSpeedExamples/training/BingBertSquad/deepspeed_bsz24_config.json": {
-        (E, "zero_optimization"),
+        (W, "optimizer"),
+        (W, "zero_optimization"),
     },
     "realworld/microsoft__DeepSpeedExamples/training/autotuning/hf/dsconfigs/ds_config_fp16_z2.json": set(),
     "realworld/microsoft__DeepSpeedExamples/training/autotuning/hf/dsconfigs/ds_config_tune.json": {
-        (E, "zero_optimization"),
+        (W, "zero_optimization")
     },
     "realworld/microsoft__DeepSpeedExamples/training/autotuning/hf/dsconfigs/ds_config_z3.json": set(),
     "realworld/microsoft__DeepSpeedExamples/training/bing_bert/1-bit_adam/nccl/deepspeed_bsz4k_onebitadam_config_seq128_nccl.json": {
-        (E, "zero_optimization"),
+        (E, "optimizer.type"),
+        (W, "optimizer"),
+        (W, "zero_optimization"),
     },
     "realworld/microsoft__DeepSpeedExamples/training/bing_bert/deepspeed_bsz64k_lamb_config_seq128.json": {
-        (E, "zero_optimization"),
+        (E, "sparse_attention"),
+        (W, "optimizer"),
+        (W, "zero_optimization"),
     },
-    "realworld/microsoft__DeepSpeedExamples/training/data_efficiency/gpt_finetuning/config/ds_config_gpt_base_random_ltd.json": set(),
+    "realworld/microsoft__DeepSpeedExamples/training/data_efficiency/gpt_finetuning/config/ds_config_gpt_base_random_ltd.json": {
+        (W, "optimizer")
+    },
     "realworld/microsoft__DeepSpeedExamples/training/imagenet/config/ds_fp16_z1_config.json": {
         (E, "cuda_visible_devices"),
+        (W, "optimizer"),
     },
     "realworld/microsoft__DeepSpeedExamples/training/pipeline_parallelism/ds_config.json": {
-        (E, "zero_optimization")
+        (W, "optimizer"),
+        (W, "zero_optimization"),
     },
     "realworld/modelscope__ms-swift/examples/train/multi-gpu/fsdp_qlora/fsdp_offload.json": set(),
     "realworld/modelscope__ms-swift/examples/train/multi-node/accelerate/multi_node.yaml": {
@@ -192,9 +255,12 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "realworld/modelscope__ms-swift/swift/config/zero3_offload.json": set(),
     "realworld/princeton-nlp__SimPO/accelerate_configs/deepspeed_zero3.yaml": set(),
     "realworld/tatsu-lab__alpaca_farm/examples/accelerate_configs/rlhf_ppo_fsdp_llama_4gpu.yaml": {
-        (E, "fsdp_config.fsdp_backward_prefetch_policy"),
+        (E, "fsdp_config.fsdp_backward_prefetch_policy")
     },
-    "realworld/tatsu-lab__stanford_alpaca/configs/default_offload_opt_param.json": set(),
+    "realworld/tatsu-lab__stanford_alpaca/configs/default_offload_opt_param.json": {
+        (W, "optimizer"),
+        (W, "scheduler"),
+    },
     "realworld/ymcui__Chinese-LLaMA-Alpaca-2/scripts/training/ds_zero2_no_offload.json": {
         (E, "fp16.min_loss_scale")
     },
@@ -280,7 +346,9 @@ def test_file_kind_is_decided_by_content(corpus):
 
 
 def test_accelerate_template_json_is_found_next_to_the_yaml_and_checked(corpus, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # not the template's folder: found relative to the YAML instead
-    report = check_files([corpus / "accelerate/config_yaml_templates/deepspeed.yaml"])
+    monkeypatch.chdir(tmp_path)  # not the template's folder: the launch would not find it from here
+    yaml_path = corpus / "accelerate/config_yaml_templates/deepspeed.yaml"
+    report = check_files([yaml_path])
     assert len(report.files) == 2 and report.files[1].endswith("zero_stage1_config.json")
-    assert "relative to the YAML's folder" in report.notes[0]
+    where = [f for f in report.findings if f.key == "deepspeed_config.deepspeed_config_file"]
+    assert [f.severity for f in where] == ["error"] and f"launch from {yaml_path.parent}" in where[0].fix

@@ -1,8 +1,10 @@
 """The config model: load, validate and write accelerate configs and the DeepSpeed JSON they reference.
 
-Imports neither torch nor deepspeed nor transformers: the schema is written down as data (``schema.py``,
-``deepspeed_schema.py``; a test compares it with the installed packages), so ``disttune check`` answers
-instantly. Every config is read through ``bounded.py`` (size, depth, alias expansion and time bounded).
+Imports neither torch nor deepspeed nor transformers, so ``disttune check`` answers instantly: what DeepSpeed
+and accelerate declare about their configs is read from them at build time by ``derive.py`` (``make schema``)
+into ``data/derived_schema.json``, which ``derived.py`` loads; ``schema.py`` and ``deepspeed_schema.py`` build
+the typed model from it, with what is ours on top (a test regenerates the data and compares). Every config
+is read through ``bounded.py`` (size, depth, alias expansion and time bounded).
 """
 
 from disttune.config.check import CheckReport, check_config, check_files

@@ -33,14 +33,15 @@ class Parsed:
     Attributes:
         data: the loaded value (a dict for any usable config).
         syntax: ``"json"`` or ``"yaml"``.
-        repeated: ``(dotted key path, 1-based line or None)`` for every key repeated in one mapping.
+        repeated: ``(dotted key path, 1-based line or None, same)`` for every key repeated in one mapping;
+            ``same`` is whether the repetition has the value already given (then nothing is lost).
         json_error: why the text, which starts like JSON, is not JSON (it was read as YAML instead): a
             consumer that reads JSON only (DeepSpeed, accelerate for ``.json``) would fail on it.
     """
 
     data: object
     syntax: str
-    repeated: tuple[tuple[str, int | None], ...] = ()
+    repeated: tuple[tuple[str, int | None, bool], ...] = ()
     json_error: str | None = None
 
 
@@ -114,8 +115,13 @@ class _BoundedLoader(yaml.SafeLoader):
         return size
 
 
-def _yaml_repeated(root) -> list[tuple[str, int | None]]:
-    found: list[tuple[str, int | None]] = []
+def _node_value(node) -> object:
+    """The value a (bounded, already composed) node constructs to, on its own."""
+    return yaml.constructor.SafeConstructor().construct_document(node)
+
+
+def _yaml_repeated(root) -> list[tuple[str, int | None, bool]]:
+    found: list[tuple[str, int | None, bool]] = []
     seen_nodes: set[int] = set()
     stack = [(root, "")]
     while stack:
@@ -124,13 +130,15 @@ def _yaml_repeated(root) -> list[tuple[str, int | None]]:
             continue
         seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            keys = set()
+            first: dict[str, object] = {}
             for key_node, value_node in node.value:
                 key = str(key_node.value)
                 path = f"{prefix}.{key}" if prefix else key
-                if key in keys:
-                    found.append((path, key_node.start_mark.line + 1))
-                keys.add(key)
+                if key in first:
+                    same = _node_value(first[key]) == _node_value(value_node)
+                    found.append((path, key_node.start_mark.line + 1, same))
+                else:
+                    first[key] = value_node
                 stack.append((value_node, path))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, f"{prefix}[{i}]") for i, item in enumerate(node.value))
@@ -160,9 +168,9 @@ _YAML_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|#[^\n]*|[\[\]{
 
 
 class _Object(dict):
-    """A JSON object that remembers which of its keys were written more than once."""
+    """A JSON object that remembers which of its keys were written more than once, and whether with the same value."""
 
-    repeated: list[str]
+    repeated: list[tuple[str, bool]]
 
 
 def _too_deep(tokens: re.Pattern, text: str) -> int | None:
@@ -195,20 +203,25 @@ def parse_json(text: str, where: str) -> Parsed:
 
     def pairs_hook(pairs):
         obj = _Object(pairs)
-        keys = [key for key, _ in pairs]
-        obj.repeated = [key for index, key in enumerate(keys) if key in keys[:index]]
+        first: dict = {}
+        obj.repeated = []
+        for key, value in pairs:
+            if key in first:
+                obj.repeated.append((key, first[key] == value))
+            else:
+                first[key] = value
         return obj
 
     try:
         data = json.loads(text, object_pairs_hook=pairs_hook)
     except RecursionError:
         raise Refused(f"{where}: refused: nested too deeply to read") from None
-    repeated: list[tuple[str, int | None]] = []
+    repeated: list[tuple[str, int | None, bool]] = []
     stack = [(data, "")]
     while stack:
         value, prefix = stack.pop()
         if isinstance(value, _Object):
-            repeated += [(f"{prefix}.{key}" if prefix else key, None) for key in value.repeated]
+            repeated += [(f"{prefix}.{key}" if prefix else key, None, same) for key, same in value.repeated]
             stack.extend((item, f"{prefix}.{key}" if prefix else key) for key, item in value.items())
         elif isinstance(value, list):
             stack.extend((item, f"{prefix}[{i}]") for i, item in enumerate(value))

@@ -1,7 +1,9 @@
 """``check_files``: every problem of accelerate configs (and the DeepSpeed JSON they name), at once.
 
-Each file's kind (accelerate config or DeepSpeed config) is decided from its keys, not its extension:
-DeepSpeed JSON is published as ``.conf`` and ``.yaml``, and accelerate reads a ``.json`` config too.
+Each file's kind (accelerate config, DeepSpeed config, DeepSpeed inference config) is decided from its keys,
+not its extension: DeepSpeed JSON is published as ``.conf`` and ``.yaml``, and accelerate reads a ``.json``
+config too. A DeepSpeed JSON given alone is judged as DeepSpeed judges it; what only accelerate requires of
+it applies when an accelerate config points to it (and is said, as a warning, "under accelerate" otherwise).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disttune.config import renamed
+from disttune.config.bounded import Parsed
 from disttune.config.deepspeed_rules import check_deepspeed_rules, json_precision
-from disttune.config.deepspeed_schema import DEEPSPEED_JSON
-from disttune.config.findings import ERROR, Finding, error
-from disttune.config.load import read_config, resolve_deepspeed_config_file
+from disttune.config.deepspeed_schema import DEEPSPEED_INFERENCE_JSON, DEEPSPEED_JSON, INFERENCE, REMOVED
+from disttune.config.findings import ERROR, Finding, error, warning
+from disttune.config.load import is_repository_root, read_config, resolve_deepspeed_config_file
+from disttune.config.replaced import check_replaced
 from disttune.config.rules import (
     Accelerate,
     notes_processes,
@@ -28,10 +32,12 @@ from disttune.config.rules import (
 from disttune.config.rules_fsdp import rule_fsdp
 from disttune.config.schema import CLUSTER_CONFIG, SAGEMAKER_CONFIG
 from disttune.config.script_args import Setting, check_precision_args, check_script_args, parse_script_args
+from disttune.config.spellings import check_spellings
 from disttune.config.validate import Context, check_section
 from disttune.errors import UserError
 
 ACCELERATE, DEEPSPEED = "accelerate config", "DeepSpeed config"
+DEEPSPEED_INFERENCE = "DeepSpeed inference config"
 
 
 @dataclass
@@ -66,15 +72,23 @@ def _display(path: Path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
-def config_kind(data: dict, path: Path) -> tuple[str, str | None]:
-    """(kind, note): ``ACCELERATE`` or ``DEEPSPEED`` from the top-level keys; the note says what was assumed.
+# Keys only DeepSpeed's inference config (deepspeed.init_inference) has, and keys only a training config has.
+_INFERENCE_ONLY = frozenset(DEEPSPEED_INFERENCE_JSON.keys) - frozenset(DEEPSPEED_JSON.keys)
+_TRAINING_ONLY = frozenset(DEEPSPEED_JSON.keys) - frozenset(DEEPSPEED_INFERENCE_JSON.keys)
 
-    Keys known to only one of the two schemas vote; a tie (no known key, or as many of each) falls back on
-    the extension (``.json``: DeepSpeed, anything else: accelerate) and says so.
+
+def config_kind(data: dict, path: Path) -> tuple[str, str | None]:
+    """(kind, note): ``ACCELERATE``, ``DEEPSPEED`` or ``DEEPSPEED_INFERENCE`` from the top-level keys; the note
+    says what was assumed.
+
+    Keys known to only one of the schemas vote; a tie (no known key, or as many of each) falls back on the
+    extension (``.json``: DeepSpeed, anything else: accelerate) and says so.
     """
     names = {str(k) for k in data}
     ours = {k for k in names if k in CLUSTER_CONFIG.keys or k in SAGEMAKER_CONFIG.keys}
     theirs = {k for k in names if k in DEEPSPEED_JSON.keys}
+    if names & _INFERENCE_ONLY and not names & _TRAINING_ONLY and not ours:
+        return DEEPSPEED_INFERENCE, f"{path}: read as a {DEEPSPEED_INFERENCE} (deepspeed.init_inference)"
     accelerate, deepspeed = len(ours - theirs), len(theirs - ours)
     # Keys that only ever head one kind decide alone (an accelerate config with DeepSpeed keys misplaced at
     # its top level is still an accelerate config).
@@ -105,20 +119,26 @@ def check_files(
     """Check each path (accelerate config, or a DeepSpeed JSON given directly) and collect everything."""
     report = CheckReport()
     parsed_args = parse_script_args(script_args) if script_args else None
-    json_only: dict[Path, str] = {}
     for path in paths:
         path = Path(path)
-        data = _load(report, path, str(path), json_only=json_only)
-        if data is None:
+        parsed = _load(report, path, str(path))
+        if parsed is None:
             continue
+        data = parsed.data
         kind, note = config_kind(data, path)
         if note:
             report.notes.append(note)
-        if path in json_only and (kind == DEEPSPEED or path.suffix.lower() == ".json"):
+        if parsed.json_error and (kind != ACCELERATE or path.suffix.lower() == ".json"):
             # DeepSpeed reads its config with json.load, and accelerate reads a .json config the same way.
-            report.findings.append(error(str(path), "", None, json_only[path], _UNLOADABLE_FIX))
+            report.findings.append(error(str(path), "", None, parsed.json_error, _UNLOADABLE_FIX))
             continue
-        if kind == DEEPSPEED:
+        report.findings += _repeated(parsed, str(path), deepspeed_alone=kind != ACCELERATE)
+        if kind == DEEPSPEED_INFERENCE:
+            report.findings += check_section(
+                data, DEEPSPEED_INFERENCE_JSON, str(path), context=INFERENCE_CONTEXT
+            )
+            report.findings += check_spellings(data, str(path), root=INFERENCE)
+        elif kind == DEEPSPEED:
             _check_json_file(report, data, str(path), num_processes, parsed_args)
         else:
             report.configs[str(path)] = data
@@ -136,19 +156,14 @@ def check_config(
 _UNLOADABLE_FIX = "fix the file so that it loads, then run disttune check again"
 
 
-def _load(report: CheckReport, path: Path, file: str, syntax: str = "any", json_only=None) -> dict | None:
-    """Read one file for the report: its mapping, or None with the reason recorded as a finding.
-
-    ``json_only`` collects, per path, why text that reads as YAML is not the JSON it looks like.
-    """
+def _load(report: CheckReport, path: Path, file: str, syntax: str = "any") -> Parsed | None:
+    """Read one file for the report: what was parsed (a mapping), or None with the reason recorded as a finding."""
     report.files.append(file)
     try:
         parsed = read_config(path, "config", syntax)
     except UserError as exc:
         report.findings.append(error(file, "", None, str(exc), _UNLOADABLE_FIX))
         return None
-    if parsed.json_error and json_only is not None:
-        json_only[path] = parsed.json_error
     if not isinstance(parsed.data, dict):
         kind = "empty" if parsed.data is None else f"a {type(parsed.data).__name__}, not a mapping"
         report.findings.append(
@@ -162,20 +177,34 @@ def _load(report: CheckReport, path: Path, file: str, syntax: str = "any", json_
             )
         )
         return None
-    report.findings += [
-        error(
-            file,
-            key,
-            None,
-            f"'{key}' is written twice in the same mapping"
-            + (f" (again on line {line})" if line else "")
-            + "; only the last value is used, the other is silently "
-            "ignored",
-            "keep only the one you meant",
-        )
-        for key, line in parsed.repeated
-    ]
-    return parsed.data
+    return parsed
+
+
+def _repeated(parsed: Parsed, file: str, deepspeed_alone: bool) -> list[Finding]:
+    """Keys written twice in one mapping: a lost value is an error; the same value twice loses nothing.
+
+    DeepSpeed's own reader (``DeepSpeedConfig`` on a path, as under the ``deepspeed`` launcher) refuses any
+    repeated key; accelerate and HF Trainer read the JSON with ``json.load``, which keeps the last value.
+    """
+    out = []
+    for key, line, same in parsed.repeated:
+        again = f" (again on line {line})" if line else ""
+        if not same:
+            message = f"{key!r} is written twice in the same mapping{again} with different values; only the last is used"
+            out.append(error(file, key, None, message, "keep only the one you meant"))
+        elif deepspeed_alone:
+            message = (
+                f"{key!r} is written twice in the same mapping{again}, with the same value: DeepSpeed stops when it "
+                "opens the file itself ('Duplicate keys in DeepSpeed config'); accelerate keeps one and loses nothing"
+            )
+            out.append(error(file, key, None, message, "remove one of them"))
+        else:
+            message = (
+                f"{key!r} is written twice in the same mapping{again}, with the same value: nothing is lost, but an "
+                "edit to one of them would be silently overridden by the other"
+            )
+            out.append(warning(file, key, None, message, "remove one of them"))
+    return out
 
 
 # Hints attached to an unknown key where the finding is made (validate.Context).
@@ -185,8 +214,9 @@ _COMPILE_HINT = (
     "to use torch.compile call engine.compile() or your trainer's torch_compile option",
 )
 DEEPSPEED_CONTEXT = Context(
-    renamed.DEEPSPEED, {"compile.disable": _COMPILE_HINT, "compile.backend": _COMPILE_HINT}
+    hints={"compile.disable": _COMPILE_HINT, "compile.backend": _COMPILE_HINT}, removed=REMOVED
 )
+INFERENCE_CONTEXT = Context()
 ACCELERATE_CONTEXT = Context(
     renamed.ACCELERATE,
     {
@@ -199,9 +229,12 @@ ACCELERATE_CONTEXT = Context(
 )
 
 
-def _check_json(report: CheckReport, data: dict, file: str, world: int | None) -> None:
+def _check_json(
+    report: CheckReport, data: dict, file: str, world: int | None, under_accelerate: bool
+) -> None:
     report.findings += check_section(data, DEEPSPEED_JSON, file, context=DEEPSPEED_CONTEXT)
-    report.findings += check_deepspeed_rules(data, file, world)
+    report.findings += check_spellings(data, file, under_accelerate=under_accelerate)
+    report.findings += check_deepspeed_rules(data, file, world, under_accelerate)
 
 
 def _json_settings(data: dict, file: str) -> dict[str, Setting]:
@@ -222,7 +255,8 @@ def _json_precision(data: dict, file: str) -> list[Setting]:
 
 
 def _check_json_file(report: CheckReport, data: dict, file: str, world: int | None, args) -> None:
-    _check_json(report, data, file, world)
+    _check_json(report, data, file, world, under_accelerate=False)
+    report.findings += check_replaced(data, file, args)
     if args is not None:
         report.findings += check_script_args(args, _json_settings(data, file))
         report.findings += check_precision_args(args, _json_precision(data, file))
@@ -246,7 +280,8 @@ def _check_yaml_file(report: CheckReport, data: dict, path: Path, num_processes,
     ds_data, ds_file = _referenced_json(report, y, path, cwd)
     report.findings += rule_deepspeed(y, ds_data, ds_file)
     if ds_data is not None:
-        _check_json(report, ds_data, ds_file, y.world)
+        _check_json(report, ds_data, ds_file, y.world, under_accelerate=True)
+        report.findings += check_replaced(ds_data, ds_file, args)
     if args is None:
         return
     if y.dtype == "DEEPSPEED":
@@ -270,35 +305,80 @@ def _yaml_settings(y: Accelerate) -> dict[str, Setting]:
     return settings
 
 
+_KEY = "deepspeed_config.deepspeed_config_file"
+
+
 def _referenced_json(report: CheckReport, y: Accelerate, yaml_path: Path, cwd) -> tuple[dict | None, str]:
+    """Load the DeepSpeed JSON the YAML names, resolved as a launch from here resolves it (an error when that
+    fails); when it exists relative to another folder, say which one to launch from, and check it there."""
     value = y.ds.get("deepspeed_config_file")
     if not value or y.dtype != "DEEPSPEED":
         return None, ""
-    key = "deepspeed_config.deepspeed_config_file"
     found = resolve_deepspeed_config_file(str(value), yaml_path, cwd)
+    finding = _where_finding(y, value, found, yaml_path)
+    if finding is not None:
+        report.findings.append(finding)
     if found.path is None:
-        tried = " and ".join(_display(p) for p in found.tried)
-        report.findings.append(
-            error(
-                y.file,
-                key,
-                value,
-                f"the DeepSpeed config file does not exist (looked at {tried})",
-                "fix the path; accelerate opens it relative to the directory you launch from, "
-                "so an absolute path is the safest",
-            )
-        )
         return None, ""
     ds_file = _display(found.path)
-    where = {
-        "absolute": "an absolute path",
-        "cwd": "relative to the current directory, as accelerate opens it",
-        "yaml_dir": "relative to the YAML's folder; accelerate opens it relative to the directory you launch "
-        f"from, so launch from {_display(yaml_path.parent)} or make the path absolute",
-    }[found.how]
-    report.notes.append(f"{y.file}: {key} {value!r} -> {ds_file} ({where})")
-    ds_data = _load(report, found.path, ds_file, syntax="json")  # DeepSpeed reads it with json.load
-    return (ds_data, ds_file) if ds_data is not None else (None, "")
+    if found.how in ("cwd", "absolute"):
+        how = (
+            "an absolute path"
+            if found.how == "absolute"
+            else "relative to the current directory, as accelerate opens it"
+        )
+        report.notes.append(f"{y.file}: {_KEY} {value!r} -> {ds_file} ({how})")
+    loaded = _load(report, found.path, ds_file, syntax="json")  # DeepSpeed reads it with json.load
+    if loaded is None:
+        return None, ""
+    report.findings += _repeated(loaded, ds_file, deepspeed_alone=False)
+    return loaded.data, ds_file
+
+
+def _where_finding(y: Accelerate, value, found, yaml_path: Path) -> Finding | None:
+    """None when the launch finds the file from here; else what is wrong and which directory to launch from."""
+    if found.how == "tilde":
+        return error(
+            y.file,
+            _KEY,
+            value,
+            "accelerate passes the path on as written and nothing expands '~', so the launch does not find it"
+            + (f" (it exists at {found.tried[0]})" if found.path else ""),
+            f"write the absolute path: {found.tried[0]}",
+        )
+    if found.how == "elsewhere":
+        base, yaml_dir = found.base, Path(os.path.abspath(yaml_path.parent))
+        if is_repository_root(base):
+            what = "the repository root"
+        elif base == yaml_dir:
+            what = "the config's folder"
+        else:
+            what = (
+                "a folder above the config"
+                if base in yaml_dir.parents
+                else "a folder above the current directory"
+            )
+        return error(
+            y.file,
+            _KEY,
+            value,
+            f"not found from the current directory ({_display(found.tried[0])}), which is where accelerate launch "
+            f"opens it, so a launch from here stops; it exists relative to {what}, {base}",
+            f"launch from {base} (cd {base} && accelerate launch ...), or make the path absolute: "
+            f"{found.path}",
+        )
+    if found.how == "missing":
+        tried = " and ".join(_display(p) for p in found.tried)
+        return error(
+            y.file,
+            _KEY,
+            value,
+            f"the DeepSpeed config file does not exist (looked at {tried}, and relative to every folder above "
+            "them)",
+            "fix the path; accelerate opens it relative to the directory you launch from, so an absolute path "
+            "is the safest",
+        )
+    return None
 
 
 __all__ = ["CheckReport", "check_config", "check_files", "config_kind"]

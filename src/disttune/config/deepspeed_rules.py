@@ -1,8 +1,11 @@
-"""Cross-field rules of a DeepSpeed JSON config (DeepSpeed 0.19.8, as used through accelerate / HF Trainer)."""
+"""Cross-field rules of a DeepSpeed JSON config (DeepSpeed 0.19.8, alone or through accelerate / HF Trainer)."""
 
 from __future__ import annotations
 
-from disttune.config.findings import Finding, error
+import difflib
+
+from disttune.config.derived import DEEPSPEED, DEEPSPEED_VERSION
+from disttune.config.findings import Finding, error, warning
 from disttune.config.zero import concrete_int, rule_zero, truth, zero_from_json
 
 
@@ -27,21 +30,26 @@ def json_precision(data: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def check_deepspeed_rules(data: dict, file: str, world: int | None) -> list[Finding]:
-    """ZeRO stage vs offload, NVMe paths, fp16+bf16, and the batch-size triple."""
+def check_deepspeed_rules(
+    data: dict, file: str, world: int | None, under_accelerate: bool = True
+) -> list[Finding]:
+    """ZeRO stage vs offload, NVMe paths, fp16+bf16, loss scaling, optimizer and scheduler names, batch sizes.
+
+    ``under_accelerate``: an accelerate config points to this JSON, so what accelerate requires of it is an
+    error; for a JSON given alone it is a warning that says "under accelerate".
+    """
     out: list[Finding] = []
     zero = data.get("zero_optimization")
     if zero is None:
-        out.append(
-            error(
-                file,
-                "zero_optimization",
-                None,
-                "missing: accelerate (and HF Trainer through it) stops with 'Please specify the ZeRO "
-                "optimization config in the DeepSpeed config'",
-                'add "zero_optimization": {"stage": 2} (0 disables ZeRO)',
+        stops = "stops with 'Please specify the ZeRO optimization config in the DeepSpeed config'"
+        if under_accelerate:
+            message = f"missing: accelerate (and HF Trainer through it) {stops}"
+            out.append(error(file, "zero_optimization", None, message, _ADD_ZERO))
+        else:
+            message = (
+                f"missing: fine for DeepSpeed alone (it runs without ZeRO), but under accelerate it {stops}"
             )
-        )
+            out.append(warning(file, "zero_optimization", None, message, _ADD_ZERO))
     if isinstance(zero, dict):
         out += rule_zero(zero_from_json(file, zero))
         out += _zero(zero, file, json_zero_stage(data))
@@ -56,7 +64,75 @@ def check_deepspeed_rules(data: dict, file: str, world: int | None) -> list[Find
                 'set one of fp16.enabled / bf16.enabled to false (or both to "auto")',
             )
         )
+    out += _loss_scaling(data, file)
+    out += _buildable(data, file)
     out += _batch(data, file, world)
+    return out
+
+
+_ADD_ZERO = 'add "zero_optimization": {"stage": 2} (0 disables ZeRO)'
+
+
+def _loss_scaling(data: dict, file: str) -> list[Finding]:
+    """DeepSpeedFP16Config: with dynamic loss scaling (fp16 on, loss_scale 0) the window and floor must be > 0."""
+    fp16 = data.get("fp16")
+    if not isinstance(fp16, dict) or fp16.get("loss_scale", 0) not in (0, 0.0, "0"):
+        return []
+    enabled = fp16.get("enabled")
+    out = []
+    for name, default in (("loss_scale_window", 1000), ("min_loss_scale", 1)):
+        value = fp16.get(name, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            said = (
+                f"with dynamic loss scaling (loss_scale 0) DeepSpeed {DEEPSPEED_VERSION} requires {name} > 0"
+            )
+            fix = f"set fp16.{name} to 1 or more (default {default})"
+            if truth(enabled):
+                out.append(error(file, f"fp16.{name}", value, f"{said} and stops otherwise", fix))
+            elif enabled == "auto":
+                out.append(
+                    warning(file, f"fp16.{name}", value, f"{said}: refused if fp16 ends up enabled", fix)
+                )
+    return out
+
+
+def _buildable(data: dict, file: str) -> list[Finding]:
+    """The optimizer and scheduler DeepSpeed must build from the config exist in this DeepSpeed (and torch)."""
+    out = []
+    for block, names, lower in (
+        ("optimizer", DEEPSPEED["optimizers"], True),
+        ("scheduler", DEEPSPEED["schedulers"], False),
+    ):
+        spec = data.get(block)
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str):
+            continue
+        ours = kind.lower() in names["deepspeed"] if lower else kind in names["deepspeed"]
+        if ours or kind in names["torch"]:
+            continue
+        known = names["deepspeed"] + names["torch"]
+        close = difflib.get_close_matches(kind.lower() if lower else kind, known, n=1)
+        out.append(
+            error(
+                file,
+                f"{block}.type",
+                kind,
+                f"DeepSpeed {DEEPSPEED_VERSION} cannot build {block} {kind!r} (neither one of its own nor a torch "
+                f"class of that name): it stops when it creates the {block}",
+                (f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(known)}",
+            )
+        )
+    params = data.get("optimizer", {}).get("params") if isinstance(data.get("optimizer"), dict) else None
+    if isinstance(params, dict) and "max_grad_norm" in params:
+        out.append(
+            error(
+                file,
+                "optimizer.params.max_grad_norm",
+                params["max_grad_norm"],
+                "DeepSpeed refuses max_grad_norm as an optimizer parameter (ValueError)",
+                'remove it and set the top-level "gradient_clipping" instead',
+            )
+        )
     return out
 
 

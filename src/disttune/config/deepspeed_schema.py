@@ -1,22 +1,34 @@
-"""The typed model of a DeepSpeed JSON config, written down as data (DeepSpeed 0.19.8).
+"""The typed model of a DeepSpeed JSON config: DeepSpeed's own pydantic models, plus what is ours on top.
 
-Sources: ``deepspeed/runtime/config.py`` and ``constants.py`` (top-level keys, read with ``dict.get``:
-an unknown top-level key is silently ignored), and the pydantic models of ``runtime/zero/config.py``,
-``zero/offload_config.py``, ``precision_config.py``, ``tensor_parallel/config.py``, ``compile/config.py``,
-``comm/config.py`` and ``monitor/config.py``. Those models forbid extra keys, so an unknown key inside
-them makes DeepSpeed stop with a validation error. Pydantic aliases are listed under both names.
+Derived (``derived.py``, read from DeepSpeed 0.19.8 itself): every section DeepSpeed validates with a
+pydantic model (``zero_optimization`` and its offload blocks, ``fp16``, ``bf16``, ``tensor_parallel``,
+``compile``, the monitors, ...), with each field's name and alias, type, bounds, enum values and whether
+``null`` is accepted. Those models forbid extra keys, so an unknown key inside them stops DeepSpeed with a
+validation error. Also derived: the keys DeepSpeed now refuses outright, and the keys accelerate or HF
+Trainer fill in when they say ``"auto"``.
 
-``auto`` is legal exactly where accelerate (``DeepSpeedPlugin``, ``Accelerator._prepare_deepspeed``) or
-HF Trainer (``HfTrainerDeepSpeedConfig``) replace it before DeepSpeed sees the config.
+Ours: the top level (``deepspeed/runtime/config.py`` reads it with ``dict.get``, so an unknown top-level key
+is silently ignored; a test checks every name against DeepSpeed's sources), the limits DeepSpeed enforces
+in validator code rather than in field declarations (``CODE_LIMITS``, each checked against DeepSpeed by a
+test), and the severities and messages.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from disttune.config.derived import (
+    AUTO_FILLED,
+    DEEPSPEED,
+    DEEPSPEED_VERSION,
+    INFERENCE,
+    section_fields,
+    section_model,
+)
 from disttune.config.schema import (
     ACCUMULATION,
     ANY,
     BOOL,
-    BOOLISH,
     CLIPPING,
     DICT,
     FLOATISH,
@@ -24,271 +36,135 @@ from disttune.config.schema import (
     STR,
     Key,
     Section,
-    enum,
     sec,
 )
 
 _FORBID = "DeepSpeed validates this section strictly and stops with 'Extra inputs are not permitted'"
 _IGNORED = "DeepSpeed reads only the keys it knows and ignores this one, so it has no effect"
 
-OFFLOAD_DEVICE = enum("none", "cpu", "nvme", auto=True)
-INT_AUTO = Key("intish", auto=True)
-
-OFFLOAD_PARAM = {
-    "device": OFFLOAD_DEVICE,
-    "nvme_path": Key("str", auto=True),
-    "buffer_count": INTISH,
-    "buffer_size": INTISH,
-    "max_in_cpu": INTISH,
-    "pin_memory": BOOLISH,
-}
-OFFLOAD_OPTIMIZER = {
-    "device": OFFLOAD_DEVICE,
-    "nvme_path": Key("str", auto=True),
-    "buffer_count": INTISH,
-    "pin_memory": BOOLISH,
-    "pipeline_read": BOOLISH,
-    "pipeline_write": BOOLISH,
-    "fast_init": BOOLISH,
-    "ratio": FLOATISH,
-    "super_offload": BOOLISH,
-    "cpuadam_cores_perc": FLOATISH,
-}
-ZENFLOW = {
-    "topk_ratio": FLOATISH,
-    "select_strategy": STR,
-    "select_interval": ANY,
-    "update_interval": ANY,
-    "overlap_step": BOOLISH,
-    "offload": BOOLISH,
-    "auto_ratio": FLOATISH,
-    "full_warm_up_rounds": INTISH,
-    "pt_reserved_cores_perc": FLOATISH,
-    "steps_per_epoch": INTISH,
+# Where DeepSpeed's code (validators, not field declarations) refuses a value: dotted key -> Key fields.
+CODE_LIMITS = {
+    # DeepSpeedFP16Config._validate_loss_scale
+    "fp16.loss_scale": {"bounds": (("ge", 0),)},
+    # ZenFlowConfig.validate_fields
+    "zero_optimization.zenflow.select_strategy": {"kind": "enum", "choices": ("auto", "step", "epoch")},
 }
 
-# DeepSpeedZeroConfig: (field name, alias) pairs are both accepted (populate_by_name=True).
-_ZERO_BOOLS = (
-    "contiguous_gradients",
-    "reduce_scatter",
-    "use_multi_rank_bucket_allreduce",
-    "allgather_partitions",
-    "overlap_comm",
-    "compute_grad_norm",
-    "load_from_fp32_weights",
-    "elastic_checkpoint",
-    "cpu_offload_param",
-    "cpu_offload_use_pin_memory",
-    "cpu_offload",
-    "stage3_gather_fp16_weights_on_model_save",
-    "ignore_unused_parameters",
-    "legacy_stage1",
-    "round_robin_gradients",
-    "parameter_alignment",
-    "zero_quantized_weights",
-    "zero_quantized_nontrainable_weights",
-    "zero_quantized_gradients",
-    "memory_efficient_linear",
-    "pipeline_loading_checkpoint",
-    "override_module_apply",
-    "log_trace_cache_warnings",
-    "enable_sanity_checks",
-    "save_muon_momentum_buffer_in_memory",
-    "use_all_reduce_for_fetch_params",
-    "stage3_use_all_reduce_for_fetch_params",
-    "allgather_sequential",
-    "stage3_allgather_sequential",
-)
-_ZERO_INTS = (
-    "allgather_bucket_size",
-    "sub_group_size",
-    "model_persistence_threshold",
-    "stage3_model_persistence_threshold",
-    "max_live_parameters",
-    "stage3_max_live_parameters",
-    "max_reuse_distance",
-    "stage3_max_reuse_distance",
-    "module_granularity_threshold",
-    "stage3_module_granularity_threshold",
-    "zero_hpz_partition_size",
-    "prefetch_bucket_size",
-    "param_persistence_threshold",
-)
-ZERO_OPTIMIZATION = {
-    "stage": Key("intish", (0, 1, 2, 3), auto=True),
-    **dict.fromkeys(_ZERO_BOOLS, BOOLISH),
-    **dict.fromkeys(_ZERO_INTS, Key("intish", minimum=0, why_minimum=": DeepSpeed refuses negative sizes")),
-    # filled from the model's hidden size by HF Trainer / accelerate when "auto"
-    "reduce_bucket_size": INT_AUTO,
-    "stage3_prefetch_bucket_size": INT_AUTO,
-    "stage3_param_persistence_threshold": INT_AUTO,
-    "gather_16bit_weights_on_model_save": BOOLISH,
-    "stage3_gather_16bit_weights_on_model_save": Key("boolish", auto=True),
-    "offload_param": sec(OFFLOAD_PARAM, unknown="error", unknown_why=_FORBID),
-    "offload_optimizer": sec(OFFLOAD_OPTIMIZER, unknown="error", unknown_why=_FORBID),
-    "zenflow": sec(ZENFLOW, unknown="error", unknown_why=_FORBID),
-    "leaf_module": sec(
-        {"classes": ANY, "names": ANY, "name_suffixes": ANY}, unknown="error", unknown_why=_FORBID
-    ),
+_KINDS = {
+    "bool": "boolish",
+    "int": "intish",
+    "float": "floatish",
+    "str": "str",
+    "list": "list",
+    "dict": "dict",
 }
 
-FP16 = {
-    "enabled": Key("boolish", auto=True),
-    "auto_cast": BOOLISH,
-    "loss_scale": FLOATISH,
-    "initial_scale_power": INTISH,
-    "loss_scale_window": INTISH,
-    "hysteresis": INTISH,
-    "consecutive_hysteresis": BOOLISH,
-    "min_loss_scale": INTISH,
-    "fp16_master_weights_and_grads": BOOLISH,
-}
-BF16 = {
-    "enabled": Key("boolish", auto=True),
-    "immediate_grad_update": BOOLISH,
-    "check_grad_overflow": BOOLISH,
-    "bf16_master_weights_and_grads": BOOLISH,
-    "bf16_optimizer_states": BOOLISH,
-}
-TENSOR_PARALLEL = {
-    "dtype": ANY,
-    "autotp_size": INTISH,
-    "tp_overlap_comm": BOOLISH,
-    "vocab_parallel_lm_head": BOOLISH,
-    "vocab_parallel_ce_backend": enum("torch", "liger"),
-    "tensor_parallel": DICT,
-    "tp": DICT,
-    "injection_policy_tuple": ANY,
-    "partition_config": DICT,
-    "preset_model": STR,
-    "keep_module_on_host": BOOLISH,
-    "replace_with_kernel_inject": BOOLISH,
-    "kernel_inject": BOOLISH,
-}
-_COMPILE_BOOLS = (
-    "deepcompile",
-    "autoep_non_moe",
-    "free_activation",
-    "offload_activation",
-    "offload_activation_pin_memory",
-    "offload_opt_states",
-    "double_buffer",
-    "symmetric_memory",
-    "debug_log",
-    "offload_parameters",
-    "sync_before_reduce",
-    "sync_after_reduce",
-    "sync_before_allgather",
-    "sync_after_allgather",
-    "keep_int_input_tensors",
-    "keep_all_input_tensors",
-)
-COMPILE = {**dict.fromkeys(_COMPILE_BOOLS, BOOLISH), "free_activation_threshold": INTISH, "passes": ANY}
-COMMS_LOGGER = {
-    "enabled": BOOLISH,
-    "prof_all": BOOLISH,
-    "prof_ops": ANY,
-    "verbose": BOOLISH,
-    "debug": BOOLISH,
-}
-_MONITOR = {"enabled": BOOLISH, "output_path": STR, "job_name": STR}
-WANDB = {"enabled": BOOLISH, "group": STR, "team": STR, "project": STR}
-COMET = {
-    "enabled": BOOLISH,
-    "samples_log_interval": INTISH,
-    **dict.fromkeys(("project", "workspace", "api_key", "experiment_name", "experiment_key", "mode"), STR),
-    "online": BOOLISH,
-}
-HYBRID_ENGINE = {
-    "enabled": BOOLISH,
-    "max_out_tokens": INTISH,
-    "inference_tp_size": INTISH,
-    "release_inference_cache": BOOLISH,
-    "pin_parameters": BOOLISH,
-    "tp_gather_partition_size": INTISH,
-    "enable_cuda_graph": BOOLISH,
-}
-# optimizer/scheduler: DeepSpeed reads type and params (params are the optimizer's own keyword arguments,
-# filled by HF Trainer / accelerate where "auto", so they are not checked here).
-OPTIMIZER = {"type": STR, "params": DICT, "legacy_fusion": BOOLISH}
-SCHEDULER = {"type": STR, "params": DICT}
 
-# Sections DeepSpeed knows but that disttune does not model key by key.
+def _key(path: str, name: str, field: str, spec: dict) -> Key:
+    """Our ``Key`` for the field ``field`` of DeepSpeed's model for ``path``, under the spelling ``name``.
+
+    "auto" passes here when accelerate / HF Trainer fill either spelling in; spellings.py reports "auto"
+    under the spelling they do not fill.
+    """
+    dotted = f"{path}.{name}"
+    origin = section_model(path)
+    spellings = {f"{path}.{field}", f"{path}.{spec.get('alias', field)}"}
+    if spec["type"] == "section":
+        key = dataclasses.replace(
+            _section(spec["section"]), nullable=bool(spec.get("nullable")), origin=origin
+        )
+    elif spec["type"] == "enum":
+        choices = tuple(spec["choices"])
+        integers = all(isinstance(c, int) for c in choices)
+        key = Key(
+            "intish" if integers else "enum", choices, nullable=bool(spec.get("nullable")), origin=origin
+        )
+    else:
+        kind = _KINDS.get(spec["type"], "any")
+        key = Key(kind, nullable=kind == "any" or bool(spec.get("nullable")), origin=origin)
+    key = dataclasses.replace(
+        key, auto=bool(spellings & AUTO_FILLED), bounds=tuple(spec.get("bounds", {}).items())
+    )
+    return dataclasses.replace(key, **CODE_LIMITS.get(dotted, {}))
+
+
+def _section(path: str) -> Key:
+    """A strict section built from DeepSpeed's model for ``path`` (field names and aliases both accepted)."""
+    keys: dict[str, Key] = {}
+    for name, spec in section_fields(path).items():
+        keys[name] = _key(path, name, name, spec)
+        if spec.get("alias"):
+            keys[spec["alias"]] = _key(path, spec["alias"], name, spec)
+    return sec(keys, unknown="error", unknown_why=_FORBID)
+
+
+def _numbers(minimum: int, why: str) -> Key:
+    return Key("int", auto=True, minimum=minimum, why_minimum=why)
+
+
+# Top-level keys DeepSpeed removed: it refuses a config that still has one (DeepSpeedConfigError).
+REMOVED = {
+    (f"{section}.{key}" if section else key): f"DeepSpeed {DEEPSPEED_VERSION} refuses this key: {message}"
+    for section, keys in DEEPSPEED["removed"].items()
+    for key, message in keys.items()
+}
+
+# Sections DeepSpeed knows but reads without a pydantic model: not checked key by key.
 _OPEN_SECTIONS = (
-    "amp",
     "activation_checkpointing",
     "flops_profiler",
     "autotuning",
     "aio",
     "checkpoint",
     "data_types",
-    "elasticity",
     "pipeline",
-    "nebula",
-    "quantize_training",
-    "eigenvalue",
-    "progressive_layer_drop",
-    "curriculum_learning",
     "data_efficiency",
-    "compression_training",
-    "sparse_attention",
-    "weight_quantization",
     "expert_parallel",
-    "timers",
     "torch_autocast",
     "datastates_ckpt",
 )
+OPTIMIZER = {"type": STR, "params": DICT, "legacy_fusion": Key("boolish")}
+SCHEDULER = {"type": STR, "params": DICT}
 
-
-def _strict(keys: dict[str, Key]) -> Key:
-    return sec(keys, unknown="error", unknown_why=_FORBID)
-
+_TOP = {
+    "train_batch_size": _numbers(1, ": DeepSpeed asserts it is above 0"),
+    "train_micro_batch_size_per_gpu": _numbers(1, ": DeepSpeed asserts it is above 0"),
+    "gradient_accumulation_steps": _numbers(1, ACCUMULATION.why_minimum),
+    "gradient_clipping": CLIPPING,
+    "steps_per_print": INTISH,
+    "wall_clock_breakdown": BOOL,
+    "memory_breakdown": BOOL,
+    "dump_state": BOOL,
+    "prescale_gradients": BOOL,
+    "gradient_predivide_factor": FLOATISH,
+    "zero_allow_untested_optimizer": BOOL,
+    "zero_force_ds_cpu_optimizer": BOOL,
+    "communication_data_type": ANY,
+    "seq_parallel_communication_data_type": ANY,
+    "disable_allgather": BOOL,
+    "dataloader_drop_last": BOOL,
+    "vocabulary_size": INTISH,
+    "log_level": STR,
+    "gradient_allreduce_op": STR,
+    "use_data_before_expert_parallelism": BOOL,
+    "disable_python_gc": ANY,
+    "managed_gradient_accumulation": ANY,
+    "optimizer": sec(OPTIMIZER, unknown="warning", unknown_why=_IGNORED),
+    "scheduler": sec(SCHEDULER, unknown="warning", unknown_why=_IGNORED),
+    # deepspeed/utils/config.py reads only timers.throughput
+    "timers": sec({"throughput": _section("timers.throughput")}, unknown="warning", unknown_why=_IGNORED),
+    **dict.fromkeys(_OPEN_SECTIONS, DICT),
+}
+# Every top-level section DeepSpeed validates with a model of its own (derived.py's list).
+_MODELLED = {path: _section(path) for path in DEEPSPEED["sections"] if "." not in path and path != INFERENCE}
 
 DEEPSPEED_JSON = Section(
-    {
-        "train_batch_size": Key("int", auto=True, minimum=1, why_minimum=": DeepSpeed asserts it is above 0"),
-        "train_micro_batch_size_per_gpu": Key(
-            "int", auto=True, minimum=1, why_minimum=": DeepSpeed asserts it is above 0"
-        ),
-        "gradient_accumulation_steps": Key("int", auto=True, minimum=1, why_minimum=ACCUMULATION.why_minimum),
-        "gradient_clipping": CLIPPING,
-        "steps_per_print": INTISH,
-        "wall_clock_breakdown": BOOL,
-        "memory_breakdown": BOOL,
-        "dump_state": BOOL,
-        "prescale_gradients": BOOL,
-        "gradient_predivide_factor": FLOATISH,
-        "sparse_gradients": BOOL,
-        "zero_allow_untested_optimizer": BOOL,
-        "zero_force_ds_cpu_optimizer": BOOL,
-        "communication_data_type": ANY,
-        "seq_parallel_communication_data_type": ANY,
-        "disable_allgather": BOOL,
-        "dataloader_drop_last": BOOL,
-        "vocabulary_size": INTISH,
-        "log_level": STR,
-        "gradient_allreduce_op": STR,
-        "use_data_before_expert_parallelism": BOOL,
-        "graph_harvesting": BOOL,
-        "disable_python_gc": ANY,
-        "managed_gradient_accumulation": ANY,
-        "zero_optimization": _strict(ZERO_OPTIMIZATION),
-        "fp16": _strict(FP16),
-        "bf16": _strict(BF16),
-        "bfloat16": _strict(BF16),  # the old name of "bf16"
-        "tensor_parallel": _strict(TENSOR_PARALLEL),
-        "compile": _strict(COMPILE),
-        "comms_logger": _strict(COMMS_LOGGER),
-        "tensorboard": _strict(_MONITOR),
-        "csv_monitor": _strict(_MONITOR),
-        "wandb": _strict(WANDB),
-        "comet": _strict(COMET),
-        "hybrid_engine": _strict(HYBRID_ENGINE),
-        "optimizer": sec(OPTIMIZER, unknown="warning", unknown_why=_IGNORED),
-        "scheduler": sec(SCHEDULER, unknown="warning", unknown_why=_IGNORED),
-        **dict.fromkeys(_OPEN_SECTIONS, DICT),
-    },
+    {**_TOP, **_MODELLED, "bfloat16": _MODELLED["bf16"]},  # "bfloat16": the old name of "bf16", still read
     unknown="warning",
     unknown_why=_IGNORED,
     skip_underscore=True,
 )
+ZERO_OPTIMIZATION = DEEPSPEED_JSON.keys["zero_optimization"].section.keys
+
+# deepspeed.init_inference(config=...): one strict model for the whole file.
+DEEPSPEED_INFERENCE_JSON = Section(_section(INFERENCE).section.keys, unknown="error", unknown_why=_FORBID)

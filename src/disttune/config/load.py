@@ -130,35 +130,58 @@ def load_deepspeed_json(path) -> dict:
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where a ``deepspeed_config_file`` value points.
+    """Where a ``deepspeed_config_file`` value points, as ``accelerate launch`` run from ``cwd`` opens it.
 
     Attributes:
-        path: the file found, or ``None``.
-        how: ``"absolute"``, ``"cwd"`` (as accelerate opens it) or ``"yaml_dir"`` (next to the YAML).
-        tried: every path looked at, in order.
+        path: the file found (where the launch opens it, or where it was found instead), or ``None``.
+        how: ``"absolute"``, ``"cwd"`` (found where the launch opens it), ``"elsewhere"`` (only relative to
+            another folder: ``base``), ``"tilde"`` (found only once ``~`` is expanded, which nothing at launch
+            does) or ``"missing"``.
+        tried: the distinct paths a message should name (the one the launch opens first).
+        base: the folder to launch from, when ``how`` is ``"elsewhere"``.
     """
 
     path: Path | None
     how: str
     tried: tuple[Path, ...]
+    base: Path | None = None
+
+
+def _ancestors(folder: Path) -> list[Path]:
+    folder = Path(os.path.abspath(folder))
+    return [folder, *folder.parents]
 
 
 def resolve_deepspeed_config_file(value: str, yaml_path, cwd=None) -> Resolved:
-    """Find ``deepspeed_config.deepspeed_config_file``.
+    """Find ``deepspeed_config.deepspeed_config_file`` as the launch will, and where else it is, if not there.
 
     accelerate hands the string to the training processes unchanged (ACCELERATE_DEEPSPEED_CONFIG_FILE), and
-    ``HfDeepSpeedConfig`` opens it relative to the directory you launch from; so a relative path is tried
-    there first, then relative to the YAML's own folder (how configs shipped side by side are laid out).
+    ``HfDeepSpeedConfig`` opens it as written: relative to the directory you launch from, without expanding
+    ``~``. When it is not there, the YAML's folder and every folder above it (the repository root, where a
+    repository's scripts launch from), then every folder above ``cwd``, are tried, nearest first.
     """
-    raw = Path(os.path.expanduser(str(value)))
-    if raw.is_absolute():
-        return Resolved(raw if raw.is_file() else None, "absolute", (raw,))
+    raw = Path(str(value))
     cwd = Path.cwd() if cwd is None else Path(cwd)
-    candidates = [(cwd / raw, "cwd"), (Path(yaml_path).parent / raw, "yaml_dir")]
-    for candidate, how in candidates:
-        if candidate.is_file():
-            return Resolved(candidate, how, tuple(c for c, _ in candidates))
-    return Resolved(None, "missing", tuple(c for c, _ in candidates))
+    if str(value).startswith("~"):
+        expanded = Path(os.path.expanduser(str(value)))
+        return Resolved(expanded if expanded.is_file() else None, "tilde", (expanded,))
+    if raw.is_absolute():
+        return Resolved(raw if raw.is_file() else None, "absolute" if raw.is_file() else "missing", (raw,))
+    first = Path(os.path.abspath(cwd / raw))
+    if first.is_file():
+        return Resolved(first, "cwd", (first,))
+    yaml_dir = Path(os.path.abspath(Path(yaml_path).parent))
+    tried = (first,) if yaml_dir / raw == first else (first, yaml_dir / raw)
+    bases = list(dict.fromkeys(_ancestors(yaml_dir) + _ancestors(cwd)))
+    for base in bases:
+        if base != Path(os.path.abspath(cwd)) and (base / raw).is_file():
+            return Resolved(Path(os.path.normpath(base / raw)), "elsewhere", tried, base)
+    return Resolved(None, "missing", tried)
+
+
+def is_repository_root(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``.git`` (folder or file): a repository's root."""
+    return (Path(folder) / ".git").exists()
 
 
 def shipped_config_names() -> list[str]:

@@ -1,8 +1,9 @@
-"""Keys that were renamed: their successor, the release that renamed them, and whether the old name still works.
+"""accelerate config keys that were renamed: their successor, the release that renamed them, and whether the
+old name still works.
 
 Keyed by the dotted path inside its file (``fsdp_config`` keys with their ``fsdp_`` prefix). A key that the
-targeted versions (accelerate 1.15, DeepSpeed 0.19.8) no longer read is an error (the setting is silently
-lost); one they still read and translate is a warning (it runs as written, but the next release may drop it).
+targeted release (accelerate 1.15) no longer reads is an error (the setting is silently lost); one it still
+reads and translates is a warning (it runs as written, but the next release may drop it).
 """
 
 from __future__ import annotations
@@ -34,24 +35,4 @@ ACCELERATE = {
     ),
 }
 
-# DeepSpeed JSON
-DEEPSPEED = {
-    # deepspeedai/DeepSpeed PR #1453 (bf16 for ZeRO-3), DeepSpeed 0.6.0; 0.19.8 still maps the old name
-    # (DeepSpeedZeroConfig field with deprecated=True, new_param=gather_16bit_weights_on_model_save).
-    "zero_optimization.stage3_gather_fp16_weights_on_model_save": Renamed(
-        "stage3_gather_16bit_weights_on_model_save", "DeepSpeed 0.6.0", read=True
-    ),
-    # Deprecated fields of DeepSpeedZeroConfig in 0.19.8: mapped to their successor, except
-    # cpu_offload_use_pin_memory (set_new_param=False: its value is dropped).
-    "zero_optimization.cpu_offload": Renamed(
-        'offload_optimizer: {"device": "cpu"}', "DeepSpeed 0.3.15 (ZeRO-Infinity)", read=True
-    ),
-    "zero_optimization.cpu_offload_param": Renamed(
-        'offload_param: {"device": "cpu"}', "DeepSpeed 0.3.15 (ZeRO-Infinity)", read=True
-    ),
-    "zero_optimization.cpu_offload_use_pin_memory": Renamed(
-        "offload_param.pin_memory / offload_optimizer.pin_memory",
-        "DeepSpeed 0.3.15 (ZeRO-Infinity)",
-        read=False,
-    ),
-}
+# DeepSpeed's deprecated keys are derived from DeepSpeed itself: see spellings.py.

@@ -14,6 +14,7 @@ from disttune.config.findings import Finding, error, warning
 from disttune.config.schema import (
     CONFIG_FILE_CONFLICTS,
     DISTRIBUTED_TYPES,
+    LAUNCH_LINE_FLAGS,
     MIXED_PRECISIONS,
     SAGEMAKER_DISTRIBUTED_TYPES,
 )
@@ -145,12 +146,14 @@ def rule_processes(y: Accelerate) -> list[Finding]:
         return out
     if "num_processes" not in d and y.num_processes is None and y.dtype not in ("NO", None, False):
         out.append(
-            error(
+            warning(
                 y.file,
                 "num_processes",
                 None,
-                "missing: accelerate launch stops with 'You need to manually pass in --num_processes'",
-                "add num_processes: <total processes over all machines> (or pass --num_processes)",
+                f"not set, so it must come on the launch line ({LAUNCH_LINE_FLAGS['num_processes']} N); without "
+                "it accelerate launch stops with 'You need to manually pass in --num_processes'",
+                "pass --num_processes <total processes over all machines> to accelerate launch (and to disttune "
+                "check, for the batch-size checks), or add num_processes: N here",
             )
         )
     if y.dtype == "NO" and world is not None and world > 1:
@@ -270,7 +273,12 @@ def notes_processes(y: Accelerate) -> list[str]:
 
 
 def rule_gpu_ids(y: Accelerate) -> list[Finding]:
-    """gpu_ids is a string; its count must match the processes per machine."""
+    """gpu_ids is a string, read as accelerate reads it; its count must match the processes per machine.
+
+    accelerate 1.15 (commands/launch.py, utils/launch.py): ``gpu_ids != "all"`` compares exactly, the refusal
+    of a single id under MULTI_GPU counts ``gpu_ids.split(",")`` (empty parts too), and anything but "all"
+    becomes CUDA_VISIBLE_DEVICES as written, which makes visible the ids it lists.
+    """
     value = y.data.get("gpu_ids")
     if value is None or y.sagemaker:
         return []
@@ -285,12 +293,23 @@ def rule_gpu_ids(y: Accelerate) -> list[Finding]:
                 f"quote it: gpu_ids: '{value}' (or gpu_ids: all)",
             )
         ]
-    if value.strip().lower() == "all" or y.dtype not in GPU_TYPES or y.data.get("use_cpu") is True:
+    if value != "all" and value.strip().lower() == "all":
+        return [
+            error(
+                y.file,
+                "gpu_ids",
+                value,
+                f"accelerate compares gpu_ids with 'all' exactly, so {value!r} is passed on as "
+                f"CUDA_VISIBLE_DEVICES={value.strip()}, which hides every GPU",
+                "write gpu_ids: all",
+            )
+        ]
+    if value == "all" or y.dtype not in GPU_TYPES or y.data.get("use_cpu") is True:
         return []
-    ids = [s for s in value.split(",") if s.strip()]
+    ids = [s for s in value.split(",") if s.strip()]  # the GPUs CUDA_VISIBLE_DEVICES makes visible
     out: list[Finding] = []
     world = y.world
-    if y.dtype == "MULTI_GPU" and y.machines <= 1 and len(ids) < 2:
+    if y.dtype == "MULTI_GPU" and y.machines <= 1 and len(value.split(",")) < 2:
         out.append(
             error(
                 y.file,
@@ -324,20 +343,24 @@ def rule_gpu_ids(y: Accelerate) -> list[Finding]:
                     f"set num_processes to {len(ids) * y.machines}, or list {per} ids",
                 )
             )
+    return out + _gpu_ids_not_applied(y, value)
+
+
+def _gpu_ids_not_applied(y: Accelerate, value: str) -> list[Finding]:
     launcher = y.ds.get("deepspeed_multinode_launcher") or "pdsh"
-    if y.dtype == "DEEPSPEED" and y.machines > 1 and launcher != "standard":
-        out.append(
-            error(
-                y.file,
-                "gpu_ids",
-                value,
-                f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
-                "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
-                "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
-                "or use deepspeed_multinode_launcher: standard",
-            )
+    if y.dtype != "DEEPSPEED" or y.machines <= 1 or launcher == "standard":
+        return []
+    return [
+        error(
+            y.file,
+            "gpu_ids",
+            value,
+            f"with num_machines > 1 and the {launcher!r} launcher accelerate runs "
+            "`deepspeed --hostfile ... --num_gpus N`, which picks the GPUs itself: gpu_ids is not applied",
+            "remove gpu_ids (use deepspeed_inclusion_filter to choose GPUs), "
+            "or use deepspeed_multinode_launcher: standard",
         )
-    return out
+    ]
 
 
 def rule_ignored_sections(y: Accelerate) -> list[Finding]:

@@ -3,7 +3,9 @@
 Taken from accelerate 1.15 (``commands/config/config_args.py`` ``ClusterConfig`` / ``SageMakerConfig``,
 ``commands/launch.py`` arguments, ``utils/launch.py`` and the ``DeepSpeedPlugin`` /
 ``FullyShardedDataParallelPlugin`` dataclasses). It is data, not an import of accelerate: accelerate
-imports torch, and ``disttune check`` must answer instantly.
+imports torch, and ``disttune check`` must answer instantly. The value sets accelerate enforces (its enums
+and constants) and the plugin's refused keys come from ``derived.py`` (read from accelerate itself); the
+key kinds, severities and messages are ours.
 
 How accelerate treats keys decides the severity of an unknown one: an unknown *top-level* key makes
 ``accelerate launch`` refuse the file (``ValueError: ... had unknown keys``); an unknown key inside
@@ -13,7 +15,10 @@ so it is silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from disttune.config.derived import ACCELERATE, accelerate_values
 
 # Value kinds. "bool"/"int"/"float" are strict (accelerate uses the value as is); the "...ish" kinds
 # also accept the strings accelerate or pydantic convert ("true", "4", "1e9").
@@ -48,6 +53,9 @@ class Key:
         section: the nested section when ``kind == "section"``.
         minimum: the smallest number the consumer can run as written (``None``: not checked).
         why_minimum: what happens below it, for the message.
+        bounds: further limits the consumer enforces, as ``(("gt", 0), ("le", 1.0))`` (pydantic's names).
+        nullable: whether ``null`` is accepted (an unset key is always fine).
+        origin: who enforces the limits and values, for the message (``DeepSpeedZeroConfig``).
     """
 
     kind: str = "any"
@@ -57,6 +65,9 @@ class Key:
     section: Section | None = None
     minimum: float | None = None
     why_minimum: str = ""
+    bounds: tuple = ()
+    nullable: bool = True
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,25 @@ CLIPPING = Key(
         ": DeepSpeed clips only when it is above 0, so a negative value silently turns clipping off (0 means off)"
     ),
 )
-PROCESSES = Key("int", minimum=1, why_minimum=": accelerate needs at least one process to run")
+# Values the launch line can supply (`accelerate launch --num_processes 8 ...`): rules.py warns, naming the flag,
+# when one is needed and absent; null is accepted only where accelerate's ClusterConfig defaults to null.
+LAUNCH_LINE_FLAGS = {
+    name: f"--{name}"
+    for name in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port")
+}
+
+
+def _nullable(name: str) -> bool:
+    return bool(ACCELERATE["config_fields"]["ClusterConfig"][name].get("nullable"))
+
+
+PROCESSES = Key(
+    "int",
+    minimum=1,
+    why_minimum=": accelerate needs at least one process to run",
+    nullable=_nullable("num_processes"),
+    origin="accelerate launch",
+)
 INT, INTISH, FLOAT, FLOATISH, LIST, DICT = (
     Key("int"),
     Key("intish"),
@@ -120,32 +149,18 @@ INT, INTISH, FLOAT, FLOATISH, LIST, DICT = (
     Key("dict"),
 )
 
-# accelerate/utils/dataclasses.py DistributedType, ComputeEnvironment, PrecisionType, SageMakerDistributedType.
-DISTRIBUTED_TYPES = (
-    "NO",
-    "MULTI_CPU",
-    "MULTI_GPU",
-    "MULTI_NPU",
-    "MULTI_MLU",
-    "MULTI_SDAA",
-    "MULTI_MUSA",
-    "MULTI_XPU",
-    "DEEPSPEED",
-    "FSDP",
-    "XLA",
-    "MEGATRON_LM",
-    "MULTI_HPU",
-    "MULTI_NEURON",
-)
-SAGEMAKER_DISTRIBUTED_TYPES = ("NO", "DATA_PARALLEL", "MODEL_PARALLEL")
-COMPUTE_ENVIRONMENTS = ("LOCAL_MACHINE", "AMAZON_SAGEMAKER")
-MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
-# accelerate/utils/constants.py
-DEEPSPEED_MULTINODE_LAUNCHERS = ("pdsh", "standard", "openmpi", "mvapich", "mpich", "nossh", "slurm")
-FSDP_SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2")
-FSDP_AUTO_WRAP_POLICIES = ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP")
-FSDP_BACKWARD_PREFETCH = ("BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH")
-FSDP_STATE_DICT_TYPES = ("FULL_STATE_DICT", "LOCAL_STATE_DICT", "SHARDED_STATE_DICT")
+# accelerate's enums (utils/dataclasses.py) and constants (utils/constants.py), read from accelerate itself.
+DISTRIBUTED_TYPES = accelerate_values("DistributedType")
+SAGEMAKER_DISTRIBUTED_TYPES = accelerate_values("SageMakerDistributedType")
+COMPUTE_ENVIRONMENTS = accelerate_values("ComputeEnvironment")
+MIXED_PRECISIONS = accelerate_values("PrecisionType")
+# utils/launch.py: DynamoBackend(args.dynamo_backend.upper()), a ValueError for anything else
+DYNAMO_BACKENDS = accelerate_values("DynamoBackend")
+DEEPSPEED_MULTINODE_LAUNCHERS = accelerate_values("DEEPSPEED_MULTINODE_LAUNCHERS")
+FSDP_SHARDING_STRATEGIES = accelerate_values("FSDP_SHARDING_STRATEGY")
+FSDP_AUTO_WRAP_POLICIES = accelerate_values("FSDP_AUTO_WRAP_POLICY")
+FSDP_BACKWARD_PREFETCH = accelerate_values("FSDP_BACKWARD_PREFETCH")
+FSDP_STATE_DICT_TYPES = accelerate_values("FSDP_STATE_DICT_TYPE")
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
 _IGNORED = "accelerate copies it onto the launcher's arguments and never reads it, so it has no effect"
@@ -167,7 +182,9 @@ DEEPSPEED_CONFIG = Section(
         "deepspeed_hostfile": STR,
         "deepspeed_exclusion_filter": STR,
         "deepspeed_inclusion_filter": STR,
-        "deepspeed_multinode_launcher": enum(*DEEPSPEED_MULTINODE_LAUNCHERS),
+        "deepspeed_multinode_launcher": enum(
+            *DEEPSPEED_MULTINODE_LAUNCHERS, fold="lower"
+        ),  # the runner lower()s
         "deepspeed_moe_layer_cls_names": STR,
     },
     unknown="warning",
@@ -222,9 +239,10 @@ FP8_CONFIG = Section(
     prefix="fp8_",
 )
 
+DYNAMO_BACKEND = dataclasses.replace(enum(*DYNAMO_BACKENDS, fold="upper"), origin="accelerate launch")
 DYNAMO_CONFIG = Section(
     {
-        "dynamo_backend": STR,
+        "dynamo_backend": DYNAMO_BACKEND,
         "dynamo_mode": STR,
         "dynamo_use_fullgraph": BOOLISH,
         "dynamo_use_dynamic": BOOLISH,
@@ -288,7 +306,7 @@ _BASE = {
     "use_cpu": BOOL,
     "debug": BOOL,
     "fp16": ANY,  # legacy key, turned into mixed_precision by BaseConfig.process_config
-    "dynamo_backend": STR,  # legacy key, turned into dynamo_config
+    "dynamo_backend": DYNAMO_BACKEND,  # legacy key, turned into dynamo_config
     "enable_cpu_affinity": BOOL,
     "dynamo_config": Key("section", section=DYNAMO_CONFIG),
 }
@@ -300,10 +318,16 @@ CLUSTER_CONFIG = Section(
     {
         **_BASE,
         "num_processes": PROCESSES,
-        "machine_rank": INT,
-        "num_machines": Key("int", minimum=1, why_minimum=": a run takes place on at least one machine"),
+        "machine_rank": Key("int", nullable=_nullable("machine_rank"), origin="accelerate launch"),
+        "num_machines": Key(
+            "int",
+            minimum=1,
+            why_minimum=": a run takes place on at least one machine",
+            nullable=_nullable("num_machines"),
+            origin="accelerate launch",
+        ),
         "gpu_ids": ANY,  # a string ("all" or "0,1"); checked in rules.py
-        "main_process_ip": STR,
+        "main_process_ip": Key("str", nullable=_nullable("main_process_ip")),
         "main_process_port": ANY,  # checked in rules.py
         "rdzv_backend": STR,
         "same_network": BOOL,
@@ -352,13 +376,4 @@ SAGEMAKER_CONFIG = Section(
 
 # deepspeed_config keys that accelerate refuses next to deepspeed_config_file
 # (DeepSpeedPlugin._deepspeed_config_checks), and where each lives in the DeepSpeed JSON.
-CONFIG_FILE_CONFLICTS = {
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "gradient_clipping": "gradient_clipping",
-    "zero_stage": "zero_optimization.stage",
-    "offload_optimizer_device": "zero_optimization.offload_optimizer.device",
-    "offload_param_device": "zero_optimization.offload_param.device",
-    "offload_param_nvme_path": "zero_optimization.offload_param.nvme_path",
-    "offload_optimizer_nvme_path": "zero_optimization.offload_optimizer.nvme_path",
-    "zero3_save_16bit_model": "zero_optimization.stage3_gather_16bit_weights_on_model_save",
-}
+CONFIG_FILE_CONFLICTS: dict[str, str] = dict(ACCELERATE["config_file_conflicts"])

@@ -1,5 +1,8 @@
 """Training-script arguments (after ``--``) against the same settings in the config.
 
+``parse_script_args`` reads the flags every check compares (batch, accumulation, clipping, precision, and
+the optimizer and schedule flags that a DeepSpeed ``optimizer`` / ``scheduler`` block replaces: replaced.py).
+
 Under DeepSpeed, HF Trainer / TRL compare the DeepSpeed config with their TrainingArguments and stop with
 "Please correct the following DeepSpeed config values that mismatch TrainingArguments" when both give a
 value and they differ. A config value without a script value is fine (the training script adopts it).
@@ -17,8 +20,10 @@ from dataclasses import dataclass
 from disttune.config.findings import Finding, error
 from disttune.config.schema import FALSE_STRINGS, TRUE_STRINGS
 
-_INT_FLAGS = ("gradient_accumulation_steps", "per_device_train_batch_size")
-_FLOAT_FLAGS = ("max_grad_norm",)
+_INT_FLAGS = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_steps")
+_FLOAT_FLAGS = ("max_grad_norm", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
+_FLOAT_FLAGS += ("warmup_steps",)  # transformers 5: a whole number of steps, or a fraction (< 1) of them
+_STR_FLAGS = ("lr_scheduler_type", "optim")
 _BOOL_FLAGS = ("bf16", "fp16")
 
 
@@ -28,10 +33,23 @@ class ScriptArgs:
 
     gradient_accumulation_steps: int | None = None
     per_device_train_batch_size: int | None = None
+    max_steps: int | None = None
     max_grad_norm: float | None = None
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    adam_epsilon: float | None = None
+    warmup_steps: float | None = None
+    lr_scheduler_type: str | None = None
+    optim: str | None = None
     bf16: bool | None = None
     fp16: bool | None = None
     raw: dict | None = None
+
+    def shown(self, name: str) -> str:
+        """The flag as the user wrote it (``--learning_rate 1e-4``)."""
+        return (self.raw or {}).get(name, f"--{name} {getattr(self, name)}")
 
 
 class _Lenient(argparse.ArgumentParser):
@@ -45,7 +63,7 @@ def _parser() -> _Lenient:
     # The flags as HF's parser reads them: underscores or dashes, `--flag value` or `--flag=value`, and a
     # boolean flag alone means true (nargs="?", const="true", like HfArgumentParser).
     parser = _Lenient(add_help=False, allow_abbrev=False)
-    for name in _INT_FLAGS + _FLOAT_FLAGS:
+    for name in _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS:
         parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name)
     for name in _BOOL_FLAGS:
         parser.add_argument(f"--{name}", dest=name, nargs="?", const="true")
@@ -79,7 +97,7 @@ def parse_script_args(argv: list[str] | None) -> ScriptArgs:
         return ScriptArgs(raw={})
     found: dict = {}
     raw: dict = {}
-    for name in _INT_FLAGS + _FLOAT_FLAGS + _BOOL_FLAGS:
+    for name in _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS + _BOOL_FLAGS:
         value = getattr(namespace, name)
         if value is None:
             continue
@@ -88,6 +106,8 @@ def parse_script_args(argv: list[str] | None) -> ScriptArgs:
                 found[name] = int(value)
             elif name in _FLOAT_FLAGS:
                 found[name] = float(value)
+            elif name in _STR_FLAGS:
+                found[name] = value
             elif value.lower() in TRUE_STRINGS + FALSE_STRINGS:
                 found[name] = value.lower() in TRUE_STRINGS
             else:

@@ -79,21 +79,24 @@ def _fold(value: object, how: str) -> str:
 def check_value(
     value: object, key: Key, file: str, dotted: str, context: Context | None = None
 ) -> list[Finding]:
-    """Findings for one value against its spec (``None`` means unset and is always fine)."""
+    """Findings for one value against its spec (``None`` is fine where the consumer accepts null)."""
     if value is None:
-        return []
-    if value == "auto":
-        if key.auto or key.kind == "any":
+        if key.nullable:
             return []
         return [
             error(
                 file,
                 dotted,
                 value,
-                "'auto' is not allowed here: neither accelerate nor HF Trainer fills this key in",
-                "write a concrete value",
+                f"null is not accepted here{_by(key)}: it expects {_KIND_WORDS.get(key.kind, 'a value')}",
+                f"write {_KIND_WORDS.get(key.kind, 'a value')}, or remove {dotted.rsplit('.', 1)[-1]} so that its "
+                "default applies",
             )
         ]
+    if value == "auto":
+        if key.auto or key.kind == "any" or "auto" in key.choices:
+            return []
+        return [_not_auto(key, file, dotted)]
     if not _type_ok(value, key):
         want = _KIND_WORDS.get(key.kind, "one of " + ", ".join(map(str, key.choices)))
         hint = ""
@@ -123,21 +126,59 @@ def check_value(
             fix = f"use one of: {', '.join(map(str, names))}" + (
                 f" (did you mean {close[0]}?)" if close else ""
             )
-            return [error(file, dotted, value, f"{value!r} is not an allowed value", fix)]
-    if key.minimum is not None:
-        number = _number(value)
-        if number is not None and number < key.minimum:
+            return [error(file, dotted, value, f"{value!r} is not an allowed value{_by(key)}", fix)]
+    outside = _outside(value, key, file, dotted)
+    if outside:
+        return outside
+    if key.kind == "section" and key.section is not None:
+        return check_section(value, key.section, file, dotted, context)  # type: ignore[arg-type]
+    return []
+
+
+def _by(key: Key) -> str:
+    return f" ({key.origin} refuses it)" if key.origin else ""
+
+
+def _not_auto(key: Key, file: str, dotted: str) -> Finding:
+    if key.origin.startswith("DeepSpeed"):
+        message = (
+            "'auto' is filled in by accelerate / HF Trainer for some keys, not this one: under accelerate the "
+            f"launch stops ('{dotted}' not found in kwargs), and DeepSpeed alone drops it and uses its default"
+        )
+    else:
+        message = "'auto' is not allowed here: neither accelerate nor HF Trainer fills this key in"
+    return error(file, dotted, "auto", message, "write a concrete value (or remove the key for the default)")
+
+
+# pydantic's names for the limits it enforces, and how a message says each.
+_LIMITS = {
+    "ge": (float.__ge__, "at least"),
+    "gt": (float.__gt__, "above"),
+    "le": (float.__le__, "at most"),
+    "lt": (float.__lt__, "below"),
+}
+
+
+def _outside(value: object, key: Key, file: str, dotted: str) -> list[Finding]:
+    """An error when a number lies outside the limits its consumer enforces (``minimum``, ``bounds``)."""
+    number = _number(value)
+    if number is None:
+        return []
+    name = dotted.rsplit(".", 1)[-1]
+    limits = ((("ge", key.minimum),) if key.minimum is not None else ()) + tuple(key.bounds)
+    for op, limit in limits:
+        within, words = _LIMITS[op]
+        if not within(number, float(limit)):
+            why = key.why_minimum if op == "ge" and limit == key.minimum and key.why_minimum else _by(key)
             return [
                 error(
                     file,
                     dotted,
                     value,
-                    f"must be at least {key.minimum:g}{key.why_minimum}",
-                    f"set {dotted.rsplit('.', 1)[-1]} to {key.minimum:g} or more",
+                    f"must be {words} {limit:g}{why}",
+                    f"set {name} to a value {words} {limit:g}",
                 )
             ]
-    if key.kind == "section" and key.section is not None:
-        return check_section(value, key.section, file, dotted, context)  # type: ignore[arg-type]
     return []
 
 
@@ -157,10 +198,12 @@ class Context:
     Attributes:
         renamed: dotted key path -> ``Renamed`` (renamed.py) for this kind of file.
         hints: dotted key path of an unknown key -> (what to add to the message, the fix).
+        removed: dotted key path -> why the consumer now refuses the key outright (its own message).
     """
 
     renamed: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)
+    removed: dict = field(default_factory=dict)
 
 
 def check_section(
@@ -176,6 +219,9 @@ def check_section(
         if section.skip_underscore and name.startswith("_"):
             continue
         full = name if not section.prefix or name.startswith(section.prefix) else section.prefix + name
+        if dotted in context.removed:
+            findings.append(error(file, dotted, value, context.removed[dotted], "remove it"))
+            continue
         renamed = context.renamed.get(f"{prefix}.{full}" if prefix else full)
         if renamed is not None:
             findings.append(_renamed(renamed, name, value, file, dotted))

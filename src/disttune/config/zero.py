@@ -107,6 +107,8 @@ def zero_from_json(file: str, zero: dict) -> Zero:
     """The view of a DeepSpeed JSON ``zero_optimization`` section."""
     p = "zero_optimization."
     offload = {}
+    # the deprecated booleans DeepSpeed still maps to a CPU offload block (spellings.py)
+    deprecated = {"param": "cpu_offload_param", "optimizer": "cpu_offload"}
     for what in ("param", "optimizer"):
         block = zero.get(f"offload_{what}")
         if isinstance(block, dict):
@@ -117,6 +119,9 @@ def zero_from_json(file: str, zero: dict) -> Zero:
                 block.get("nvme_path"),
                 f"{p}offload_{what}.nvme_path",
             )
+        elif truth(zero.get(deprecated[what])):
+            key = p + deprecated[what]
+            offload[what] = Offload("cpu", zero[deprecated[what]], key, None, key)
     flags = [
         (p + k, zero[k])
         for k in ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save")
