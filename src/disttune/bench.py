@@ -209,6 +209,31 @@ def summarize_run(strategy: str, run_dir: Path, estimate: dict, wall_s: float) -
     }
 
 
+def _launch_one(cmd: list[str], run_dir: Path, timeout: float) -> int | str:
+    """One launch with its output in ``<run_dir>/launch.log``; the exit code, or "timeout"."""
+    with (run_dir / "launch.log").open("w") as fh:
+        try:
+            return subprocess.run(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return "timeout"
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UserError(f"--variant {variant}: choose from {', '.join(VARIANTS)}.")
+    if variant == "liger":
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise UserError("--variant liger needs liger-kernel installed (pip install liger-kernel).")
+
+
 def run_bench(
     strategies: list[str],
     output_dir: Path,
@@ -227,49 +252,21 @@ def run_bench(
     """Run every strategy in turn; returns (and writes) the ``bench.json`` data."""
     from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
-    if variant not in VARIANTS:
-        raise UserError(f"--variant {variant}: choose from {', '.join(VARIANTS)}.")
-    if variant == "liger":
-        import importlib.util
-
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise UserError("--variant liger needs liger-kernel installed (pip install liger-kernel).")
+    _check_variant(variant)
     script_path = find_script(script)
     # Build the tiny checkpoint here, outside any DeepSpeed context, so every rank of every run loads it.
     model_dir = str(tiny_checkpoint(seed)) if model == TINY_NAME else model
     output_dir.mkdir(parents=True, exist_ok=True)
-    script_args = [
-        "--model_name_or_path",
-        model_dir,
-        "--max_steps",
-        str(max_steps),
-        "--logging_steps",
-        "1",
-        "--per_device_train_batch_size",
-        str(per_device_batch),
-        "--max_length",
-        str(max_length),
-        "--seed",
-        str(seed),
-        *VARIANTS[variant],
-    ]
+    script_args = ["--model_name_or_path", model_dir, "--max_steps", str(max_steps), "--logging_steps", "1"]
+    script_args += ["--per_device_train_batch_size", str(per_device_batch), "--max_length", str(max_length)]
+    script_args += ["--seed", str(seed), *VARIANTS[variant]]
     runs = []
     for i, strategy in enumerate(strategies, 1):
         run_dir = output_dir / strategy
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = launch_command(strategy, script_path, run_dir, num_processes, mixed_precision, script_args)
         start = time.perf_counter()
-        with (run_dir / "launch.log").open("w") as fh:
-            try:
-                rc = subprocess.run(
-                    cmd,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                ).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+        rc = _launch_one(cmd, run_dir, timeout)
         wall = time.perf_counter() - start
         if rc != 0 or not RunFolder(run_dir).summary.is_file():
             log(
@@ -292,23 +289,21 @@ def run_bench(
     for r in runs:
         if "error" not in r:
             r["max_loss_deviation_from_ddp"] = max_loss_deviation(r["losses"], ddp["losses"]) if ddp else None
-    data = {
-        "setup": {
-            "num_processes": num_processes,
-            "model": model,
-            "model_dir": model_dir,
-            "max_steps": max_steps,
-            "per_device_train_batch_size": per_device_batch,
-            "global_batch_size": per_device_batch * num_processes,
-            "max_length": max_length,
-            "mixed_precision": mixed_precision,
-            "variant": variant,
-            "seed": seed,
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": _machine(),
-        },
-        "runs": runs,
+    setup = {
+        "num_processes": num_processes,
+        "model": model,
+        "model_dir": model_dir,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": per_device_batch,
+        "global_batch_size": per_device_batch * num_processes,
+        "max_length": max_length,
+        "mixed_precision": mixed_precision,
+        "variant": variant,
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
     }
+    data = {"setup": setup, "runs": runs}
     (output_dir / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     (output_dir / "bench.md").write_text(render_markdown(data))
     plot(data, output_dir / "bench.png")

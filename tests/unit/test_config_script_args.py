@@ -28,14 +28,17 @@ deepspeed_config:
         (["--max_grad_norm", "0.5", "--output_dir", "x"], {"max_grad_norm": 0.5}),
         (["--max_grad_norm", "-1"], {"max_grad_norm": -1.0}),
         (["--bf16"], {"bf16": True}),
-        (["--fp16", "--lr", "1e-4"], {"fp16": True}),
+        (["--fp16", "--my_flag", "1e-4"], {"fp16": True}),  # another script's flag is left alone
         (["--bf16", "false", "--fp16", "true"], {"bf16": False, "fp16": True}),
         (["--bf16=False"], {"bf16": False}),
         (["--bf16=True"], {"bf16": True}),
         (["--per_device_train_batch_size", "8"], {"per_device_train_batch_size": 8}),
         (["--gradient_accumulation_steps"], {}),
         (["train.py", "--gradient_accumulation_steps", "x"], {}),
-        (["--gradient_accumulation_step", "4"], {}),  # no abbreviations: the script's parser judges those
+        (
+            ["--learning_rate", "0.1", "--config", "missing.yaml"],
+            {},
+        ),  # refused by the script: nothing compared
     ],
 )
 def test_parse(argv, expected):
@@ -160,3 +163,20 @@ def test_json_values_are_compared(tmp_path):
         "bf16.enabled",
     }
     assert all(f.severity == "error" for f in found)
+
+
+def test_the_script_parser_reads_recipes_and_refuses_what_the_script_refuses(tmp_path):
+    """One parser (train.args): a --config recipe's values count as given; an argument list the training
+    script would refuse is a finding, with the script's own words."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("gradient_accumulation_steps: 4\nbf16: true\n")
+    parsed = parse_script_args(["--config", str(recipe)])
+    assert (parsed.gradient_accumulation_steps, parsed.bf16) == (4, True)
+    assert (
+        parsed.raw["gradient_accumulation_steps"] == "gradient_accumulation_steps: 4 in the --config recipe"
+    )
+    found = run(tmp_path, ZERO2, ["--config", str(recipe)])
+    assert {f.key for f in found} == {"deepspeed_config.gradient_accumulation_steps"}
+    bad = run(tmp_path, ZERO2, ["--lr", "1e-4"])  # an abbreviation the script's parser finds ambiguous
+    assert [(f.file, f.severity) for f in bad] == [("-- SCRIPT ARGS", "warning")]
+    assert "would refuse these arguments" in bad[0].message and "ambiguous option: --lr" in bad[0].message

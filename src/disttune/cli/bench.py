@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from disttune.precision import ESTIMATED_PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the ``disttune`` parser."""
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument(
         "--mixed_precision",
-        choices=("no", "fp16", "bf16"),
+        choices=ESTIMATED_PRECISIONS,
         default=None,
         help="default: bf16 with a GPU, no on the CPU",
     )

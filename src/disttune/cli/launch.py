@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from disttune.config.schema import MIXED_PRECISIONS
 from disttune.errors import UserError
 
 USAGE = (
@@ -17,7 +18,7 @@ PASSTHROUGH: dict[str, dict] = {
     "--machine_rank": {"type": int, "metavar": "N", "help": "This machine's rank (0 = main node)."},
     "--main_process_ip": {"metavar": "ADDR", "help": "Main node's address (every node)."},
     "--main_process_port": {"type": int, "metavar": "PORT"},
-    "--mixed_precision": {"choices": ["no", "fp16", "bf16", "fp8"]},
+    "--mixed_precision": {"choices": list(MIXED_PRECISIONS)},
     "--gpu_ids": {"metavar": "IDS", "help": "Comma-separated GPU ids on this machine, or 'all'."},
     "--num_cpu_threads_per_process": {"type": int, "metavar": "N"},
     "--rdzv_backend": {"choices": ["static", "c10d"]},

@@ -119,6 +119,17 @@ def check_files(
     """Check each path (accelerate config, or a DeepSpeed JSON given directly) and collect everything."""
     report = CheckReport()
     parsed_args = parse_script_args(script_args) if script_args else None
+    if parsed_args is not None and parsed_args.problem:
+        report.findings.append(  # a warning: another script's parser may take what ours refuses
+            warning(
+                "-- SCRIPT ARGS",
+                "",
+                None,
+                f"disttune's training script would refuse these arguments ({parsed_args.problem}), so they were "
+                "not compared with the config",
+                "for 07_distributed_training.py, write each flag in full as its --help lists it",
+            )
+        )
     for path in paths:
         path = Path(path)
         parsed = _load(report, path, str(path))

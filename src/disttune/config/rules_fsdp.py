@@ -35,99 +35,91 @@ def rule_fsdp(y: Accelerate) -> list[Finding]:
     """Version-specific keys, enum combinations and the launcher's own refusals."""
     if y.dtype != "FSDP":
         return []
-    fs, f, p = y.fsdp, y.file, "fsdp_config."
-    version = as_int(fs.get("fsdp_version", 1))
-    out: list[Finding] = []
+    version = as_int(y.fsdp.get("fsdp_version", 1))
     if version not in (1, 2):
-        return out  # reported by the schema check
+        return []  # reported by the schema check
+    out = _rule_fsdp2(y) if version == 2 else _rule_fsdp1(y)
+    return out + _rule_offload_and_loading(y, version) + _wrap_policy(y)
+
+
+def _rule_fsdp2(y: Accelerate) -> list[Finding]:
+    """What FSDP2 needs as a boolean, ignores or does not support."""
+    fs, f, p = y.fsdp, y.file, "fsdp_config."
+    out: list[Finding] = []
     reshard = fs.get("fsdp_reshard_after_forward")
-    if version == 2:
-        if reshard is not None and truth(reshard) is None:
-            out.append(
-                error(
-                    f,
-                    p + "fsdp_reshard_after_forward",
-                    reshard,
-                    "FSDP2 needs true or false here (accelerate: 'not supported with FSDP2, please set to a bool')",
-                    "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)",
-                )
+    if reshard is not None and truth(reshard) is None:
+        out.append(
+            error(
+                f,
+                p + "fsdp_reshard_after_forward",
+                reshard,
+                "FSDP2 needs true or false here (accelerate: 'not supported with FSDP2, please set to a bool')",
+                "use true (like FULL_SHARD / ZeRO-3) or false (like SHARD_GRAD_OP / ZeRO-2)",
             )
-        for key, fix in _V2_IGNORED.items():
-            if key in fs:
-                out.append(error(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
-        prefetch = fs.get("fsdp_backward_prefetch")
-        if prefetch is not None and str(prefetch).upper() != "NO_PREFETCH":
-            out.append(
-                error(
-                    f,
-                    p + "fsdp_backward_prefetch",
-                    prefetch,
-                    "FSDP2 does not support backward prefetch; accelerate sets it to None",
-                    "remove it",
-                )
-            )
-        if truth(fs.get("fsdp_forward_prefetch")):
-            out.append(
-                error(
-                    f,
-                    p + "fsdp_forward_prefetch",
-                    fs["fsdp_forward_prefetch"],
-                    "ignored under fsdp_version 2 (not implemented in FSDP2)",
-                    "remove it",
-                )
-            )
-        sdt = fs.get("fsdp_state_dict_type")
-        if sdt is not None and str(sdt).upper() in ("LOCAL_STATE_DICT", "2"):
-            out.append(
-                error(
-                    f,
-                    p + "fsdp_state_dict_type",
-                    sdt,
-                    "FSDP2 does not support LOCAL_STATE_DICT",
-                    "use FULL_STATE_DICT (one loadable checkpoint) or SHARDED_STATE_DICT",
-                )
-            )
-    else:
-        effective = _strategy_name(fs.get("fsdp_sharding_strategy", "FULL_SHARD"))
-        wanted = _strategy_name(reshard)
-        if wanted is None and truth(reshard) is not None:
-            wanted = "FULL_SHARD" if truth(reshard) else "SHARD_GRAD_OP"
-        if reshard is not None and wanted != effective:
-            out.append(
-                error(
-                    f,
-                    p + "fsdp_reshard_after_forward",
-                    reshard,
-                    f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
-                    f"({effective}), which wins",
-                    f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead",
-                )
-            )
+        )
+    for key, fix in _V2_IGNORED.items():
+        if key in fs:
+            out.append(error(f, p + key, fs[key], "ignored under fsdp_version 2", fix))
+    prefetch = fs.get("fsdp_backward_prefetch")
+    if prefetch is not None and str(prefetch).upper() != "NO_PREFETCH":
+        message = "FSDP2 does not support backward prefetch; accelerate sets it to None"
+        out.append(error(f, p + "fsdp_backward_prefetch", prefetch, message, "remove it"))
+    if truth(fs.get("fsdp_forward_prefetch")):
+        message = "ignored under fsdp_version 2 (not implemented in FSDP2)"
+        out.append(error(f, p + "fsdp_forward_prefetch", fs["fsdp_forward_prefetch"], message, "remove it"))
+    sdt = fs.get("fsdp_state_dict_type")
+    if sdt is not None and str(sdt).upper() in ("LOCAL_STATE_DICT", "2"):
+        fix = "use FULL_STATE_DICT (one loadable checkpoint) or SHARDED_STATE_DICT"
+        out.append(error(f, p + "fsdp_state_dict_type", sdt, "FSDP2 does not support LOCAL_STATE_DICT", fix))
+    return out
+
+
+def _rule_fsdp1(y: Accelerate) -> list[Finding]:
+    """Under FSDP1 the launcher's sharding strategy wins over ``fsdp_reshard_after_forward``."""
+    fs, reshard = y.fsdp, y.fsdp.get("fsdp_reshard_after_forward")
+    effective = _strategy_name(fs.get("fsdp_sharding_strategy", "FULL_SHARD"))
+    wanted = _strategy_name(reshard)
+    if wanted is None and truth(reshard) is not None:
+        wanted = "FULL_SHARD" if truth(reshard) else "SHARD_GRAD_OP"
+    if reshard is None or wanted == effective:
+        return []
+    return [
+        error(
+            y.file,
+            "fsdp_config.fsdp_reshard_after_forward",
+            reshard,
+            f"ignored under fsdp_version 1: accelerate launch always passes fsdp_sharding_strategy "
+            f"({effective}), which wins",
+            f"set fsdp_sharding_strategy: {wanted or 'FULL_SHARD'} instead",
+        )
+    ]
+
+
+def _rule_offload_and_loading(y: Accelerate, version: int) -> list[Finding]:
+    """Activation-checkpointing offload and RAM-efficient loading: the combinations accelerate refuses."""
+    fs, f, p = y.fsdp, y.file, "fsdp_config."
+    out: list[Finding] = []
     offload_ac = truth(fs.get("fsdp_activation_checkpointing_offload"))
     if offload_ac and version != 2:
+        message = "needs fsdp_version 2 (accelerate raises otherwise)"
         out.append(
             error(
                 f,
                 p + "fsdp_activation_checkpointing_offload",
                 True,
-                "needs fsdp_version 2 (accelerate raises otherwise)",
+                message,
                 "set fsdp_version: 2 or remove it",
             )
         )
     if offload_ac and not truth(fs.get("fsdp_activation_checkpointing")):
-        out.append(
-            error(
-                f,
-                p + "fsdp_activation_checkpointing_offload",
-                True,
-                "needs fsdp_activation_checkpointing: true (accelerate raises otherwise)",
-                "set fsdp_activation_checkpointing: true",
-            )
-        )
-    if (
-        truth(fs.get("fsdp_sync_module_states")) is False
-        and truth(fs.get("fsdp_cpu_ram_efficient_loading")) is not False
-    ):
+        message = "needs fsdp_activation_checkpointing: true (accelerate raises otherwise)"
+        fix = "set fsdp_activation_checkpointing: true"
+        out.append(error(f, p + "fsdp_activation_checkpointing_offload", True, message, fix))
+    sync, efficient = (
+        truth(fs.get("fsdp_sync_module_states")),
+        truth(fs.get("fsdp_cpu_ram_efficient_loading")),
+    )
+    if sync is False and efficient is not False:
         out.append(
             error(
                 f,
@@ -138,7 +130,6 @@ def rule_fsdp(y: Accelerate) -> list[Finding]:
                 "set fsdp_sync_module_states: true, or fsdp_cpu_ram_efficient_loading: false",
             )
         )
-    out += _wrap_policy(y)
     return out
 
 

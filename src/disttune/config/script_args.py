@@ -14,17 +14,16 @@ stops on an explicit ``--bf16`` / ``--fp16`` that disagrees; ``check`` reports t
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from disttune.config.findings import Finding, error
-from disttune.config.schema import FALSE_STRINGS, TRUE_STRINGS
+from disttune.precision import SCRIPT_FLAGS, disagreeing, shown
+from disttune.precision import wanted as precision_wanted
 
 _INT_FLAGS = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_steps")
 _FLOAT_FLAGS = ("max_grad_norm", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
 _FLOAT_FLAGS += ("warmup_steps",)  # transformers 5: a whole number of steps, or a fraction (< 1) of them
 _STR_FLAGS = ("lr_scheduler_type", "optim")
-_BOOL_FLAGS = ("bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -46,32 +45,16 @@ class ScriptArgs:
     bf16: bool | None = None
     fp16: bool | None = None
     raw: dict | None = None
+    problem: str | None = None  # what the script's own parser said of arguments it refuses
 
     def shown(self, name: str) -> str:
         """The flag as the user wrote it (``--learning_rate 1e-4``)."""
         return (self.raw or {}).get(name, f"--{name} {getattr(self, name)}")
 
 
-class _Lenient(argparse.ArgumentParser):
-    """An argparse parser that raises instead of exiting (the script's own parser judges the rest)."""
-
-    def error(self, message):
-        raise ValueError(message)
-
-
-def _parser() -> _Lenient:
-    # The flags as HF's parser reads them: underscores or dashes, `--flag value` or `--flag=value`, and a
-    # boolean flag alone means true (nargs="?", const="true", like HfArgumentParser).
-    parser = _Lenient(add_help=False, allow_abbrev=False)
-    for name in _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS:
-        parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name)
-    for name in _BOOL_FLAGS:
-        parser.add_argument(f"--{name}", dest=name, nargs="?", const="true")
-    return parser
-
-
-def _shown(argv: list[str], name: str, value: str) -> str:
-    """The flag as the user wrote it (``--bf16``, ``--bf16 false``, ``--bf16=True``, ``--gradient-accumulation-steps 4``)."""
+def _shown(argv: list[str], name: str, value: object) -> str:
+    """The flag as the user wrote it (``--bf16``, ``--bf16 false``, ``--bf16=True``, ``--gradient-accumulation-steps
+    4``); a value from the ``--config`` recipe as ``name: value in the --config recipe``."""
     spellings = (f"--{name}", f"--{name.replace('_', '-')}")
     for index in range(len(argv) - 1, -1, -1):
         token = argv[index]
@@ -80,42 +63,48 @@ def _shown(argv: list[str], name: str, value: str) -> str:
             if eq:
                 return token
             following = argv[index + 1] if index + 1 < len(argv) else None
-            return f"{token} {following}" if following == value else token
-    return f"--{name} {value}"
+            return (
+                f"{token} {following}" if following is not None and not following.startswith("--") else token
+            )
+    return f"{name}: {value} in the --config recipe"
 
 
 def parse_script_args(argv: list[str] | None) -> ScriptArgs:
-    """Read the few flags that can collide with the config, with argparse; everything else is left alone.
+    """The flags every check compares, as the training script's own parser reads them (``train.args``: the
+    same types, spellings and ``--config`` recipe), kept only where the user set them (command line or
+    recipe): a default never conflicts with the config. Arguments the script's parser refuses are left to
+    it (it reports them when launched): nothing is compared then. Imports TRL (a few seconds), so only when
+    script arguments are given."""
+    import contextlib
+    import io
+    import warnings
 
-    A value that does not parse (``--gradient_accumulation_steps x``, a flag without its value) is skipped:
-    the training script's own parser reports it.
-    """
+    from disttune.errors import UserError
+    from disttune.precision import split_precision_flags
+    from disttune.train.args import explicit_names, parse_args, read_recipe
+
     argv = list(argv or [])
+    said = io.StringIO()
     try:
-        namespace, _ = _parser().parse_known_args(argv)
-    except ValueError:
-        return ScriptArgs(raw={})
-    found: dict = {}
-    raw: dict = {}
-    for name in _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS + _BOOL_FLAGS:
-        value = getattr(namespace, name)
-        if value is None:
-            continue
-        try:
-            if name in _INT_FLAGS:
-                found[name] = int(value)
-            elif name in _FLOAT_FLAGS:
-                found[name] = float(value)
-            elif name in _STR_FLAGS:
-                found[name] = value
-            elif value.lower() in TRUE_STRINGS + FALSE_STRINGS:
-                found[name] = value.lower() in TRUE_STRINGS
-            else:
-                continue
-        except ValueError:
-            continue
-        raw[name] = _shown(argv, name, value)
-    return ScriptArgs(**found, raw=raw)
+        # The precision flags as the script reads them (precision.py: a flag alone means true), then the rest.
+        rest, flags = split_precision_flags(argv, read_recipe(argv))
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            warnings.simplefilter("ignore")
+            # as the script parses under a launch: the precision comes from the config, not the flags
+            _, training_args, _ = parse_args([*rest, "--bf16", "false", "--fp16", "false"], lenient=True)
+        given = explicit_names(rest)
+    except (UserError, SystemExit, TypeError, ValueError) as exc:
+        lines = [line for line in said.getvalue().splitlines() if "error:" in line] or [str(exc)]
+        return ScriptArgs(raw={}, problem=lines[-1].split("error: ", 1)[-1])
+    names = _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS
+    found = {name: _plain(getattr(training_args, name)) for name in names if name in given}
+    found.update(flags)
+    return ScriptArgs(**found, raw={name: _shown(argv, name, value) for name, value in found.items()})
+
+
+def _plain(value):
+    """An enum value as its string (``SchedulerType.COSINE`` -> ``cosine``), anything else as it is."""
+    return getattr(value, "value", value)
 
 
 @dataclass(frozen=True)
@@ -169,14 +158,12 @@ def check_precision_args(args: ScriptArgs, sources: list[Setting]) -> list[Findi
     """
     out: list[Finding] = []
     raw = args.raw or {}
-    wanted = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    flags = {name: getattr(args, name) for name in SCRIPT_FLAGS if getattr(args, name) is not None}
+    wanted = precision_wanted(flags)
     for source in sources:
         precision = str(source.value).lower()
-        for flag_name in _BOOL_FLAGS:
-            given = getattr(args, flag_name)
-            if given is None or given == (precision == flag_name):
-                continue
-            flag = raw.get(flag_name, f"--{flag_name}")
+        for flag_name, value in disagreeing(flags, precision):
+            flag = raw.get(flag_name, shown(flag_name, value))
             if source.key == "mixed_precision":
                 fix_config = f"set mixed_precision: {wanted} in the config"
             else:

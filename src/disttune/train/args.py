@@ -152,12 +152,19 @@ def explicit_names(argv: list[str], recipe: dict | None = None) -> set[str]:
     return names | {str(name) for name in (read_recipe(argv) if recipe is None else recipe)}
 
 
-def parse_args(argv: list[str], defaults: dict | None = None):
+def parse_args(argv: list[str], defaults: dict | None = None, lenient: bool = False):
     """``argv`` (and its ``--config`` recipe) as ``(DisttuneArguments, SFTConfig, ModelConfig)``; a bad value
     or an unknown key is a ``UserError``. The recipe is read with the bounded reader first (``read_recipe``):
-    TRL's own reader would follow any YAML."""
+    TRL's own reader would follow any YAML. ``lenient``: flags of another script are left over, not refused
+    (``disttune check -- ARGS`` and ``disttune launch`` read any script's arguments this way)."""
     read_recipe(argv)
+    parser = make_parser(defaults)
     try:
-        return tuple(make_parser(defaults).parse_args_and_config(argv))
+        if lenient:
+            parsed = parser.parse_args_and_config(
+                argv, return_remaining_strings=True, fail_with_unknown_args=False
+            )
+            return tuple(parsed[:3])
+        return tuple(parser.parse_args_and_config(argv))
     except ValueError as exc:  # unknown keys in a recipe, invalid combinations
         raise UserError(str(exc)) from exc

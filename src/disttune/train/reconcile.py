@@ -10,12 +10,10 @@ when the user passed none, and an explicit conflicting value stops with a short 
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from transformers.hf_argparser import string_to_bool
-
+from disttune import precision
 from disttune.errors import UserError
 
 GA_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
@@ -49,27 +47,12 @@ def cpu_mixed_precision_fallback(cuda_available: bool, environ=os.environ) -> st
     return "warning: mixed_precision fp16 needs a GPU; no GPU is visible, so this run uses bf16 on the CPU."
 
 
-PRECISION_FLAGS = ("bf16", "fp16")
-
-
-def _to_bool(value) -> bool:
-    """transformers' own reading of a boolean flag's value (``--bf16``, ``--bf16 false``, ``--bf16=True``)."""
-    try:
-        return string_to_bool(value)
-    except argparse.ArgumentTypeError:
-        raise UserError(f"--bf16/--fp16 take true or false, not {value!r}.") from None
-
-
 def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[list[str], dict[str, bool]]:
-    """The user's ``--bf16``/``--fp16`` values (recipe, then command line) and ``argv`` without them."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in PRECISION_FLAGS:
-        parser.add_argument(f"--{flag}", nargs="?", const=True, default=None)
-    given, rest = parser.parse_known_args(argv)
-    recipe = recipe or {}
-    values = {flag: _to_bool(recipe[flag]) for flag in PRECISION_FLAGS if recipe.get(flag) is not None}
-    values.update({flag: _to_bool(v) for flag, v in vars(given).items() if v is not None})
-    return rest, values
+    """``precision.split_precision_flags``, with a bad value as a ``UserError``."""
+    try:
+        return precision.split_precision_flags(argv, recipe)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def reconcile_precision(user: dict[str, bool], launched: str | None, config_name: str | None = None) -> None:
@@ -80,11 +63,9 @@ def reconcile_precision(user: dict[str, bool], launched: str | None, config_name
     """
     if launched is None:
         return
-    for flag, value in user.items():
-        if value == (launched == flag):
-            continue
+    for flag, value in precision.disagreeing(user, launched):
         where = config_name or launcher_config_file()
-        shown = f"--{flag}" if value else f"--{flag} false"
+        shown = precision.shown(flag, value)
         raise UserError(
             f"the script is given {shown} but the launch resolved mixed_precision '{launched}' ({where} or "
             f"--mixed_precision on the launch line); DeepSpeed and the Trainer would disagree on the precision.\n"
