@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -111,13 +112,16 @@ def clear(output_dir: str | os.PathLike) -> None:
 
 class Progress(TrainerCallback):
     """Where training is, on every rank: it feeds ``failure.Where`` (the step of a failure record); on the
-    main process it also writes ``progress.json`` (attempt, last finished step, world size) for the restart
-    records."""
+    main process it also keeps ``progress.json`` (attempt, last finished step, world size) for the restart
+    records, written by a thread of its own: no file is written on the training thread during a step."""
 
     def __init__(self, output_dir: str | os.PathLike, world_size: int):
         Where.reset(output_dir)  # a new run (``disttune train`` may run several in one process)
         self.path = RunFolder(output_dir).progress
         self.world_size = world_size
+        self._step: int | None = None
+        self._changed = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def _save(self, step: int) -> None:
         try:
@@ -125,14 +129,32 @@ class Progress(TrainerCallback):
         except OSError:
             pass
 
+    def _write_changes(self) -> None:
+        while True:
+            self._changed.wait()
+            self._changed.clear()
+            step = self._step
+            if step is None:
+                return
+            self._save(step)
+
     def on_train_begin(self, args, state, control, **kwargs):
         Where.state, Where.ended = state, False
         if state.is_world_process_zero:
             self._save(state.global_step)
+            self._writer = threading.Thread(target=self._write_changes, name="disttune-progress", daemon=True)
+            self._writer.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self._save(state.global_step)
+        if self._writer is not None:
+            self._step = state.global_step
+            self._changed.set()
 
     def on_train_end(self, args, state, control, **kwargs):
         Where.ended = True
+        if self._writer is not None:
+            self._step = None  # stop the writer, then write the last step here
+            self._changed.set()
+            self._writer.join(timeout=5)
+            self._writer = None
+            self._save(state.global_step)
