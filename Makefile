@@ -10,7 +10,7 @@ NPROC   ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-lock.txt
+$(STAMP): pyproject.toml requirements-lock.txt requirements-cuda.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build these machines hold offline, never an unpinned CUDA download.
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	# deepspeed ships only a source archive whose build imports torch: build it against the torch above.
 	$(BIN)/pip install --quiet --no-build-isolation $$(grep -E '^deepspeed==' requirements-lock.txt)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	# Liger's fused kernels (Triton, GPU only): where torch is a CUDA build, never on the CPU path.
+	if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then \
+		$(BIN)/pip install --quiet $$(grep -vE '^(#|$$)' requirements-cuda.txt); fi
 	touch $(STAMP)
 
 demo: install

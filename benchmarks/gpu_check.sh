@@ -22,7 +22,9 @@
 #      under DDP (single_gpu.yaml) and ZeRO-3: each pair's ratio (benchmarks/overhead_vs_trl.py);
 #   6. FSDP2 on the 1.1B Llama; then DDP/ZeRO-3/FSDP2 tokens/s, MFU, peak allocated and reserved next to
 #      `disttune estimate` (benchmarks/gpu_1b.py).
-# Stage c (optional, STAGES="a b c"): 7. ours vs plain TRL with Liger's kernels on both sides, DDP.
+# Stage c (optional, STAGES="a b c"): 7. Liger on and off (losses and final weights within bf16 bounds), and
+#   ours vs plain TRL with Liger's kernels on both sides, DDP. Note: on CUDA our script turns Liger on by
+#   default under DDP (train/kernels.py), so stage b compares ours as users run it (Liger on) with plain TRL.
 # Exits non-zero when any step failed. Needs a CUDA build of torch and the rest of requirements-lock.txt in
 # the active Python (or .venv); on the lent device machine: bash .whl/on_device.sh bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -154,7 +156,15 @@ stage_b() {
     } >>"$REPORT"
 }
 
-stage_c() {  # optional: the fused kernels (Liger) on both sides, DDP; evidence for making them a default
+stage_c() {  # the fused kernels (Liger): equal to the plain path, and ours vs plain TRL with them on both sides
+    echo >>"$REPORT"; echo "## c. Liger on vs off (ours, 1.1B, DDP, $STEPS_1B steps): losses and final weights" >>"$REPORT"
+    local one=(--config_file accelerate_configs/single_gpu.yaml --num_processes 1 --main_process_ip 127.0.0.1)
+    step liger_on accelerate launch "${one[@]}" --main_process_port 29701 07_distributed_training.py \
+        --output_dir "$WORK/liger_on" --overwrite_output_dir --max_steps "$STEPS_1B" "${ARGS_1B[@]}" --use_liger_kernel true
+    step liger_off accelerate launch "${one[@]}" --main_process_port 29702 07_distributed_training.py \
+        --output_dir "$WORK/liger_off" --overwrite_output_dir --max_steps "$STEPS_1B" "${ARGS_1B[@]}" --use_liger_kernel false
+    step liger_equal "$PY" benchmarks/compare_runs.py "$WORK/liger_on" "$WORK/liger_off"
+    { result liger_equal; sed 's/^/    /' "$WORK/liger_equal.log"; } >>"$REPORT"
     echo >>"$REPORT"; echo "## c. ours vs plain TRL, both with --use_liger_kernel true, 1.1B Llama, DDP" >>"$REPORT"
     step vs_trl_ddp_liger "$PY" benchmarks/overhead_vs_trl.py --config single_gpu --pairs "$PAIRS" \
         --max_steps "$STEPS_1B" --output "$REPORT_DIR/vs_trl_ddp_liger.json" --work "$WORK/vs_trl_ddp_liger" \

@@ -25,6 +25,7 @@ from disttune.train.data import load_train_dataset
 from disttune.train.distributed import current_layout, world_size_from_env, zero3_moe_leaf_modules
 from disttune.train.evaluate import HeldOutEvaluation, evaluation_data
 from disttune.train.guards import HangWatchdog
+from disttune.train.kernels import choose_liger, describe_attention, liger_model_types
 from disttune.train.metrics import MetricsCallback
 from disttune.train.portable import prepare_resume
 from disttune.train.prepare import check_trainer_disk
@@ -93,6 +94,24 @@ def messages_to_prompt_completion(dataset):
     return dataset.map(split, remove_columns=["messages"])
 
 
+def fast_path(settings: Settings, model) -> list[str]:
+    """Liger's kernels and the attention line (``kernels.py``): set on the arguments before the trainer is
+    made (transformers applies Liger there); returns the plan's lines."""
+    training_args, cuda = settings.training_args, torch.cuda.is_available()
+    asked = training_args.use_liger_kernel if "use_liger_kernel" in settings.explicit else None
+    use, liger = choose_liger(
+        asked, cuda, current_layout(), model.config.model_type, liger_model_types() if cuda else None
+    )
+    training_args.use_liger_kernel = use
+    attention = describe_attention(
+        model.config,
+        settings.model_args.attn_implementation,
+        cuda,
+        bool(getattr(training_args, "padding_free", False)),
+    )
+    return [line for line in (liger, attention) if line]
+
+
 def _datasets(settings: Settings, tokenizer):
     """``(train, eval or None, held-out records, format)``, prepared on the main process first (the others
     then read its cache)."""
@@ -126,6 +145,7 @@ def build_trainer(settings: Settings) -> Run:
     moe = zero3_moe_leaf_modules(model)  # MoE experts under ZeRO-3: gathered whole (see distributed.py)
     if moe:
         settings.notes.append(moe)
+    settings.notes += fast_path(settings, model)
     dataset, eval_dataset, heldout, fmt = _datasets(settings, tokenizer)
     run_id = new_run_id(training_args.resume_from_checkpoint)
     metrics = MetricsCallback(training_args.output_dir, run_id=run_id)

@@ -44,6 +44,7 @@ class Settings:
     plan: BatchPlan
     folder: RunFolder
     notes: list[str] = field(default_factory=list)
+    explicit: set[str] = field(default_factory=set)  # the argument names the user set (command line, recipe)
 
 
 def batch_plan(training_args, world_size: int) -> BatchPlan:
@@ -134,7 +135,8 @@ def resolve(argv: list[str]) -> Settings:
     if scaled:
         training_args.learning_rate = plan.learning_rate
         notes.append(scaled)
-    return Settings(script_args, training_args, model_args, plan, RunFolder(training_args.output_dir), notes)
+    folder = RunFolder(training_args.output_dir)
+    return Settings(script_args, training_args, model_args, plan, folder, notes, explicit)
 
 
 def describe_checkpointing(training_args) -> str:
