@@ -234,6 +234,57 @@ def _check_variant(variant: str) -> None:
             raise UserError("--variant liger needs liger-kernel installed (pip install liger-kernel).")
 
 
+def bench_script_args(
+    model_dir: str,
+    max_steps: int,
+    per_device_batch: int,
+    max_length: int,
+    seed: int,
+    variant: str,
+    logging_steps=1,
+) -> list[str]:
+    """The training script's arguments of every bench run (the same for each strategy)."""
+    args = [
+        "--model_name_or_path",
+        model_dir,
+        "--max_steps",
+        str(max_steps),
+        "--logging_steps",
+        str(logging_steps),
+    ]
+    args += ["--per_device_train_batch_size", str(per_device_batch), "--max_length", str(max_length)]
+    return args + ["--seed", str(seed), *VARIANTS[variant]]
+
+
+def run_vs_trl(
+    strategies: list[str],
+    output_dir: Path,
+    pairs: int,
+    num_processes: int,
+    mixed_precision: str,
+    script_args,
+    log=print,
+) -> dict:
+    """Ours vs plain TRL under each strategy, alternating (``versus.py``); writes ``vs_trl.json``."""
+    from disttune.versus import PEER, compare
+
+    ours, results = find_script(None), {}
+    for strategy in strategies:
+        log(f"bench --vs_trl: {strategy}, {pairs} pair(s) of ours and plain TRL, {num_processes} process(es)")
+
+        def command(script, strategy=strategy):
+            return lambda run_dir: launch_command(
+                strategy, script, run_dir, num_processes, mixed_precision, script_args
+            )
+
+        work = output_dir / f"vs_trl-{strategy}"
+        results[strategy] = compare({"ours": command(ours), "plain": command(PEER)}, work, pairs, 3, log)
+    data = {"num_processes": num_processes, "mixed_precision": mixed_precision, "script_args": script_args}
+    data["strategies"] = results
+    (output_dir / "vs_trl.json").write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
 def run_bench(
     strategies: list[str],
     output_dir: Path,
@@ -257,9 +308,7 @@ def run_bench(
     # Build the tiny checkpoint here, outside any DeepSpeed context, so every rank of every run loads it.
     model_dir = str(tiny_checkpoint(seed)) if model == TINY_NAME else model
     output_dir.mkdir(parents=True, exist_ok=True)
-    script_args = ["--model_name_or_path", model_dir, "--max_steps", str(max_steps), "--logging_steps", "1"]
-    script_args += ["--per_device_train_batch_size", str(per_device_batch), "--max_length", str(max_length)]
-    script_args += ["--seed", str(seed), *VARIANTS[variant]]
+    script_args = bench_script_args(model_dir, max_steps, per_device_batch, max_length, seed, variant)
     runs = []
     for i, strategy in enumerate(strategies, 1):
         run_dir = output_dir / strategy

@@ -45,3 +45,22 @@ def test_bench_every_strategy_matches_the_estimate(tmp_path, monkeypatch, strate
             run["estimated_by_category"],
         )
         assert run["max_loss_deviation_from_ddp"] < 1e-3, run["strategy"]
+
+
+@pytest.mark.distributed
+@pytest.mark.full  # four launches; CI covers the pairing and the arithmetic in tests/unit/test_versus.py
+def test_bench_vs_trl_runs_both_scripts_alternating_on_the_cli(tmp_path, monkeypatch):
+    from disttune.cli import main
+
+    monkeypatch.setenv("DISTTUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "vs"
+    # One process: on a CPU, plain TRL under a multi-process config trains unsynchronised copies (the accelerate
+    # gap our script closes, README "On a machine without GPUs"), so there is no fair pair of two.
+    args = ["bench", "--vs_trl", "2", "--strategies", "ddp", "--num_processes", "1", "--max_steps", "10"]
+    args += ["--output_dir", str(out)]
+    assert main(args) == 0
+    data = json.loads((out / "vs_trl.json").read_text())["strategies"]["ddp"]
+    assert [p["order"] for p in data["pairs"]] == ["ours plain", "plain ours"]
+    for pair in data["pairs"]:
+        assert pair["ours"]["tokens"] == pair["plain"]["tokens"] > 0  # the same data and steps on both sides
+        assert pair["ratio_runtime"] > 0 and pair["ratio_steady"] > 0

@@ -43,6 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="default",
         help="a fast default to measure: fused_adamw, packing, liger (needs liger-kernel)",
     )
+    p.add_argument(
+        "--vs_trl",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead: ours vs a plain TRL SFTTrainer on the same settings, PAIRS alternating pairs per strategy "
+        "(the first one a warm-up); writes vs_trl.json. On a CPU use --num_processes 1: plain TRL does not form a "
+        "process group there",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--script", help="the training script (default: 07_distributed_training.py)")
     p.add_argument(
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     out = Path(args.output_dir)
+    if args.vs_trl:
+        return _vs_trl(args, strategies, out, mixed_precision)
     data = run_bench(
         strategies,
         out,
@@ -87,3 +98,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return 1 if any("error" in r for r in data["runs"]) else 0
+
+
+def _vs_trl(args: argparse.Namespace, strategies: list[str], out, mixed_precision: str) -> int:
+    """``--vs_trl PAIRS``: ours vs plain TRL per strategy (``disttune.versus``)."""
+    from disttune.bench import bench_script_args, run_vs_trl
+    from disttune.errors import UserError
+    from disttune.train.tiny import TINY_NAME, tiny_checkpoint
+
+    if args.vs_trl < 1 or args.max_steps < 5:
+        raise UserError(
+            "--vs_trl needs at least 1 pair and --max_steps 5 or more (a steady window to measure)."
+        )
+    model_dir = str(tiny_checkpoint(args.seed)) if args.model == TINY_NAME else args.model
+    script_args = bench_script_args(
+        model_dir,
+        args.max_steps,
+        args.per_device_train_batch_size,
+        args.max_length,
+        args.seed,
+        args.variant,
+        1,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    run_vs_trl(strategies, out, args.vs_trl, args.num_processes, mixed_precision, script_args)
+    print(f"bench: wrote {out / 'vs_trl.json'}")
+    return 0

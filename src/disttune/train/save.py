@@ -145,6 +145,11 @@ def check_final_model(
     the names differ (a checkpoint format transformers converts on load, such as MoE experts stored one
     per file entry), the folder is loaded with ``from_pretrained`` and compared whole.
     """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # Whole on this process, not through ZeRO-3's zero.Init: that would start a collective on the main
+    # process alone (the others wait in a barrier) and hang the job.
+    unset_hf_deepspeed_config()
     saved = SavedTensors.open(folder)
     skeleton = _meta_model(folder, trust_remote_code)
     if saved is not None and skeleton is not None:
@@ -223,9 +228,7 @@ def _meta_model(folder: Path, trust_remote_code: bool):
 def _check_by_loading(folder: Path, expected: dict, trust_remote_code: bool, what: str) -> None:
     """Load ``folder`` with ``AutoModelForCausalLM.from_pretrained`` and compare it with ``expected``."""
     from transformers import AutoModelForCausalLM
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()  # load whole on this process, not through ZeRO-3's zero.Init
     model, info = AutoModelForCausalLM.from_pretrained(
         folder, trust_remote_code=trust_remote_code, dtype="auto", output_loading_info=True
     )

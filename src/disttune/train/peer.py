@@ -1,8 +1,10 @@
 """The peer: a plain TRL ``SFTTrainer`` script on the same model, data and settings as our training script.
 
-    python benchmarks/plain_trl_sft.py --output_dir /tmp/plain --max_steps 20
+    python -m disttune.train.peer --output_dir /tmp/plain --max_steps 20
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 1 \\
-        benchmarks/plain_trl_sft.py --model_name_or_path /tmp/llama-1b --packing true --max_length 2048 ...
+        src/disttune/train/peer.py --model_name_or_path /tmp/llama-1b --packing true --max_length 2048 ...
+
+``disttune bench --vs_trl`` runs it against our script, alternating (``disttune/versus.py``).
 
 It reads the same command line as ``07_distributed_training.py`` through TRL's own parser (``SFTConfig`` and
 ``ModelConfig``), starting from the same defaults (``disttune.train.args.SCRIPT_DEFAULTS``), and applies the
