@@ -7,9 +7,10 @@ The rules (also stated in the README's *Development* section; ``prose.py`` sorts
   command (it runs there, or is marked there) or the span is followed by
   ``<!-- [not run by tests: REASON] -->`` with one of ``test_readme.REASONS``.
 - A **name** (``disttune estimate``, ``accelerate launch``, ``make test``) must be a command that exists:
-  ``PROG NAME --help`` exits 0, ``make -n NAME`` knows the target.
-- A **synopsis** (``disttune check CONFIG -- SCRIPT ARGS``) cannot run as written: its command must exist
-  and every option it names must be one its ``--help`` lists.
+  ``PROG NAME --help`` exits 0, ``make --dry-run NAME`` knows the target.
+- A **synopsis** (``disttune check CONFIG -- SCRIPT ARGS``) cannot run as written: its command must exist,
+  every option it names must be one its ``--help`` lists, and unless it leaves things out (``...``) it
+  names every option the command requires.
 - No link or backticked path leaves the repository (a clone has nothing outside it); a relative link names
   a file of the repository, an anchor a heading of the README it points into; a backticked path under
   one of the repository's own folders names a file that exists.
