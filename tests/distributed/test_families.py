@@ -66,7 +66,9 @@ def run(tmp_path_factory):
         if (family, config) not in done:
             model = family_checkpoint(family, root / "models")
             out = root / f"{family}-{config}"
-            result = launch(config, out, *SHORT_RUN, *HELD_OUT, "--model_name_or_path", str(model))
+            result = launch(
+                config, out, *SHORT_RUN, *HELD_OUT, *NO_WARMUP, "--model_name_or_path", str(model)
+            )
             done[family, config] = (out, result)
         out, result = done[family, config]
         assert result.returncode == 0, f"{family} under {config}: {explain(result)}"
@@ -105,8 +107,8 @@ def test_family_trains_saves_and_agrees_with_zero3(run, family, config):
     assert not saved & set(tied) and set(tied.values()) <= saved
     assert sum(p.numel() for p in model.parameters()) == summary["num_params"]
 
-    if config == REFERENCE:
-        assert records[-1]["loss"] < records[0]["loss"]  # it learns
+    if config == REFERENCE:  # it learns: the held-out loss falls (the training batches differ step to step)
+        assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"], evaluation
         return
     reference_out, _ = run(family, REFERENCE)
     for ref, rec in zip(read_metrics(reference_out), records, strict=True):

@@ -47,6 +47,7 @@ LINKED = (
     "Makefile",
     ".venv",
     "pyproject.toml",
+    "requirements-cuda.txt",
     "requirements-lock.txt",
     "src",
 )

@@ -200,12 +200,11 @@ def _same(stated, actual) -> bool:
 def test_the_readme_states_the_script_defaults_the_script_has(name):
     from trl import ModelConfig, SFTConfig
 
-    from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments
-    from disttune.train.main import parse_arguments
+    from disttune.train.args import SCRIPT_DEFAULTS, DisttuneArguments, parse_args
 
     stated, listed = script_table(TEXTS[name])
     assert stated, f"{name}: the table of the script's arguments (with a default column) was not found"
-    script_args, training_args, model_args, _ = parse_arguments([])
+    script_args, training_args, model_args = parse_args([])
     wrong = []
     for flag, value in stated.items():
         key = flag[2:]

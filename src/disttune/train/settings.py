@@ -74,9 +74,9 @@ def _launch_defaults(cuda: bool, explicit: set[str]) -> tuple[dict, list[str]]:
     return defaults, notes
 
 
-def _parse_with_launch_precision(argv: list[str], recipe: dict, defaults: dict):
-    """Parse ``argv`` with the launch's precision as the one source (``reconcile.py``)."""
-    launched = os.environ.get(reconcile.MP_ENV)
+def _parse_with_launch_precision(argv: list[str], recipe: dict, defaults: dict, launched: str | None):
+    """Parse ``argv`` with the launch's precision (``launched``: as the launcher resolved it, before any CPU
+    fallback) as the one source (``reconcile.py``)."""
     argv_rest, user_precision = reconcile.split_precision_flags(argv, recipe)
     reconcile.reconcile_precision(user_precision, launched)
     if launched is not None:
@@ -115,10 +115,13 @@ def resolve(argv: list[str]) -> Settings:
     defaults, notes = _launch_defaults(cuda, explicit)
     if allocator:
         notes.append(f"CUDA allocator: {allocator}")
+    launched = os.environ.get(
+        reconcile.MP_ENV
+    )  # what the user launched with: the flags may only agree with it
     warning = reconcile.cpu_mixed_precision_fallback(cuda)
     if warning:
         notes.append(warning)
-    script_args, training_args, model_args = _parse_with_launch_precision(argv, recipe, defaults)
+    script_args, training_args, model_args = _parse_with_launch_precision(argv, recipe, defaults, launched)
     promote_fsdp_on_cpu(cuda)
     evaluation_settings(script_args, training_args, explicit)
     if deepspeed_auto_sizes(training_args):
