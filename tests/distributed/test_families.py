@@ -66,9 +66,7 @@ def run(tmp_path_factory):
         if (family, config) not in done:
             model = family_checkpoint(family, root / "models")
             out = root / f"{family}-{config}"
-            result = launch(
-                config, out, *SHORT_RUN, *HELD_OUT, *NO_WARMUP, "--model_name_or_path", str(model)
-            )
+            result = launch(config, out, *SHORT_RUN, *HELD_OUT, "--model_name_or_path", str(model))
             done[family, config] = (out, result)
         out, result = done[family, config]
         assert result.returncode == 0, f"{family} under {config}: {explain(result)}"
