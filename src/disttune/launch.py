@@ -82,7 +82,9 @@ def build_launch_command(
     return argv, env_updates
 
 
-def preflight(config: str, num_processes: int | None = None, script_args: Sequence[str] = ()) -> list:
+def check_before_launch(
+    config: str, num_processes: int | None = None, script_args: Sequence[str] = ()
+) -> list:
     """``check_config`` on the config as it will be launched; raises ``UserError`` listing every error."""
     from disttune.config import check_config
 

@@ -1,7 +1,7 @@
 """The strategies, one row each: the one home of what every command says about them.
 
 ``config new`` writes a row's YAML from it, ``bench`` launches a row's shipped file, ``estimate`` names its
-rows after it and ``recommend`` ranks them by ``speed_rank``, the training script's preflight names a run's
+rows after it and ``recommend`` ranks them by ``speed_rank``, the training script's run-folder checks (train/prepare.py) name a run's
 checkpoint layout with it and ``train.distributed.describe`` tells which row a running job is.
 ``tests/unit/test_strategies_table.py`` proves that the shipped YAMLs and what ``config new`` writes agree
 with it (distributed_type, ZeRO stage, offload devices, fsdp_version and the header comment).

@@ -1,5 +1,5 @@
 """The strategy table (``disttune/strategies.py``) is the one home of the strategies: the shipped YAMLs, what
-``config new`` writes, ``bench``, ``estimate``/``recommend``, preflight and ``describe`` all agree with it."""
+``config new`` writes, ``bench``, ``estimate``/``recommend``, the run-folder checks and ``describe`` all agree with it."""
 
 from __future__ import annotations
 

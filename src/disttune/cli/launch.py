@@ -129,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from disttune.launch import build_launch_command, preflight, run_launcher, shell_line, with_timeout
+    from disttune.launch import (
+        build_launch_command,
+        check_before_launch,
+        run_launcher,
+        shell_line,
+        with_timeout,
+    )
 
     script, script_args = split_rest(args)
     if args.json and not args.dry_run:
@@ -146,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     argv, env_updates = build_launch_command(
         args.config, script, script_args, accelerate_args(args), debug=args.debug, timeout=args.timeout
     )
-    warnings = preflight(args.config, args.num_processes, with_timeout(script_args, args.timeout))
+    warnings = check_before_launch(args.config, args.num_processes, with_timeout(script_args, args.timeout))
     for f in warnings:
         print(f"disttune launch: warning: {f.file}: {f.key}: {f.message} (fix: {f.fix})", file=sys.stderr)
     if args.dry_run:

@@ -1,4 +1,8 @@
-"""The one result type of every check: a ``Finding`` (what is wrong, where, and how to fix it)."""
+"""The result type of every config check: a ``Finding`` (what is wrong, where, and how to fix it).
+
+``disttune doctor``'s checks of the machine have their own (``doctor.Check``: a check that passed is a result
+too, with what was seen).
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ agent: when a worker dies, the agent stops the others and starts them all again,
 exports ``TORCHELASTIC_RESTART_COUNT`` to the new workers. The engine is torchrun's; disttune adds:
 
 - a restarted worker resumes from the newest complete checkpoint in ``--output_dir`` by itself
-  (``preflight.prepare_run``), whatever ``--resume_from_checkpoint`` said;
+  (``prepare.prepare_run``), whatever ``--resume_from_checkpoint`` said;
 - a record of each restart: which rank ended the attempt, in which step, and why. Each attempt leaves in
   the run folder's ``.disttune/`` (``disttune.run_folder``) ``progress.json`` (the last optimizer step
   finished and the world size; main process, each step) and one failure record per rank that failed

@@ -1,4 +1,4 @@
-"""Preflight: output folder, disk estimate (golden numbers), resume compatibility, secrets."""
+"""Preparing the run folder (train/prepare.py): output folder, disk estimate (golden numbers), resume compatibility, secrets."""
 
 from __future__ import annotations
 
