@@ -202,6 +202,9 @@ def test_loss_terms():
     assert fused == {"loss.logits_chunk": 2 * 512 * V}  # next_pow2(8192 / ceil(32000 / 2048)) = 512
     head = act.head_saved(LLAMA_1B, act.Layout("autocast", 1, T))
     assert head["loss.hidden"] == 4 * H * T  # TRL keeps hidden[mask], fp32 under autocast
+    assert act.head_saved(LLAMA_1B, act.Layout("16-bit", 1, T, loss="full"))["loss.hidden"] == 2 * H * T
+    liger = act.head_saved(LLAMA_1B, act.Layout("16-bit", 1, T, loss="fused"))
+    assert liger["loss.grad_input"] == 2 * T * H and liger["loss.grad_weight"] == 2 * V * H  # in the forward
 
 
 def test_checkpointing_keeps_layer_inputs_and_one_layer():

@@ -109,3 +109,29 @@ def test_fits_uses_reserved_and_runtime():
     assert e.fits == (e.total_bytes <= 0.9 * 40 * GIB)
     tight = (e.allocated_bytes + e.runtime_bytes) / GIB / 0.9 * 1.001  # allocated fits, reserved does not
     assert not estimate_strategy("fsdp2", MODEL, Inputs(**H200, gpu_memory_gb=tight)).fits
+
+
+def _replay_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "allocator_replay.py"
+    spec = importlib.util.spec_from_file_location("allocator_replay", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_allocator_replay_reproduces_the_h200_fixed_segment_run():
+    """docs/memory.md's replay: the grid's own token counts through the allocator's rules give the fixed-segment
+    cell's reserve (40.73 GiB measured); constant token counts strand nothing; the closed form's
+    stranded_blocks bounds one smaller first step."""
+    replay = _replay_module()
+    allocated, reserved = replay.replay(replay.GRID_TOKENS[:3], expandable=False)
+    assert reserved == pytest.approx(40.73, rel=0.01) and allocated == pytest.approx(33.37, rel=0.01)
+    assert replay.replay([8192] * 3, expandable=False)[1] - allocated < 0.2
+    expandable = replay.replay(replay.GRID_TOKENS[:3], expandable=True)
+    assert expandable[1] - expandable[0] < 0.6
+    worst = replay.replay([int(8192 * 0.95), 8192, 8192], expandable=False)
+    closed = estimate_strategy("ddp", MODEL, Inputs(**H200, allocator="fixed")).reserve["stranded_blocks"]
+    assert worst[1] - worst[0] < closed / GIB

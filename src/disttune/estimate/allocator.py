@@ -34,8 +34,6 @@ The terms (``reserve`` in the estimate; each is zero where its cause is absent):
 
 from __future__ import annotations
 
-import bisect
-
 ALLOCATORS = ("expandable", "fixed")
 MIB = 2**20
 SEGMENT_ROUND = 2 * MIB  # a large segment is cudaMalloc'ed in multiples of 2 MiB
@@ -48,26 +46,29 @@ def stranded_bytes(blocks: tuple[tuple[int, int], ...]) -> int:
 
     ``blocks``: ``(bytes, count)`` of the tensors the step keeps at its peak. The allocator's rule, largest
     request first: the smallest cached block that holds it, split when over 1 MiB remains; a request no block
-    holds is a new segment. The old blocks stay reserved either way, so the new segments are reserve.
+    holds is a new segment. The old blocks stay reserved either way, so the new segments are reserve. Blocks of
+    one size are alike, so they are handled by the count.
     """
-    free: list[int] = []
+    free: dict[int, int] = {}  # cached block size -> how many
     for size, count in blocks:
         old = -(-size // SEGMENT_ROUND) * SEGMENT_ROUND - SEGMENT_ROUND
         if old > SPLIT_MIN:
-            free += [old] * count
-    free.sort()
+            free[old] = free.get(old, 0) + count
     new = 0
     for size, count in sorted(blocks, reverse=True):
         if size <= SPLIT_MIN:  # the small pool's 2 MiB segments: not modelled
             break
-        for _ in range(count):
-            at = bisect.bisect_left(free, size)
-            if at == len(free):
-                new += size * (count - _)  # no block holds this size: none will hold its siblings either
+        while count:
+            fits = [b for b in free if b >= size and free[b]]
+            if not fits:
+                new += size * count
                 break
-            rest = free.pop(at) - size
-            if rest > SPLIT_MIN:
-                bisect.insort(free, rest)
+            best = min(fits)
+            taken = min(count, free[best])
+            free[best] -= taken
+            count -= taken
+            if best - size > SPLIT_MIN:
+                free[best - size] = free.get(best - size, 0) + taken
     return new
 
 

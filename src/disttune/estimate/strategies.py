@@ -258,8 +258,11 @@ def _reserve(name: str, inputs: Inputs, terms: dict, buffers: dict, a, phases: d
     during = sum(v for k, v in buffers.items() if k not in PERSISTENT_BUFFERS and k not in step_buffers)
     backward = during + ((a.saved + a.peak + a.weight_copies) if a else 0)
     w = 2 if inputs.mixed_precision in ("fp16", "bf16") else 4
-    largest_step = max([v * 4 // (w + 4 if w != 4 else 4) for v in step_buffers.values()], default=0)
-    largest_block = max([b for b, _ in a.blocks] + [a.peak], default=0) if a else 0
+    # the step's largest single request: ZeRO-1/2's fp32 partition; ZeRO-3's fp32 copy of a sub group
+    sub_group = step_buffers.get("fp32_grad_subgroup", 0) * 4 // (w + 4 if w != 4 else 4)
+    largest_step = max(step_buffers.get("fp32_grad_partition_at_step", 0), sub_group)
+    loss = [v for k, v in a.terms.items() if k.startswith("loss.")] if a else []
+    largest_block = max([b for b, _ in a.blocks] + loss, default=0) if a else 0
     segments = min(step, backward) if largest_step > largest_block else 0
     stranded = allocator.stranded_bytes(a.blocks) if a and inputs.tokens_vary else 0
     logits = 0
