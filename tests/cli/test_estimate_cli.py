@@ -17,8 +17,9 @@ BYTE_KEYS = {
     "activation_bytes",
     "buffer_bytes",
     "runtime_bytes",
-    "total_bytes",
+    "allocated_bytes",
     "reserved_bytes",
+    "total_bytes",
     "cpu_bytes_per_node",
 }
 
@@ -33,14 +34,14 @@ def test_text_table(capsys):
         "params",
         "grads",
         "optim",
-        "states",
         "activ",
-        "buffers",
-        "runtime",
+        "alloc",
+        "reserved",
         "total",
         "cpu/node",
         "fits",
     ]
+    assert "CUDA allocator: expandable segments" in out  # the allocator the run will use
     assert "Recommendation: zero1 is the fastest strategy that fits" in out
     assert "Rule of thumb, saving vs DDP: ZeRO-2 ~30% (here" in out
 
@@ -57,9 +58,10 @@ def test_json_shape(capsys):
     for s in data["strategies"]:
         assert BYTE_KEYS <= set(s) and isinstance(s["fits"], bool)
         assert s["model_state_bytes"] == s["params_bytes"] + s["grads_bytes"] + s["optimizer_bytes"]
-        in_phase = s["buffer_bytes"] + (s["activation_bytes"] if s["peak_phase"] == "backward" else 0)
-        assert s["total_bytes"] == s["model_state_bytes"] + in_phase + s["runtime_bytes"]
-        assert s["reserved_bytes"] == s["total_bytes"] - s["runtime_bytes"] + sum(s["reserve"].values())
+        assert s["allocated_bytes"] == s["phases"][s["peak_phase"]] == max(s["phases"].values())
+        assert s["reserved_bytes"] == s["allocated_bytes"] + sum(s["reserve"].values())
+        assert s["total_bytes"] == s["reserved_bytes"] + s["runtime_bytes"]
+        assert s["allocator"] == "expandable" and s["activations"]
     assert data["recommendation"]["strategy"] == "ddp"
     assert data["inputs"]["headroom"] == 0.1
 
@@ -280,7 +282,11 @@ def test_host_ram_short_marks_offload_not_fitting(capsys):
 
 
 def test_more_gpus_suggested_with_checkpointing_when_that_needs_fewer(capsys):
-    """Without checkpointing, 70B without offload needs 512 GPUs; with it, 32: both lines are shown."""
+    """Without checkpointing, 70B without offload needs 512 GPUs; with it, 32: both lines are shown.
+
+    With the full-logits loss: TRL's chunked loss adds the lm_head's fp32 gradient (4 V h, 3.9 GiB) on every
+    rank, which 1024 GPUs without checkpointing cannot absorb, so its output has the checkpointing line only.
+    """
     argv = [
         "estimate",
         "--model",
@@ -289,6 +295,8 @@ def test_more_gpus_suggested_with_checkpointing_when_that_needs_fewer(capsys):
         "H100-80GB",
         "--host_memory_gb",
         "1024",
+        "--loss",
+        "full",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -332,9 +340,14 @@ def test_checkpointing_and_cross_entropy_options_change_the_activations(capsys):
         activations("--selective_checkpointing"),
     )
     assert full < selective < none
+    whole = activations("--selective_checkpointing", "--loss", "full")
     fused = activations("--selective_checkpointing", "--fused_cross_entropy")
     tokens, vocab = 2 * 8192, 128256
-    assert selective - fused > 12 * tokens * vocab * 0.9  # the 12-byte logits are gone, a chunk remains
+    assert whole - fused > 12 * tokens * vocab * 0.9  # the 12-byte logits are gone, a chunk remains
+    assert (
+        whole - selective > 12 * tokens * vocab * 0.8
+    )  # TRL's chunked loss: tiles and the fp32 lm_head grad
+    assert activations("--selective_checkpointing", "--loss", "fused") == fused
     assert (
         main(
             [
@@ -361,3 +374,37 @@ def test_a_closed_pipe_is_not_a_traceback():
     proc.stdout.close()  # as `head` does once it has its line
     assert proc.wait(timeout=60) == 141
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_allocator_and_run_options(capsys):
+    """--allocator fixed adds the cached blocks a smaller earlier step strands; the plan line says which
+    allocator; --packing brings SDPA's per-layer mask; --use_liger_kernel and --dtype change the layout."""
+
+    def first(*flags):
+        argv = [
+            "estimate",
+            "--model",
+            "meta-llama/Llama-3.2-1B",
+            "--num_processes",
+            "1",
+            "--strategies",
+            "ddp",
+        ]
+        assert main([*argv, "--per_device_train_batch_size", "4", *flags, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["strategies"][0]
+
+    expandable, fixed = first(), first("--allocator", "fixed")
+    assert fixed["allocated_bytes"] == expandable["allocated_bytes"]
+    assert fixed["reserved_bytes"] > expandable["reserved_bytes"] and "stranded_blocks" in fixed["reserve"]
+    packed = first("--packing")
+    assert packed["activations"]["attention.mask_bias"] == 2 * 16 * (4 * 2048) ** 2  # 16 layers
+    assert first("--use_liger_kernel")["activation_bytes"] < expandable["activation_bytes"]
+    assert first("--dtype", "bfloat16")["params_bytes"] == expandable["params_bytes"] // 2
+    assert (
+        first("--attn_implementation", "flash_attention_2")["activation_bytes"]
+        < expandable["activation_bytes"]
+    )
+    assert main(["estimate", "--model", "meta-llama/Llama-3.2-1B", "--allocator", "fixed"]) == 0
+    assert "CUDA allocator: fixed segments" in capsys.readouterr().out
+    assert main(["estimate", "--num_params", "1e9", "--allocator", "other"]) == 2
+    assert main(["estimate", "--num_params", "1e9", "--loss", "full", "--fused_cross_entropy"]) == 2

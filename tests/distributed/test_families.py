@@ -126,3 +126,27 @@ def test_moe_blocks_become_zero3_leaf_modules_only_under_zero3(run, config):
     assert (note in result.stdout) == (config == REFERENCE), result.stdout[-3000:]
     noted = any("mixture-of-experts" in n for n in read_summary(out)["notes"])  # kept with the run, too
     assert noted == (config == REFERENCE)
+
+
+@pytest.mark.families
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_resumes_across_layouts(family, tmp_path):
+    """Resume anywhere, per family: a checkpoint written by ZeRO-2 on 2 processes, continued by DDP on 1 (the
+    README's own pair), converted once to the portable form. The full proof of the same steps' losses is
+    test_resume_anywhere.py's, on the built-in Llama; here each family's tensors (tied, fused MoE experts,
+    Conv1D) must survive the conversion and load into the other layout."""
+    from launching import short_run
+
+    from disttune.train.families import family_checkpoint
+
+    model = str(family_checkpoint(family, tmp_path / "models"))
+    run = short_run(4, "--save_steps", "2", "--heldout_examples", "0", "--model_name_or_path", model)
+    first = launch("deepspeed_zero2", tmp_path / "src", *run)
+    assert first.returncode == 0, explain(first)
+    checkpoint = tmp_path / "src" / "checkpoint-2"
+    resumed = launch(
+        "multi_gpu_ddp", tmp_path / "dst", *run, "--resume_from_checkpoint", str(checkpoint), num_processes=1
+    )
+    assert resumed.returncode == 0, explain(resumed)
+    assert "resuming across layouts: deepspeed-zero2 x2 -> ddp x1" in resumed.stdout, explain(resumed)
+    assert [r["step"] for r in read_metrics(tmp_path / "dst")] == [3, 4]

@@ -70,7 +70,15 @@ def test_every_term_has_a_source():
 def test_lora_and_8bit():
     t = 10**6
     ddp = memory.model_state_breakdown("ddp", P, 8, "bf16", trainable_params=t)
-    assert ddp["params.frozen"] == 2 * (P - t) and ddp["params.fp32"] == 4 * t and ddp["grads.fp32"] == 4 * t
+    # the script loads fp32 and autocasts: DDP keeps the frozen base in fp32 (the H200 LoRA run's 30% miss)
+    assert ddp["params.frozen"] == 4 * (P - t) and ddp["params.fp32"] == 4 * t and ddp["grads.fp32"] == 4 * t
+    bf16 = memory.model_state_breakdown("ddp", P, 8, "bf16", trainable_params=t, model_dtype="bfloat16")
+    assert bf16["params.frozen"] == 2 * (P - t) and bf16["grads.bit16"] == 2 * t
+    assert bf16["optim.exp_avg"] == 2 * t  # torch keeps Adam's moments in the weights' dtype
+    fsdp2 = memory.model_state_breakdown("fsdp2", P, 8, "bf16", trainable_params=t, model_dtype="bfloat16")
+    assert fsdp2["params.frozen"] == 4 * -(-(P - t) // 8)  # accelerate upcasts FSDP2's shards to fp32
+    zero2 = memory.model_state_breakdown("zero2", P, 8, "bf16", trainable_params=t)
+    assert zero2["params.bit16_flat"] == 2 * P  # DeepSpeed's engine casts the module, frozen base included
     eight = memory.model_state_breakdown("ddp", 2560, 1, "bf16", optimizer="adamw_8bit")
     assert eight["optim.exp_avg"] == 2560 + 4 * 10  # 1 byte each + fp32 absmax per 256-block
 
@@ -102,25 +110,6 @@ def test_buffers_from_deepspeed_defaults():
     assert capped["gathered_params"] == 2 * 10**9 * 1  # stage3_max_live_parameters = 1e9 elements
     assert memory.buffer_breakdown("ddp", P, 1, "bf16") == {"ddp_reducer_buckets": 0}
     assert memory.buffer_breakdown("ddp", P, 2, "bf16")["ddp_reducer_buckets"] == 4 * P
-
-
-def test_activation_formula_and_checkpointing():
-    kw = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, q_dim=64, kv_dim=32)
-    full = memory.activation_bytes(2, 10, mixed_precision="bf16", **kw)
-    assert full == 2 * (2 * 10 * 2 * (8 * 64 + 2 * 64 + 2 * 32 + 4 * 128))
-    ckpt = memory.activation_bytes(2, 10, mixed_precision="bf16", gradient_checkpointing=True, **kw)
-    assert ckpt == 2 * (2 * 10 * 64 * 2) + full // 2
-    assert memory.activation_bytes(2, 10, mixed_precision="no", **kw) == 2 * full
-    eager = memory.activation_bytes(
-        2, 10, mixed_precision="bf16", num_attention_heads=4, attention="eager", **kw
-    )
-    assert eager == full + 2 * 4 * 10 * 10 * 2 * 6
-    assert memory.logits_bytes(1, 2048, 1000, "bf16") == 2048 * 1000 * 12
-    assert memory.logits_bytes(1, 2048, 1000, "no") == 2048 * 1000 * 12
-    selective = memory.activation_bytes(2, 10, mixed_precision="bf16", selective_checkpointing=True, **kw)
-    assert (
-        selective == 2 * (2 * 10 * 2 * (2 * 64 + 2 * 64 + 32 + 128)) + full // 2
-    )  # input, q, v, attn out, gate, down
 
 
 def _gb(n):

@@ -28,9 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "estimate",
         help="GPU memory per strategy (DDP, ZeRO-1/2/3, offload, FSDP2) and a recommendation",
         description="Per-GPU memory for each strategy: parameters, gradients, optimizer states, activations, "
-        "the cross-entropy's peak, the buffers DeepSpeed/torch add and the CUDA context and NCCL "
-        "buffers, against the GPU (--gpu or --gpu_memory_gb) with 10% headroom; offloaded states "
-        "against --host_memory_gb per node. docs/memory.md says where each byte goes.",
+        "the loss's peak and the buffers DeepSpeed/torch add, phase by phase (peak allocated), the CUDA "
+        "caching allocator's cached blocks (peak reserved), and the CUDA context and NCCL buffers; "
+        "reserved + context + NCCL against the GPU (--gpu or --gpu_memory_gb) with 10% headroom; offloaded "
+        "states against --host_memory_gb per node. docs/memory.md says where each byte goes.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="a preset name (see --list_models), a config.json, or a model folder")
@@ -44,23 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
     p.add_argument("--per_device_train_batch_size", type=int, default=1)
     p.add_argument("--max_length", type=int, default=2048, help="sequence length in tokens (default 2048)")
-    ckpt = p.add_mutually_exclusive_group()
-    ckpt.add_argument(
-        "--gradient_checkpointing",
-        action="store_true",
-        help="full activation checkpointing: each layer's input kept, the layer recomputed",
-    )
-    ckpt.add_argument(
-        "--selective_checkpointing",
-        action="store_true",
-        help="torchtitan's selective (op) checkpointing: every other matmul output kept",
-    )
-    p.add_argument(
-        "--fused_cross_entropy",
-        action="store_true",
-        help="a fused linear cross-entropy that never holds the whole logits (TRL --use_liger_kernel)",
-    )
-    p.add_argument("--lora_r", type=int, help="LoRA rank on q,k,v,o,gate,up,down (frozen base in 16-bit)")
+    _add_run_arguments(p)
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument(
         "--gpu",
@@ -81,6 +66,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on stdout")
     p.set_defaults(run=run)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that describe how the run computes: checkpointing, loss, kernels, attention, allocator."""
+    ckpt = p.add_mutually_exclusive_group()
+    ckpt.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="full activation checkpointing: each layer's input kept, the layer recomputed",
+    )
+    ckpt.add_argument(
+        "--selective_checkpointing",
+        action="store_true",
+        help="torchtitan's selective (op) checkpointing: every other matmul output kept",
+    )
+    loss = p.add_mutually_exclusive_group()
+    loss.add_argument(
+        "--loss",
+        choices=("chunked", "full", "fused"),
+        default="chunked",
+        help="how the loss is computed: chunked (TRL's SFTTrainer, the training script: log-probabilities "
+        "tile by tile, never the whole logits; default), full (transformers' loss on the whole logits) or "
+        "fused (Liger's fused linear cross-entropy, as transformers' Trainer --use_liger_kernel applies it)",
+    )
+    loss.add_argument(
+        "--fused_cross_entropy",
+        action="store_const",
+        const="fused",
+        dest="loss",
+        help="the same as --loss fused",
+    )
+    p.add_argument(
+        "--use_liger_kernel",
+        action="store_true",
+        help="Liger's RMSNorm, SwiGLU and RoPE kernels (the script's --use_liger_kernel true)",
+    )
+    p.add_argument(
+        "--attn_implementation",
+        choices=("sdpa", "flash_attention_2", "eager"),
+        default="sdpa",
+        help="the attention (default sdpa: with packed or padded rows it saves a 16-bit mask per layer)",
+    )
+    p.add_argument(
+        "--packing",
+        action="store_true",
+        help="TRL --packing: several sequences per row, the batch flattened into one (padding-free)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="what the weights are loaded as (the script's --dtype; default float32, autocast to 16-bit)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=("expandable", "fixed"),
+        default="expandable",
+        help="the CUDA caching allocator's segments: expandable (PYTORCH_CUDA_ALLOC_CONF="
+        "expandable_segments:True, the script's default on CUDA) or fixed (torch's own default)",
+    )
+    p.add_argument("--lora_r", type=int, help="LoRA rank on q,k,v,o,gate,up,down (frozen base as loaded)")
 
 
 def _model(args: argparse.Namespace):
@@ -112,12 +158,11 @@ def _model(args: argparse.Namespace):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Estimate every strategy and print a table (GiB) or JSON."""
-    from disttune.estimate import memory, models, strategies
-    from disttune.estimate.gpus import GPUS_MIB, gpu_memory_gib
+def _list(args: argparse.Namespace) -> int:
+    """``--list_models`` / ``--list_gpus``: the built-in architectures or cards, as text or JSON."""
+    from disttune.estimate import models
+    from disttune.estimate.gpus import GPUS_MIB
     from disttune.estimate.presets import PRESETS
-    from disttune.estimate.recommend import recommend, rule_of_thumb
 
     if args.list_models:
         rows = {name: models.count_params(spec) for name, spec in PRESETS.items()}
@@ -157,7 +202,17 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print("\n".join(f"{k:10s} {v / 1024:6.1f} GiB ({v:,} MiB)" for k, v in GPUS_MIB.items()))
-        return 0
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Estimate every strategy and print a table (GiB) or JSON."""
+    from disttune.estimate import memory, models, strategies
+    from disttune.estimate.gpus import gpu_memory_gib
+    from disttune.estimate.recommend import recommend, rule_of_thumb
+
+    if args.list_models or args.list_gpus:
+        return _list(args)
     model = _model(args)
     gpu_name, gpu_gib = gpu_memory_gib(args.gpu) if args.gpu else (None, args.gpu_memory_gb or 80.0)
     inputs = strategies.Inputs(
@@ -171,9 +226,14 @@ def run(args: argparse.Namespace) -> int:
         lora_r=args.lora_r,
         gpu_memory_gb=gpu_gib,
         selective_checkpointing=args.selective_checkpointing,
-        fused_cross_entropy=args.fused_cross_entropy,
         host_memory_gb=args.host_memory_gb,
         gpu_name=gpu_name,
+        loss=args.loss,
+        use_liger_kernel=args.use_liger_kernel,
+        attn_implementation=args.attn_implementation,
+        packing=args.packing,
+        allocator=args.allocator,
+        model_dtype=args.dtype,
     )
     results = strategies.estimate(model, inputs, args.strategies or memory.STRATEGIES)
     rec = recommend(results, model, inputs)
@@ -212,44 +272,10 @@ def _fits(r) -> str:
     return "no" + (" (host)" if r.gpu_fits else " (gpu+host)" if r.host_fits is False else "")
 
 
-def render(model, inputs, results, rec, thumb, trainable) -> str:
-    """Aligned table in GiB, then what does not fit and why, the recommendation and the rule-of-thumb line."""
+def _setup_line(model, inputs, trainable) -> str:
+    """The model and the run as estimated, in one sentence."""
     from disttune.estimate.models import count_params
-    from disttune.estimate.strategies import GIB, HEADROOM
 
-    def g(n):
-        return "?" if n is None else f"{n / GIB:.1f}"
-
-    head = [
-        "strategy",
-        "params",
-        "grads",
-        "optim",
-        "states",
-        "activ",
-        "buffers",
-        "runtime",
-        "total",
-        "cpu/node",
-        "fits",
-    ]
-    rows = [head] + [
-        [
-            r.name,
-            g(r.params_bytes),
-            g(r.grads_bytes),
-            g(r.optimizer_bytes),
-            g(r.model_state_bytes),
-            g(r.activation_bytes),
-            g(r.buffer_bytes),
-            g(r.runtime_bytes),
-            g(r.total_bytes),
-            "-" if r.cpu_bytes_per_node is None else g(r.cpu_bytes_per_node),
-            _fits(r),
-        ]
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lora = f", LoRA r={inputs.lora_r} ({trainable:,} trainable)" if inputs.lora_r else ""
     ckpt = (
         ", gradient checkpointing"
@@ -258,7 +284,56 @@ def render(model, inputs, results, rec, thumb, trainable) -> str:
         if inputs.selective_checkpointing
         else ""
     )
-    ckpt += ", fused cross-entropy" if inputs.fused_cross_entropy else ""
+    ckpt += ", packed" if inputs.packing else ""
+    ckpt += ", liger kernels" if inputs.use_liger_kernel else ""
+    active = model.spec and count_params(model.spec).active
+    moe = f" ({active:,} active per token)" if active and active != model.num_params else ""
+    dtype = "" if inputs.model_dtype == "float32" else f", weights in {inputs.model_dtype}"
+    return (
+        f"{model.name}: {model.num_params:,} parameters{moe}{lora}; {inputs.num_processes} GPUs on "
+        f"{inputs.num_machines} node(s), {inputs.mixed_precision}{dtype}, {inputs.optimizer}, batch "
+        f"{inputs.per_device_train_batch_size} x {inputs.max_length} tokens{ckpt}, "
+        f"{inputs.attn_implementation} attention, {LOSS_WORDS[inputs.loss]}."
+    )
+
+
+LOSS_WORDS = {
+    "chunked": "TRL's chunked loss",
+    "full": "the loss on the whole logits",
+    "fused": "Liger's fused cross-entropy",
+}
+ALLOCATOR_WORDS = {
+    "expandable": "CUDA allocator: expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, "
+    "the training script's default on CUDA)",
+    "fixed": "CUDA allocator: fixed segments (expandable_segments:False, torch's default); the cached blocks "
+    "assume the tokens per batch vary between steps",
+}
+
+
+def render(model, inputs, results, rec, thumb, trainable) -> str:
+    """Aligned table in GiB, then what does not fit and why, the recommendation and the rule-of-thumb line."""
+    from disttune.estimate.strategies import GIB, HEADROOM
+
+    def g(n):
+        return "?" if n is None else f"{n / GIB:.1f}"
+
+    head = ["strategy", "params", "grads", "optim", "activ", "alloc", "reserved", "total", "cpu/node", "fits"]
+    rows = [head] + [
+        [
+            r.name,
+            g(r.params_bytes),
+            g(r.grads_bytes),
+            g(r.optimizer_bytes),
+            g(r.activation_bytes),
+            g(r.allocated_bytes),
+            g(r.reserved_bytes),
+            g(r.total_bytes),
+            "-" if r.cpu_bytes_per_node is None else g(r.cpu_bytes_per_node),
+            _fits(r),
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     card = (
         f"{inputs.gpu_name} ({inputs.gpu_memory_gb:.1f} GiB)"
         if inputs.gpu_name
@@ -269,12 +344,9 @@ def render(model, inputs, results, rec, thumb, trainable) -> str:
         if inputs.host_memory_gb
         else ""
     )
-    active = model.spec and count_params(model.spec).active
-    moe = f" ({active:,} active per token)" if active and active != model.num_params else ""
     lines = [
-        f"{model.name}: {model.num_params:,} parameters{moe}{lora}; {inputs.num_processes} GPUs on "
-        f"{inputs.num_machines} node(s), {inputs.mixed_precision}, {inputs.optimizer}, batch "
-        f"{inputs.per_device_train_batch_size} x {inputs.max_length} tokens{ckpt}.",
+        _setup_line(model, inputs, trainable),
+        ALLOCATOR_WORDS[inputs.allocator] + ".",
         f"GiB per GPU; fits = total <= {1 - HEADROOM:.0%} of {card}{host}.",
         "",
     ]
@@ -289,11 +361,14 @@ def render(model, inputs, results, rec, thumb, trainable) -> str:
             "\nActivations unknown (not in total): add --hidden_size and --num_hidden_layers, or use --model."
         )
     lines.append(
-        "\nruntime = CUDA context + NCCL buffers (outside torch's allocator); torch.cuda.max_memory_reserved "
-        "reads total - runtime, plus the cached blocks docs/memory.md names, when memory is plentiful."
+        "\nalloc = the peak of live tensors (torch.cuda.max_memory_allocated); reserved = alloc + the blocks the "
+        "caching allocator keeps cached (max_memory_reserved); total = reserved + CUDA context + NCCL buffers."
     )
-    short = [r for r in results if r.host_fits is False]
-    lines += [f"{r.name}: {r.why}." for r in short]
+    return "\n".join(lines + _notes(inputs, results, rec, thumb))
+
+
+def _notes(inputs, results, rec, thumb) -> list[str]:
+    lines = [f"{r.name}: {r.why}." for r in results if r.host_fits is False]
     if inputs.host_memory_gb is None and any(r.cpu_bytes_per_node for r in results):
         lines.append(
             "Host RAM not checked: give --host_memory_gb (per node) to check the offload strategies."
@@ -306,4 +381,4 @@ def render(model, inputs, results, rec, thumb, trainable) -> str:
             for name, v in thumb.items()
         ]
         lines.append("Rule of thumb, saving vs DDP: " + ", ".join(parts) + ".")
-    return "\n".join(lines)
+    return lines

@@ -1,20 +1,20 @@
 """Memory per GPU for each distributed strategy, before you launch (no torch, no deepspeed imported).
 
 ``models``: architectures and exact parameter counts; ``presets``: published models by name; ``gpus``: cards
-by name; ``memory``: the per-term byte formulas; ``strategies``: one estimate per strategy, against the GPU
-and the host RAM; ``recommend``: the fastest one that fits.
+by name; ``memory``: the model-state and buffer formulas; ``activations``: what autograd keeps, tensor by
+tensor; ``allocator``: what the CUDA caching allocator reserves beyond it; ``strategies``: one estimate per
+strategy, phase by phase, against the GPU and the host RAM; ``recommend``: the fastest one that fits.
 """
 
 from __future__ import annotations
 
+from disttune.estimate.activations import Layout, estimate_activations, layer_tensors
+from disttune.estimate.allocator import stranded_bytes
 from disttune.estimate.gpus import GPUS_MIB, gpu_memory_gib
 from disttune.estimate.memory import (
     STRATEGIES,
     TERM_SOURCES,
-    activation_bytes,
     buffer_breakdown,
-    fused_cross_entropy_bytes,
-    logits_bytes,
     model_state_breakdown,
     runtime_breakdown,
     summarize,
@@ -37,17 +37,17 @@ __all__ = [
     "STRATEGIES",
     "TERM_SOURCES",
     "Inputs",
+    "Layout",
     "ModelInfo",
     "ModelSpec",
     "Recommendation",
     "StrategyEstimate",
-    "activation_bytes",
+    "estimate_activations",
     "buffer_breakdown",
     "count_params",
     "estimate",
-    "fused_cross_entropy_bytes",
     "gpu_memory_gib",
-    "logits_bytes",
+    "layer_tensors",
     "lora_params",
     "model_state_breakdown",
     "recommend",
@@ -55,5 +55,6 @@ __all__ = [
     "rule_of_thumb",
     "runtime_breakdown",
     "spec_from_config",
+    "stranded_bytes",
     "summarize",
 ]

@@ -4,24 +4,28 @@ Model states follow the ZeRO paper (Rajbhandari et al. 2020, K=12 for mixed-prec
 real stacks agree with it, and the real stacks where they do not. P = parameters, T = trainable ones
 (P without LoRA), F = P - T frozen, N = processes, w = 2 bytes under fp16/bf16 and 4 under ``no``:
 
-    ddp    16P           (torch DDP: accelerate keeps fp32 weights and autocasts; 4P+4P grads+8P Adam)
+    ddp    16P           (torch DDP: accelerate keeps fp32 weights and autocasts; 4P+4P grads+8P Adam;
+                          weights loaded in 16-bit (``--dtype bfloat16``) train in 16-bit: 2P+2P+4P)
     zero1  4P + 12P/N    (DeepSpeed: 2P bf16 params + 2P bf16 grads + 4P/N fp32 master + 8P/N Adam)
     zero2  2P + 14P/N    (grads partitioned: 2P/N)
     zero3  16P/N         (everything partitioned; the fp32 master is a clone even when w=4, measured)
-    fsdp2  16P/N         (fp32 sharded params 4P/N + grads 4P/N + Adam 8P/N)
+    fsdp2  16P/N         (fp32 sharded params 4P/N + grads 4P/N + Adam 8P/N; accelerate upcasts to fp32)
+
+Frozen weights (LoRA's base) stay as loaded under DDP and FSDP2 (fp32 by default: the training script loads
+fp32 and autocasts) and become 16-bit under DeepSpeed, whose engine casts the whole module.
     offload variants     (the partitions named ``cpu.`` live in host RAM; see ``model_state_breakdown``)
 
-Beyond the model states (``buffer_breakdown``, ``activation_bytes``, ``logits_bytes``,
-``runtime_breakdown``): what the implementations, autograd and the CUDA runtime hold at the peak. Each
-term is a named allocation with a source, never a factor fitted to measurements (docs/memory.md).
+Beyond the model states (``buffer_breakdown``, ``runtime_breakdown``; the activations are in
+``activations.py``, the allocator's reserve in ``allocator.py``): what the implementations and the CUDA
+runtime hold at the peak. Each term is a named allocation with a source, never a factor fitted to
+measurements (docs/memory.md). ``PROGRESSIVE_GRADS`` are allocated during backward (torch's ``.grad``, set to
+None by ``zero_grad``), so the start of backward, where the activations peak, does not hold them yet.
 
 Term names are ``<category>.<what>``; category is params / grads / optim; a ``cpu.`` prefix marks host
 memory under offload. ``TERM_SOURCES`` says which file allocates each term.
 """
 
 from __future__ import annotations
-
-import math
 
 from disttune.strategies import NAMES
 
@@ -64,7 +68,10 @@ S12 = "deepspeed/runtime/zero/stage_1_and_2.py"
 S3 = "deepspeed/runtime/zero/stage3.py"
 TERM_SOURCES = {
     "params.fp32": "torch: trainable weights stay fp32 (accelerate autocasts; FSDP2 upcasts them in fsdp_utils)",
-    "params.frozen": "torch: frozen (LoRA base) weights in the loaded dtype, 16-bit under mixed precision",
+    "params.frozen": "torch: frozen (LoRA base) weights as loaded (fp32 by default) under DDP/FSDP2; 16-bit "
+    "under DeepSpeed, whose engine casts the module",
+    "params.bit16": "torch: weights loaded in 16-bit (--dtype bfloat16) train in 16-bit under DDP",
+    "grads.bit16": "torch: param.grad in the 16-bit weights' dtype (Adam's states follow the weights too)",
     "grads.fp32": "torch: param.grad, same dtype as the fp32 weight",
     "optim.exp_avg": "torch.optim.AdamW / DeepSpeed optimizer: first moment, fp32",
     "optim.exp_avg_sq": "torch.optim.AdamW / DeepSpeed optimizer: second moment, fp32",
@@ -92,11 +99,15 @@ TERM_SOURCES = {
     "fp32_grad_partition_at_step": f"{S12} step: flat_grad_partition.to(fp32), transient",
     "fp32_grad_subgroup": f"{S3} _prepare_fp32_grad_for_sub_group: flatten(averaged_gradients) (w) .to(fp32) (4), "
     "one sub group of min(sub_group_size, T/N) at a time, during step",
-    # allocator reserve: freed blocks the caching allocator keeps but cannot hand to a later, larger request
-    "logits_forward_block": "torch caching allocator: the 16-bit lm_head output, freed after ForCausalLMLoss's "
-    "upcast; every later request of the loss is a 4-byte one, larger, so it stays cached",
-    "phase_segments": "torch caching allocator: the step's flat fp32 gradient is larger than any block backward "
-    "freed (a request never spans two blocks), so the two phases take separate segments",
+    # allocator reserve (allocator.py): cached blocks torch.cuda.max_memory_reserved counts beside the live ones
+    "logits_forward_block": "torch caching allocator, fixed segments: the 16-bit lm_head output, freed after "
+    "ForCausalLMLoss's upcast; every later request of the loss is a 4-byte one, larger, so it stays cached",
+    "phase_segments": "torch caching allocator, fixed segments: the step's flat fp32 gradient is larger than any "
+    "block backward freed (a request never spans two blocks), so the two phases take separate segments",
+    "stranded_blocks": "torch caching allocator, fixed segments: blocks cut for an earlier step with fewer "
+    "tokens are too small for the same tensors of a larger step, which takes new segments beside them",
+    "stream_pools": "torch caching allocator: each stream has its own pool; FSDP2 allocates the sharded "
+    "gradients in its reduce-scatter stream, idle there at the start of backward",
     "gathered_params": f"{S3}/partitioned_param_coordinator.py: the module being computed (largest weight) + "
     "stage3_prefetch_bucket_size, capped by stage3_max_live_parameters",
     "offload_grad_staging": f"{S12}: temp_grad_buffer_for_gpu_offload (largest param)",
@@ -110,19 +121,57 @@ TERM_SOURCES = {
     "nccl_buffers": "NCCL: per-peer, per-channel protocol buffers of the communicator (NCCL_BUFFSIZE 4 MiB)",
 }
 STEP_BUFFERS = ("fp32_grad_partition_at_step", "fp32_grad_subgroup")  # exist only during optimizer.step()
+PROGRESSIVE_GRADS = ("grads.fp32", "grads.bit16", "grads.full")  # torch .grad: allocated during backward
 
 
 def _per_rank(n: int, world: int) -> int:
     return -(-n // world)
 
 
-def _optimizer_terms(trainable: int, optimizer: str, prefix: str = "") -> dict[str, int]:
-    """Adam moments: 2 x 4 bytes (fp32); bitsandbytes 8-bit: 1 byte each + an fp32 absmax per 256-block."""
+def _optimizer_terms(
+    trainable: int, optimizer: str, prefix: str = "", state_bytes: int = 4
+) -> dict[str, int]:
+    """Adam moments: 2 x 4 bytes (fp32; torch keeps them in the weights' dtype: 2 x 2 for 16-bit weights);
+    bitsandbytes 8-bit: 1 byte each + an fp32 absmax per 256-block."""
     if optimizer == "adamw_8bit":
         per_state = trainable + 4 * _per_rank(trainable, 256)
     else:
-        per_state = 4 * trainable
+        per_state = state_bytes * trainable
     return {f"{prefix}optim.exp_avg": per_state, f"{prefix}optim.exp_avg_sq": per_state}
+
+
+def _torch_terms(strategy: str, T: int, F: int, n: int, optimizer: str, model_dtype: str) -> dict[str, int]:
+    """DDP (whole) and FSDP2 (sharded): weights, frozen weights, ``.grad`` and Adam in the weights' dtype;
+    FSDP2's weights are fp32 whatever was loaded (accelerate upcasts them, fsdp_utils.py)."""
+    shard = (lambda x: _per_rank(x, n)) if strategy == "fsdp2" else (lambda x: x)
+    p = 4 if model_dtype == "float32" or strategy == "fsdp2" else 2
+    kind = "fp32" if p == 4 else "bit16"
+    terms = {f"params.{kind}": p * shard(T), "params.frozen": p * shard(F), f"grads.{kind}": p * shard(T)}
+    terms.update(_optimizer_terms(shard(T), optimizer, state_bytes=p))
+    return terms
+
+
+def _zero3_offload_terms(strategy: str, w: int, Pn: int, Tn: int, persistent: int, optimizer: str) -> dict:
+    """ZeRO-3 with parameters (``_params``), the optimizer (``_optimizer``) or both offloaded to host RAM."""
+    if strategy == "zero3_offload_params":  # parameters in host RAM, gradients and optimizer on the GPU
+        terms = {
+            "cpu.params.bit16_partition": w * Pn,
+            "params.persistent": w * persistent,
+            "grads.partition": w * Tn,
+            "optim.fp32_master_partition": 4 * Tn,
+        }
+        terms.update(_optimizer_terms(Tn, optimizer))
+        return terms
+    params_key = "cpu.params.partition" if strategy == "zero3_offload" else "params.partition"
+    terms = {
+        params_key: w * Pn,
+        "params.persistent": w * persistent,
+        "cpu.grads.partition": w * Tn,
+        "cpu.grads.fp32_subgroup": 4 * Tn,
+        "cpu.optim.fp32_master_partition": 4 * Tn,
+    }
+    terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    return terms
 
 
 def model_state_breakdown(
@@ -133,11 +182,13 @@ def model_state_breakdown(
     optimizer: str = "adamw",
     trainable_params: int | None = None,
     persistent_params: int = 0,
+    model_dtype: str = "float32",
 ) -> dict[str, int]:
     """Per-rank bytes of parameters, gradients and optimizer states, one named term each.
 
     ``num_params`` counts all weights; ``trainable_params`` the ones with requires_grad (default all);
-    ``persistent_params`` the ZeRO-3 weights small enough to stay gathered (0 when unknown). Offload
+    ``persistent_params`` the ZeRO-3 weights small enough to stay gathered (0 when unknown);
+    ``model_dtype`` what the weights were loaded as (DDP and FSDP2 keep it; DeepSpeed casts). Offload
     variants always use DeepSpeedCPUAdam (fp32 moments) whatever ``optimizer`` says. See the module
     docstring for the formulas and ``TERM_SOURCES`` for where each term is allocated.
     """
@@ -152,9 +203,7 @@ def model_state_breakdown(
     Tn, Pn = _per_rank(T, n), _per_rank(P, n)
 
     if strategy in ("ddp", "fsdp2"):
-        shard = (lambda x: _per_rank(x, n)) if strategy == "fsdp2" else (lambda x: x)
-        terms = {"params.fp32": 4 * shard(T), "params.frozen": w * shard(F), "grads.fp32": 4 * shard(T)}
-        terms.update(_optimizer_terms(shard(T), optimizer))
+        terms = _torch_terms(strategy, T, F, n, optimizer, model_dtype)
     elif strategy in ("zero1", "zero2"):
         terms = {
             "params.bit16_flat": w * P,
@@ -181,27 +230,8 @@ def model_state_breakdown(
             "cpu.optim.fp32_master_partition": 4 * Tn,
         }
         terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
-    elif strategy == "zero3_offload_params":  # parameters in host RAM, gradients and optimizer on the GPU
-        terms = {
-            "cpu.params.bit16_partition": w * Pn,
-            "params.persistent": w * persistent_params,
-            "grads.partition": w * Tn,
-            "optim.fp32_master_partition": 4 * Tn,
-        }
-        terms.update(_optimizer_terms(Tn, optimizer))
-    elif strategy in (
-        "zero3_offload_optimizer",
-        "zero3_offload",
-    ):  # optimizer (and, zero3_offload, params) on CPU
-        params_key = "cpu.params.partition" if strategy == "zero3_offload" else "params.partition"
-        terms = {
-            params_key: w * Pn,
-            "params.persistent": w * persistent_params,
-            "cpu.grads.partition": w * Tn,
-            "cpu.grads.fp32_subgroup": 4 * Tn,
-            "cpu.optim.fp32_master_partition": 4 * Tn,
-        }
-        terms.update(_optimizer_terms(Tn, "adamw", "cpu."))
+    elif strategy in ("zero3_offload_params", "zero3_offload_optimizer", "zero3_offload"):
+        terms = _zero3_offload_terms(strategy, w, Pn, Tn, persistent_params, optimizer)
     else:
         raise ValueError(
             f"strategy {strategy!r} has a row in disttune/strategies.py but no memory formula here"
@@ -280,83 +310,3 @@ def runtime_breakdown(num_processes: int) -> dict[str, int]:
     ``torch.cuda.max_memory_reserved`` does not. Fixed sizes from the runtimes' defaults, not measured here.
     """
     return {"cuda_context": CUDA_CONTEXT_BYTES, **({"nccl_buffers": NCCL_BYTES} if num_processes > 1 else {})}
-
-
-def activation_bytes(
-    per_device_batch: int,
-    max_length: int,
-    hidden_size: int,
-    num_hidden_layers: int,
-    intermediate_size: float,
-    q_dim: int,
-    kv_dim: int,
-    mixed_precision: str,
-    gradient_checkpointing: bool = False,
-    num_attention_heads: int | None = None,
-    attention: str = "sdpa",
-    selective_checkpointing: bool = False,
-    norms_per_layer: int = 2,
-    mlp_gated: bool = True,
-) -> int:
-    """Saved activations of the decoder stack (logits excluded), per rank, at the start of backward.
-
-    Per layer and token, in elements of the compute dtype (w bytes), what autograd keeps for a Llama-style
-    layer with SDPA/flash attention (no s^2 term; Korthikanti et al. 2022 count 34sbh for GPT with its
-    4h MLP and dropout, 5as^2b more without flash):
-        each RMSNorm: input h + fp32 upcast 2h (HF norms compute in fp32), normed output h  -> 4h per norm
-        attention: q, k, v (q + 2kv) and the attention output q                              -> 2q + 2kv
-        SwiGLU MLP: gate, up, silu(gate), gate*up (i each; GPT-2's GELU MLP: 2i)             -> 4i
-    total = w s b (4h x norms + 2q + 2kv + 4i) L. Eager attention adds a s^2 b (4 + w) per layer (fp32
-    softmax and its cast). Full gradient checkpointing keeps each layer's input (w s b h); selective
-    checkpointing (torchtitan's op policy: every other matmul output and the attention output) keeps
-    w s b (2h + 2q + kv + i): the input, q, v, the attention output, gate and down. Either way one layer is
-    recomputed whole during backward. For MoE, i is k x the expert width (+ the shared expert's).
-    """
-    w = 2 if mixed_precision in ("fp16", "bf16") else 4
-    s, b, h, i = max_length, per_device_batch, hidden_size, intermediate_size
-    per_layer = int(
-        w * s * b * (4 * h * norms_per_layer + 2 * q_dim + 2 * kv_dim + (4 if mlp_gated else 2) * i)
-    )
-    if attention == "eager":
-        per_layer += (num_attention_heads or 0) * s * s * b * (4 + w)
-    if gradient_checkpointing:
-        return num_hidden_layers * w * s * b * h + per_layer
-    if selective_checkpointing:
-        return num_hidden_layers * int(w * s * b * (2 * h + 2 * q_dim + kv_dim + i)) + per_layer
-    return num_hidden_layers * per_layer
-
-
-def logits_bytes(per_device_batch: int, max_length: int, vocab_size: int, mixed_precision: str) -> int:
-    """12 b s V: the cross-entropy's peak, inside ``log_softmax``'s backward, where the decoder's saved
-    activations are all still alive.
-
-    transformers' ForCausalLMLoss upcasts the logits (``logits.float()``) and ``cross_entropy`` saves its
-    fp32 log-probabilities (4 bytes); backward then holds them, nll_loss's dense fp32 gradient (4) and
-    log_softmax's fp32 input gradient (4) at once. The forward peak is lower (w + 4 + 4: the lm_head output,
-    its upcast, the log-probabilities), so the same 12 bytes hold in fp32 and bf16.
-    """
-    return per_device_batch * max_length * vocab_size * 12
-
-
-def fused_cross_entropy_bytes(
-    per_device_batch: int,
-    max_length: int,
-    vocab_size: int,
-    hidden_size: int,
-    mixed_precision: str,
-    lm_head_trainable: bool = True,
-) -> int:
-    """Liger's fused linear cross-entropy (``--use_liger_kernel``): the logits are never whole.
-
-    liger_kernel/ops/fused_linear_cross_entropy.py computes chunks of C = next_pow2(ceil(bs / ceil(V/h)))
-    tokens (logits chunk, w C V) and writes the gradients during the forward: grad_input (w b s h) and, when
-    the lm_head trains, grad_weight (w V h, the whole gathered weight under ZeRO-3/FSDP).
-    """
-    w = 2 if mixed_precision in ("fp16", "bf16") else 4
-    tokens = per_device_batch * max_length
-    chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(vocab_size / hidden_size))))))
-    return w * (
-        min(chunk, tokens) * vocab_size
-        + tokens * hidden_size
-        + (vocab_size * hidden_size if lm_head_trainable else 0)
-    )

@@ -160,6 +160,25 @@ def count_params(spec: ModelSpec, persistence_threshold: int = 100_000) -> Param
     return ParamCount(total, embed, lm_head, per_layer, largest, small, total - idle_experts)
 
 
+def matmul_params(spec: ModelSpec) -> int:
+    """Weights the decoder layers multiply with (no norms, biases, embeddings or lm_head): what bf16 autocast
+    casts to 16-bit copies that each matmul saves for its backward (``autocast_weight_copies``)."""
+    h, q, kv = spec.hidden_size, spec.q_dim, spec.kv_dim
+    attention = h * (q + 2 * kv) + q * h
+
+    def mlp(i: int) -> int:
+        return (3 if spec.mlp_gated else 2) * h * i if i else 0
+
+    moe = spec.num_experts * h + 3 * spec.num_experts * spec.moe_intermediate_size * h
+    moe += mlp(spec.shared_expert_intermediate_size)
+    dense_layers = spec.num_hidden_layers - spec.num_moe_layers
+    return (
+        spec.num_hidden_layers * attention
+        + dense_layers * mlp(spec.intermediate_size)
+        + spec.num_moe_layers * moe
+    )
+
+
 def siglip_tensors(vision: dict, text_hidden: int, name: str) -> tuple[int, ...]:
     """numel of each tensor of Gemma 3's vision side: a SigLIP encoder (``vision_config``; its pooling head
     only when ``vision_use_head``, which Gemma 3 turns off) and the projector into the text width."""
@@ -252,6 +271,36 @@ def _whole(config: dict, key: str, name: str, default=None, minimum: int = 1) ->
     return int(value)
 
 
+def _moe_fields(config: dict, name: str, model_type: str, n: int, i: int) -> dict:
+    """The mixture-of-experts fields of ``ModelSpec`` from a Mixtral / Qwen2-MoE / Qwen3-MoE config."""
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe"):
+        return {}
+    # config.json says num_local_experts (Mixtral) or num_experts (Qwen); transformers 5 may write either
+    experts_key = "num_local_experts" if config.get("num_local_experts") is not None else "num_experts"
+    e = _whole(config, experts_key, name)
+    k = _whole(config, "num_experts_per_tok", name)
+    if k > e:
+        raise UserError(f"{name}: num_experts_per_tok {k} exceeds {experts_key} {e}.")
+    step = _whole(config, "decoder_sparse_step", name, default=1)
+    dense_only = config.get("mlp_only_layers") or []
+    if not isinstance(dense_only, list):
+        raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
+    # every step-th layer is sparse unless listed as dense; counted, not looped (n may be absurdly large)
+    listed = {int(j) for j in dense_only if isinstance(j, int | float) and math.isfinite(j) and j == int(j)}
+    moe_layers = n // step - sum(1 for j in listed if 0 <= j < n and (j + 1) % step == 0)
+    shared = (
+        _whole(config, "shared_expert_intermediate_size", name, minimum=0) if model_type == "qwen2_moe" else 0
+    )
+    return dict(
+        num_experts=e,
+        num_experts_per_tok=k,
+        num_moe_layers=moe_layers,
+        moe_intermediate_size=i if model_type == "mixtral" else _whole(config, "moe_intermediate_size", name),
+        shared_expert_intermediate_size=shared,
+        shared_expert_gate=bool(shared),
+    )
+
+
 def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
     """A ``ModelSpec`` from a parsed transformers ``config.json`` (the decoders in ``MODEL_TYPES``)."""
     model_type = config.get("model_type")
@@ -299,38 +348,7 @@ def spec_from_config(config: dict, name: str = "config.json") -> ModelSpec:
         )
     d = _whole(config, "head_dim", name, default=h // a)
     attention_bias = bool(config.get("attention_bias", False))
-    moe = {}
-    if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
-        # config.json says num_local_experts (Mixtral) or num_experts (Qwen); transformers 5 may write either
-        experts_key = "num_local_experts" if config.get("num_local_experts") is not None else "num_experts"
-        e = _whole(config, experts_key, name)
-        k = _whole(config, "num_experts_per_tok", name)
-        if k > e:
-            raise UserError(f"{name}: num_experts_per_tok {k} exceeds {experts_key} {e}.")
-        step = _whole(config, "decoder_sparse_step", name, default=1)
-        dense_only = config.get("mlp_only_layers") or []
-        if not isinstance(dense_only, list):
-            raise UserError(f"{name}: mlp_only_layers is {dense_only!r}; it must be a list of layer indices.")
-        # every step-th layer is sparse unless listed as dense; counted, not looped (n may be absurdly large)
-        listed = {
-            int(j) for j in dense_only if isinstance(j, int | float) and math.isfinite(j) and j == int(j)
-        }
-        moe_layers = n // step - sum(1 for j in listed if 0 <= j < n and (j + 1) % step == 0)
-        shared = (
-            _whole(config, "shared_expert_intermediate_size", name, minimum=0)
-            if model_type == "qwen2_moe"
-            else 0
-        )
-        moe = dict(
-            num_experts=e,
-            num_experts_per_tok=k,
-            num_moe_layers=moe_layers,
-            moe_intermediate_size=i
-            if model_type == "mixtral"
-            else _whole(config, "moe_intermediate_size", name),
-            shared_expert_intermediate_size=shared,
-            shared_expert_gate=bool(shared),
-        )
+    moe = _moe_fields(config, name, model_type, n, i)
     gemma = model_type in ("gemma2", "gemma3_text")
     return ModelSpec(
         name=name,

@@ -5,11 +5,12 @@ and its line says "not yet measured on a GPU". The choices are pure functions of
 device, the strategy, the model type, the installed packages, what the user set), so CPU tests cover every
 branch; ``build.build_trainer`` applies them once the model is loaded.
 
-- **Liger's kernels** (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU; transformers' ``use_liger_kernel``):
-  on by default on CUDA in one process and under DDP, where one H200 measured the same loss (10.12342 vs
-  10.12355 after 3 steps, bf16), 12% less allocated memory and no slower steps. Opt-in elsewhere; refused
-  under ZeRO-3 across several processes: the fused loss reads ``lm_head.weight`` outside ``lm_head``'s own
-  forward, where ZeRO-3 holds only this rank's shard (TRL gathers it for its GRPO/DPO trainers, not for SFT).
+- **Liger's kernels** (transformers' ``use_liger_kernel``; with TRL 1.16 its layer kernels, RMSNorm, SwiGLU and
+  RoPE: TRL keeps its own chunked LM head and turns Liger's fused cross-entropy off): on by default on CUDA in
+  one process and under DDP, where one H200 measured the same loss (10.12342 vs 10.12355 after 3 steps,
+  bf16), 12% less allocated memory and no slower steps. Opt-in elsewhere, with a line saying it is not yet
+  measured there. (TRL 1.16 calls the flag deprecated in favour of hub kernels, which an offline machine
+  cannot fetch: its warning stays visible.)
 - **Attention**: what the model loads with (transformers picks sdpa when nothing is given). A
   flash-attention kernel with padding-free packing is not yet measured on a GPU here: the line says how to
   ask for it when it is installed.
@@ -51,18 +52,13 @@ def choose_liger(
                 "--use_liger_kernel: Liger's kernels are Triton GPU kernels; no CUDA GPU is visible.\n"
                 "  fix: drop --use_liger_kernel on this machine."
             )
-        if strategy == "deepspeed-zero3" and world > 1:
-            raise UserError(
-                f"--use_liger_kernel under ZeRO-3 across {world} processes: the fused cross-entropy reads "
-                "lm_head.weight outside lm_head's forward, where ZeRO-3 holds only this rank's shard (TRL "
-                "gathers it for GRPO/DPO, not for SFT).\n  fix: drop --use_liger_kernel, or use ZeRO-2, DDP or "
-                "FSDP2 if the model fits (`disttune estimate`)."
-            )
         if supported is None:
             raise UserError(
                 f"--use_liger_kernel needs liger-kernel.\n  fix: pip install {LIGER_PIN} (make install does on CUDA)."
             )
-        measured = "" if strategy in LIGER_MEASURED else f"; not yet measured on a GPU under {strategy}"
+        measured = (
+            "" if strategy in LIGER_MEASURED else f"; not yet measured on a GPU under {strategy} x{world}"
+        )
         return True, f"Liger kernels on (--use_liger_kernel){measured}"
     if asked is False or not cuda:
         return False, None
@@ -75,8 +71,8 @@ def choose_liger(
             f"Liger kernels off under {strategy}: not yet measured on a GPU (--use_liger_kernel true to use them)"
         )
     return True, (
-        "Liger kernels on (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU: measured equal loss and 12% less "
-        "memory on one H200); --use_liger_kernel false turns them off"
+        "Liger kernels on (RMSNorm, SwiGLU, RoPE: measured equal loss and 12% less memory on one H200); "
+        "--use_liger_kernel false turns them off"
     )
 
 
