@@ -228,3 +228,16 @@ def test_the_failure_line_names_the_phase_outside_the_training_step():
         )
     assert where.describe() == "after training (step 40, saving the model)"
     where.reset()  # leave no state for other tests
+
+
+def test_the_live_first_failure_never_infers_a_silent_rank_from_records_not_yet_written():
+    """While the job is ending, a rank that has not written yet is not "killed": only records count."""
+    secondary = failure.Failure(1, 4, "at step 4", failure.LOST_PEER, secondary=True, time=2.0)
+    assert failure.first_of({1: secondary}, world_size=0) == secondary
+    primary = failure.Failure(3, 4, "at step 4", "RuntimeError: boom", time=3.0)
+    assert (
+        failure.first_of({1: secondary, 3: primary}, world_size=0) == primary
+    )  # primary beats earlier secondary
+    assert (
+        failure.first_of({1: secondary}, world_size=2).cause == failure.KILLED
+    )  # the records' rule: rank 0 silent

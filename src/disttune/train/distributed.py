@@ -79,12 +79,21 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def restart_count(environ=os.environ) -> int:
-    """How many times torchrun's elastic agent has restarted this job (0 for the first attempt)."""
+def _elastic_int(environ, name: str) -> int:
     try:
-        return int(environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        return int(environ.get(name, "0"))
     except ValueError:
         return 0
+
+
+def restart_count(environ=os.environ) -> int:
+    """How many times torchrun's elastic agent has restarted this job (0 for the first attempt)."""
+    return _elastic_int(environ, "TORCHELASTIC_RESTART_COUNT")
+
+
+def max_restarts(environ=os.environ) -> int:
+    """``--max_restarts`` of this launch (0 without the elastic agent's restarts)."""
+    return _elastic_int(environ, "TORCHELASTIC_MAX_RESTARTS")
 
 
 def current_layout(environ=os.environ) -> dict:

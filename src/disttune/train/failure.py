@@ -275,7 +275,7 @@ def live_first(store=None) -> Failure | None:
     """The first failure among the records already in the store (ranks not yet heard from are not counted
     as killed: the job is still ending)."""
     known = {r: f for r, f in live_failures(store).items() if f is not None}
-    return first_of(known, len(known)) if known else None
+    return first_of(known, world_size=0)  # 0: no rank is inferred silent from a missing record
 
 
 def attempt_failures(

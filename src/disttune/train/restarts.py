@@ -32,16 +32,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from disttune.run_folder import RunFolder, read_json, write_json
-from disttune.train.distributed import restart_count
+from disttune.train.distributed import max_restarts, restart_count
 from disttune.train.failure import Where, describe_attempt
-
-
-def max_restarts(environ=os.environ) -> int:
-    """``--max_restarts`` of this launch (0 without the elastic agent's restarts)."""
-    try:
-        return int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
-    except ValueError:
-        return 0
 
 
 def init_restarted_process_group(environ=os.environ) -> bool:
