@@ -87,8 +87,10 @@ def check_before_launch(
 ) -> list:
     """``check_config`` on the config as it will be launched; raises ``UserError`` listing every error."""
     from disttune.config import check_config
+    from disttune.train.args import compared_flags
 
-    findings = check_config(config, num_processes=num_processes, script_args=list(script_args))
+    flags = compared_flags(list(script_args)) if script_args else None
+    findings = check_config(config, num_processes=num_processes, script_args=flags)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         lines = [f"refusing to launch: {len(errors)} error(s) in {config}:"]

@@ -43,3 +43,18 @@ def test_readers_of_a_run_folder_import_neither_torch_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_lower_floors_never_import_the_training_script():
+    """docs/architecture.md's floors: config/, estimate/ and the rooms below them import nothing of train/
+    (disttune check reads the script's arguments through the command, which hands config/ the result)."""
+    lower = [*(SRC / "config").rglob("*.py"), *(SRC / "estimate").rglob("*.py")]
+    lower += [SRC / name for name in ("errors.py", "extensions.py", "precision.py", "strategies.py")]
+    lower += [SRC / name for name in ("plan.py", "run_folder.py", "versus.py")]
+    upward = []
+    for path in lower:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            upward += [f"{path.relative_to(SRC)}: {n}" for n in names if n.startswith("disttune.train")]
+    assert not upward, upward

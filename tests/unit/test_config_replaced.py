@@ -7,6 +7,7 @@ import json
 
 from disttune.config import check_config
 from disttune.config.check import check_files
+from disttune.train.args import compared_flags
 
 OPTIMIZER = {
     "type": "AdamW",
@@ -19,7 +20,7 @@ BASE = {"zero_optimization": {"stage": 2}}
 def run(tmp_path, data: dict, args=None):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(data))
-    return check_config(path, script_args=args)
+    return check_config(path, script_args=compared_flags(args) if args else None)
 
 
 def at(findings, key):
@@ -111,5 +112,7 @@ def test_the_json_an_accelerate_config_points_to_is_compared_too(tmp_path):
     (tmp_path / "acc.yaml").write_text(
         "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: ds.json\n"
     )
-    report = check_files([tmp_path / "acc.yaml"], script_args=["--lr_scheduler_type", "linear"], cwd=tmp_path)
+    report = check_files(
+        [tmp_path / "acc.yaml"], script_args=compared_flags(["--lr_scheduler_type", "linear"]), cwd=tmp_path
+    )
     assert [(f.severity, f.key) for f in report.findings] == [("error", "scheduler")]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from disttune.config import check_config
-from disttune.config.script_args import parse_script_args
+from disttune.train.args import compared_flags
 
 ZERO2 = """distributed_type: DEEPSPEED
 num_processes: 4
@@ -42,13 +42,13 @@ deepspeed_config:
     ],
 )
 def test_parse(argv, expected):
-    parsed = parse_script_args(argv)
+    parsed = compared_flags(argv)
     names = ("gradient_accumulation_steps", "max_grad_norm", "bf16", "fp16", "per_device_train_batch_size")
     assert {k: getattr(parsed, k) for k in names if getattr(parsed, k) is not None} == expected
 
 
 def test_flags_are_shown_as_written():
-    raw = parse_script_args(["--bf16", "false", "--gradient-accumulation-steps=4", "--fp16"]).raw
+    raw = compared_flags(["--bf16", "false", "--gradient-accumulation-steps=4", "--fp16"]).raw
     assert raw == {
         "bf16": "--bf16 false",
         "gradient_accumulation_steps": "--gradient-accumulation-steps=4",
@@ -59,7 +59,7 @@ def test_flags_are_shown_as_written():
 def run(tmp_path, text, argv, name="c.yaml"):
     path = tmp_path / name
     path.write_text(text)
-    return check_config(path, script_args=argv)
+    return check_config(path, script_args=compared_flags(argv) if argv else None)
 
 
 def test_matching_or_absent_values_are_fine(tmp_path):
@@ -147,15 +147,17 @@ def test_json_values_are_compared(tmp_path):
     path.write_text(json.dumps(data))
     found = check_config(
         path,
-        script_args=[
-            "--gradient_accumulation_steps",
-            "8",
-            "--max_grad_norm",
-            "0.3",
-            "--per_device_train_batch_size",
-            "2",
-            "--fp16",
-        ],
+        script_args=compared_flags(
+            [
+                "--gradient_accumulation_steps",
+                "8",
+                "--max_grad_norm",
+                "0.3",
+                "--per_device_train_batch_size",
+                "2",
+            ]
+            + ["--fp16"]
+        ),
     )
     assert {f.key for f in found} == {
         "gradient_accumulation_steps",
@@ -170,7 +172,7 @@ def test_the_script_parser_reads_recipes_and_refuses_what_the_script_refuses(tmp
     script would refuse is a finding, with the script's own words."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("gradient_accumulation_steps: 4\nbf16: true\n")
-    parsed = parse_script_args(["--config", str(recipe)])
+    parsed = compared_flags(["--config", str(recipe)])
     assert (parsed.gradient_accumulation_steps, parsed.bf16) == (4, True)
     assert (
         parsed.raw["gradient_accumulation_steps"] == "gradient_accumulation_steps: 4 in the --config recipe"

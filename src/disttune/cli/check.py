@@ -129,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.num_processes is not None and args.num_processes < 1:
         raise UserError("--num_processes must be at least 1", exit_code=2)
-    report = check_files(configs, args.num_processes, script_args)
+    flags = None
+    if script_args:
+        from disttune.train.args import compared_flags  # the script's own parser (imports TRL)
+
+        flags = compared_flags(script_args)
+    report = check_files(configs, args.num_processes, flags)
     print(render_json(report) if args.json else render_text(report))
     if report.errors or (args.strict and report.warnings):
         return 1

@@ -31,7 +31,7 @@ from disttune.config.rules import (
 )
 from disttune.config.rules_fsdp import rule_fsdp
 from disttune.config.schema import CLUSTER_CONFIG, SAGEMAKER_CONFIG
-from disttune.config.script_args import Setting, check_precision_args, check_script_args, parse_script_args
+from disttune.config.script_args import ScriptArgs, Setting, check_precision_args, check_script_args
 from disttune.config.spellings import check_spellings
 from disttune.config.validate import Context, check_section
 from disttune.errors import UserError
@@ -114,18 +114,21 @@ def config_kind(data: dict, path: Path) -> tuple[str, str | None]:
 
 
 def check_files(
-    paths, num_processes: int | None = None, script_args: list[str] | None = None, cwd=None
+    paths, num_processes: int | None = None, script_args: ScriptArgs | None = None, cwd=None
 ) -> CheckReport:
-    """Check each path (accelerate config, or a DeepSpeed JSON given directly) and collect everything."""
+    """Check each path (accelerate config, or a DeepSpeed JSON given directly) and collect everything.
+
+    ``script_args``: the training script's arguments as its own parser read them
+    (``train.args.compared_flags``), compared with what the configs set; None: nothing to compare.
+    """
     report = CheckReport()
-    parsed_args = parse_script_args(script_args) if script_args else None
-    if parsed_args is not None and parsed_args.problem:
+    if script_args is not None and script_args.problem:
         report.findings.append(  # a warning: another script's parser may take what ours refuses
             warning(
                 "-- SCRIPT ARGS",
                 "",
                 None,
-                f"disttune's training script would refuse these arguments ({parsed_args.problem}), so they were "
+                f"disttune's training script would refuse these arguments ({script_args.problem}), so they were "
                 "not compared with the config",
                 "for 07_distributed_training.py, write each flag in full as its --help lists it",
             )
@@ -150,15 +153,15 @@ def check_files(
             )
             report.findings += check_spellings(data, str(path), root=INFERENCE)
         elif kind == DEEPSPEED:
-            _check_json_file(report, data, str(path), num_processes, parsed_args)
+            _check_json_file(report, data, str(path), num_processes, script_args)
         else:
             report.configs[str(path)] = data
-            _check_yaml_file(report, data, path, num_processes, parsed_args, cwd)
+            _check_yaml_file(report, data, path, num_processes, script_args, cwd)
     return report
 
 
 def check_config(
-    path, num_processes: int | None = None, script_args: list[str] | None = None
+    path, num_processes: int | None = None, script_args: ScriptArgs | None = None
 ) -> list[Finding]:
     """All findings for one accelerate config (with the DeepSpeed JSON it references) or one DeepSpeed JSON."""
     return check_files([path], num_processes, script_args).findings

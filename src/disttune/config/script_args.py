@@ -1,7 +1,9 @@
 """Training-script arguments (after ``--``) against the same settings in the config.
 
-``parse_script_args`` reads the flags every check compares (batch, accumulation, clipping, precision, and
-the optimizer and schedule flags that a DeepSpeed ``optimizer`` / ``scheduler`` block replaces: replaced.py).
+``ScriptArgs`` holds the flags every check compares (batch, accumulation, clipping, precision, and the
+optimizer and schedule flags that a DeepSpeed ``optimizer`` / ``scheduler`` block replaces: replaced.py), as
+the training script's own parser read them (``train.args.compared_flags``: the caller parses, so this floor
+never imports the training script).
 
 Under DeepSpeed, HF Trainer / TRL compare the DeepSpeed config with their TrainingArguments and stop with
 "Please correct the following DeepSpeed config values that mismatch TrainingArguments" when both give a
@@ -20,10 +22,11 @@ from disttune.config.findings import Finding, error
 from disttune.precision import SCRIPT_FLAGS, disagreeing, shown
 from disttune.precision import wanted as precision_wanted
 
-_INT_FLAGS = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_steps")
-_FLOAT_FLAGS = ("max_grad_norm", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
-_FLOAT_FLAGS += ("warmup_steps",)  # transformers 5: a whole number of steps, or a fraction (< 1) of them
-_STR_FLAGS = ("lr_scheduler_type", "optim")
+# The flags compared with a config (besides --bf16 / --fp16): ScriptArgs' fields.
+COMPARED = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_steps", "max_grad_norm")
+COMPARED += ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
+COMPARED += ("warmup_steps",)  # transformers 5: a whole number of steps, or a fraction (< 1) of them
+COMPARED += ("lr_scheduler_type", "optim")
 
 
 @dataclass(frozen=True)
@@ -50,61 +53,6 @@ class ScriptArgs:
     def shown(self, name: str) -> str:
         """The flag as the user wrote it (``--learning_rate 1e-4``)."""
         return (self.raw or {}).get(name, f"--{name} {getattr(self, name)}")
-
-
-def _shown(argv: list[str], name: str, value: object) -> str:
-    """The flag as the user wrote it (``--bf16``, ``--bf16 false``, ``--bf16=True``, ``--gradient-accumulation-steps
-    4``); a value from the ``--config`` recipe as ``name: value in the --config recipe``."""
-    spellings = (f"--{name}", f"--{name.replace('_', '-')}")
-    for index in range(len(argv) - 1, -1, -1):
-        token = argv[index]
-        flag, eq, _ = token.partition("=")
-        if flag in spellings:
-            if eq:
-                return token
-            following = argv[index + 1] if index + 1 < len(argv) else None
-            return (
-                f"{token} {following}" if following is not None and not following.startswith("--") else token
-            )
-    return f"{name}: {value} in the --config recipe"
-
-
-def parse_script_args(argv: list[str] | None) -> ScriptArgs:
-    """The flags every check compares, as the training script's own parser reads them (``train.args``: the
-    same types, spellings and ``--config`` recipe), kept only where the user set them (command line or
-    recipe): a default never conflicts with the config. Arguments the script's parser refuses are left to
-    it (it reports them when launched): nothing is compared then. Imports TRL (a few seconds), so only when
-    script arguments are given."""
-    import contextlib
-    import io
-    import warnings
-
-    from disttune.errors import UserError
-    from disttune.precision import split_precision_flags
-    from disttune.train.args import explicit_names, parse_args, read_recipe
-
-    argv = list(argv or [])
-    said = io.StringIO()
-    try:
-        # The precision flags as the script reads them (precision.py: a flag alone means true), then the rest.
-        rest, flags = split_precision_flags(argv, read_recipe(argv))
-        with warnings.catch_warnings(), contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-            warnings.simplefilter("ignore")
-            # as the script parses under a launch: the precision comes from the config, not the flags
-            _, training_args, _ = parse_args([*rest, "--bf16", "false", "--fp16", "false"], lenient=True)
-        given = explicit_names(rest)
-    except (UserError, SystemExit, TypeError, ValueError) as exc:
-        lines = [line for line in said.getvalue().splitlines() if "error:" in line] or [str(exc)]
-        return ScriptArgs(raw={}, problem=lines[-1].split("error: ", 1)[-1])
-    names = _INT_FLAGS + _FLOAT_FLAGS + _STR_FLAGS
-    found = {name: _plain(getattr(training_args, name)) for name in names if name in given}
-    found.update(flags)
-    return ScriptArgs(**found, raw={name: _shown(argv, name, value) for name, value in found.items()})
-
-
-def _plain(value):
-    """An enum value as its string (``SchedulerType.COSINE`` -> ``cosine``), anything else as it is."""
-    return getattr(value, "value", value)
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,56 @@ def parse_args(argv: list[str], defaults: dict | None = None, lenient: bool = Fa
         return tuple(parser.parse_args_and_config(argv))
     except ValueError as exc:  # unknown keys in a recipe, invalid combinations
         raise UserError(str(exc)) from exc
+
+
+def compared_flags(argv: list[str] | None):
+    """The flags ``disttune check`` compares with a config (``config.script_args.COMPARED``, ``--bf16`` /
+    ``--fp16``), as this parser reads them (the same types, spellings and ``--config`` recipe), kept only where
+    the user set them (command line or recipe): a default never conflicts with the config. Arguments this
+    parser refuses are left to the script (it reports them when launched): nothing is compared then, and
+    ``problem`` says why. Imports TRL (a few seconds), so only when script arguments are given."""
+    import contextlib
+    import io
+    import warnings
+
+    from disttune.config.script_args import COMPARED, ScriptArgs
+    from disttune.precision import split_precision_flags
+
+    argv = list(argv or [])
+    said = io.StringIO()
+    try:
+        # The precision flags as the script reads them (precision.py: a flag alone means true), then the rest.
+        rest, flags = split_precision_flags(argv, read_recipe(argv))
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            warnings.simplefilter("ignore")
+            # as the script parses under a launch: the precision comes from the config, not the flags
+            _, training_args, _ = parse_args([*rest, "--bf16", "false", "--fp16", "false"], lenient=True)
+        given = explicit_names(rest)
+    except (UserError, SystemExit, TypeError, ValueError) as exc:
+        lines = [line for line in said.getvalue().splitlines() if "error:" in line] or [str(exc)]
+        return ScriptArgs(raw={}, problem=lines[-1].split("error: ", 1)[-1])
+    found = {name: _plain(getattr(training_args, name)) for name in COMPARED if name in given}
+    found.update(flags)
+    return ScriptArgs(**found, raw={name: _shown(argv, name, value) for name, value in found.items()})
+
+
+def _plain(value):
+    """An enum value as its string (``SchedulerType.COSINE`` -> ``cosine``), anything else as it is."""
+    return getattr(value, "value", value)
+
+
+def _shown(argv: list[str], name: str, value: object) -> str:
+    """The flag as the user wrote it (``--bf16``, ``--bf16 false``, ``--bf16=True``, ``--gradient-accumulation-steps
+    4``); a value from the ``--config`` recipe as ``name: value in the --config recipe``."""
+    spellings = (f"--{name}", f"--{name.replace('_', '-')}")
+    for index in range(len(argv) - 1, -1, -1):
+        token = argv[index]
+        flag, eq, _ = token.partition("=")
+        if flag in spellings:
+            if eq:
+                return token
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            return (
+                f"{token} {following}" if following is not None and not following.startswith("--") else token
+            )
+    return f"{name}: {value} in the --config recipe"
