@@ -25,6 +25,15 @@
 # Stage c (optional, STAGES="a b c"): 7. Liger on and off (losses and final weights within bf16 bounds), and
 #   ours vs plain TRL with Liger's kernels on both sides, DDP. Note: on CUDA our script turns Liger on by
 #   default under DDP (train/kernels.py), so stage b compares ours as users run it (Liger on) with plain TRL.
+# Stage d (optional, STAGES=d): 8. the ZeRO-3 bucket hypothesis (docs/benchmarks.md, GPU): ours vs plain TRL
+#   with DeepSpeed's own bucket sizes written out on both sides (benchmarks/configs/zero3_deepspeed_defaults.yaml),
+#   to set beside stage b's ZeRO-3 pairs, where ours derives them from the hidden size and plain TRL gets
+#   DeepSpeed's defaults. A ratio near 1 here and below 1 there puts the ZeRO-3 gap on the bucket sizes.
+# Stage e (optional, STAGES=e): 9. attention for packed rows: sdpa (the default; transformers gives it a dense
+#   block-diagonal mask over the flattened row, so every pair of the row's 8192 tokens is computed) against
+#   torch's flex_attention (block-sparse: whole blocks between documents are skipped; needs no extra package,
+#   but its backward runs on GPUs only, so no CPU test can hold it): losses and final weights within bf16
+#   bounds, tokens/s of each, then ours with flex_attention vs plain TRL with sdpa.
 # Exits non-zero when any step failed. Needs a CUDA build of torch and the rest of requirements-lock.txt in
 # the active Python (or .venv); on the lent device machine: bash .whl/on_device.sh bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -170,6 +179,32 @@ stage_c() {  # the fused kernels (Liger): equal to the plain path, and ours vs p
         --max_steps "$STEPS_1B" --output "$REPORT_DIR/vs_trl_ddp_liger.json" --work "$WORK/vs_trl_ddp_liger" \
         -- "${ARGS_1B[@]}" --use_liger_kernel true
     { result vs_trl_ddp_liger; echo '```'; grep -E "^pair|^ours" "$WORK/vs_trl_ddp_liger.log"; echo '```'; } >>"$REPORT"
+}
+
+stage_d() {  # ZeRO-3 with DeepSpeed's bucket sizes on both sides: is stage b's ZeRO-3 gap the bucket sizes?
+    [ -f "$MODEL_1B/config.json" ] || step build_1b "$PY" -c "$BUILD_1B"
+    echo >>"$REPORT"; echo "## d. ours vs plain TRL, ZeRO-3 with DeepSpeed's bucket sizes on both sides (1.1B, $STEPS_1B steps)" >>"$REPORT"
+    step vs_trl_zero3_ds_buckets "$PY" benchmarks/overhead_vs_trl.py \
+        --config benchmarks/configs/zero3_deepspeed_defaults.yaml --pairs "$PAIRS" --max_steps "$STEPS_1B" \
+        --output "$REPORT_DIR/vs_trl_zero3_ds_buckets.json" --work "$WORK/vs_trl_zero3_ds_buckets" -- "${ARGS_1B[@]}"
+    { result vs_trl_zero3_ds_buckets; echo '```'; grep -E "^pair|^ours" "$WORK/vs_trl_zero3_ds_buckets.log"; echo '```'; } >>"$REPORT"
+}
+
+stage_e() {  # attention for packed rows: sdpa vs flex_attention (equal? faster?), then flex vs plain TRL's sdpa
+    [ -f "$MODEL_1B/config.json" ] || step build_1b "$PY" -c "$BUILD_1B"
+    echo >>"$REPORT"; echo "## e. attention for packed rows: sdpa vs flex_attention (ours, 1.1B, DDP, $STEPS_1B steps)" >>"$REPORT"
+    local one=(--config_file accelerate_configs/single_gpu.yaml --num_processes 1 --main_process_ip 127.0.0.1)
+    local flex=("${ARGS_1B[@]/sdpa/flex_attention}")
+    step attn_sdpa accelerate launch "${one[@]}" --main_process_port 29711 07_distributed_training.py \
+        --output_dir "$WORK/attn_sdpa" --overwrite_output_dir --max_steps "$STEPS_1B" "${ARGS_1B[@]}"
+    step attn_flex accelerate launch "${one[@]}" --main_process_port 29712 07_distributed_training.py \
+        --output_dir "$WORK/attn_flex" --overwrite_output_dir --max_steps "$STEPS_1B" "${flex[@]}"
+    step attn_equal "$PY" benchmarks/compare_runs.py "$WORK/attn_sdpa" "$WORK/attn_flex"
+    { result attn_sdpa; result attn_flex; result attn_equal; sed 's/^/    /' "$WORK/attn_equal.log"; } >>"$REPORT"
+    step vs_trl_ddp_flex "$PY" benchmarks/overhead_vs_trl.py --config single_gpu --pairs "$PAIRS" \
+        --max_steps "$STEPS_1B" --output "$REPORT_DIR/vs_trl_ddp_flex.json" --work "$WORK/vs_trl_ddp_flex" \
+        --ours_args "--attn_implementation flex_attention" -- "${ARGS_1B[@]}"
+    { echo "### ours flex_attention vs plain TRL sdpa (DDP)"; result vs_trl_ddp_flex; echo '```'; grep -E "^pair|^ours" "$WORK/vs_trl_ddp_flex.log"; echo '```'; } >>"$REPORT"
 }
 
 for s in $STAGES; do "stage_$s"; done

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +38,12 @@ def main() -> None:
     parser.add_argument("--config", help="a shipped accelerate config (name or path); none: plain processes")
     parser.add_argument("--output", default="overhead_vs_trl.json")
     parser.add_argument("--work", help="folder for the runs (default: a new temporary folder)")
+    parser.add_argument(
+        "--ours_args",
+        default="",
+        help="arguments for our script only, after the shared ones (a fast path against the plain peer, "
+        "e.g. '--attn_implementation flex_attention'); the JSON records them",
+    )
     args, script_args = parser.parse_known_args()
     script_args = [a for a in script_args if a != "--"]
     script_args += ["--max_steps", str(args.max_steps), "--logging_steps", str(args.logging_steps)]
@@ -45,20 +52,23 @@ def main() -> None:
     scripts = {"ours": ROOT / "07_distributed_training.py", "plain": PEER}
 
     def command(side: str):
+        side_args = script_args + (shlex.split(args.ours_args) if side == "ours" else [])
         if args.config is None:
-            return lambda run_dir: plain_command(scripts[side], run_dir, script_args)
+            return lambda run_dir: plain_command(scripts[side], run_dir, side_args)
         config = (
             Path(args.config)
             if args.config.endswith(".yaml")
             else ROOT / "accelerate_configs" / f"{args.config}.yaml"
         )
-        extra = ["--overwrite_output_dir", "true", *script_args]
+        extra = ["--overwrite_output_dir", "true", *side_args]
         return lambda run_dir: launch_command(config, scripts[side], run_dir, 1, None, extra)
 
     data = compare(
         {side: command(side) for side in scripts}, work, args.pairs, args.warmup_steps_skipped, cwd=ROOT
     )
-    data.update(config=args.config, max_steps=args.max_steps, script_args=script_args)
+    data.update(
+        config=args.config, max_steps=args.max_steps, script_args=script_args, ours_args=args.ours_args
+    )
     Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -1,7 +1,8 @@
 """Mixed precision, in one place: the values, the script's flags, and the rule that joins them.
 
 One source of precision for a run: the accelerate config's ``mixed_precision`` (or ``--mixed_precision`` on the
-launch line), which ``accelerate launch`` exports as ``ACCELERATE_MIXED_PRECISION``. The training script's
+launch line), which ``accelerate launch`` exports as ``ACCELERATE_MIXED_PRECISION``, unless a DeepSpeed JSON
+pins ``bf16.enabled`` / ``fp16.enabled`` (``train/reconcile.launch_precision``). The training script's
 ``--bf16``/``--fp16`` (transformers' flags) may only agree with it (``disagreeing``): the script refuses a
 flag that does not at run time (``train/reconcile.py``), and ``disttune check -- ARGS`` says so before the
 launch (``config/script_args.py``). Standard library only.

@@ -183,6 +183,33 @@ def test_a_precision_flag_contradicting_the_launch_stops_naming_both_places(tmp_
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_a_deepspeed_json_that_pins_bf16_trains_in_bf16(tmp_path, cache):
+    """The DeepSpeed JSON decides the precision when it pins bf16.enabled (accelerate refuses mixed_precision
+    beside a deepspeed_config_file and reads the JSON): the Trainer's flags follow it. Before, the script took
+    accelerate's 'no' and the Trainer stopped with "ds bf16.enabled=True vs hf bf16=False"."""
+    (tmp_path / "ds.json").write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "bf16": {"enabled": True},
+                "zero_optimization": {"stage": 2},
+            }
+        )
+    )
+    config = tmp_path / "zero2_json.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_processes: 2\nmachine_rank: 0\n"
+        f"num_machines: 1\nmain_process_ip: 127.0.0.1\nuse_cpu: false\n"
+        f"deepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
+    )
+    out = tmp_path / "out"
+    result = launch(str(config), out, *SHORT_RUN, mixed_precision=None, cache_dir=cache)
+    assert result.returncode == 0, explain(result)
+    summary = read_summary(out)
+    assert (summary["mixed_precision"], summary["zero_stage"]) == ("bf16", 2), summary
+
+
 def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):
     out = tmp_path / "out"
     result = launch(

@@ -51,6 +51,18 @@ def test_every_shipped_config_has_no_finding(name):
     assert check_config(shipped_config_path(name)) == []
 
 
+def test_the_benchmark_configs_have_no_finding(monkeypatch):
+    """benchmarks/configs/ (the GPU check's stage d) as the GPU check launches them, from the repository root."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    configs = sorted((root / "benchmarks" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert check_config(path.relative_to(root)) == [], path
+
+
 def test_no_heavy_imports():
     code = (
         "import disttune.cli.check, disttune.cli.config, disttune.config, disttune.config.new; import sys; "

@@ -90,3 +90,25 @@ def test_the_liger_pin_in_messages_is_the_one_make_install_installs():
 
     lines = (Path(__file__).resolve().parents[2] / "requirements-cuda.txt").read_text().splitlines()
     assert [line for line in lines if line and not line.startswith("#")] == [LIGER_PIN]
+
+
+def test_flex_attention_is_refused_for_training_on_a_cpu_only():
+    from disttune.train.kernels import check_attention
+
+    with pytest.raises(UserError, match="flex_attention trains on GPUs only") as err:
+        check_attention("flex_attention", cuda=False)
+    assert "fix: drop --attn_implementation" in str(err.value)
+    check_attention("flex_attention", cuda=True)
+    check_attention("sdpa", cuda=False)
+    check_attention(None, cuda=False)
+
+
+def test_the_reason_for_refusing_flex_attention_on_a_cpu_still_holds():
+    """torch itself refuses flex_attention's backward on a CPU; when a release adds it, this fails: lift the
+    refusal in kernels.check_attention then."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q = torch.ones(1, 1, 16, 8, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="does not support backward on CPU"):
+        flex_attention(q, q, q)

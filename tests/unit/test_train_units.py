@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -258,6 +259,44 @@ def test_a_conflicting_precision_flag_names_both_places_and_the_fix(user, launch
     message = str(err.value)
     assert f"given {shown} but the launch resolved mixed_precision '{launched}' (z2.yaml" in message
     assert f"fix: drop {shown}" in message and launch_fix in message
+
+
+@pytest.mark.parametrize(
+    ("json_precision", "launched", "expected"),
+    [
+        (
+            {"bf16": {"enabled": True}},
+            "no",
+            ("bf16", "bf16.enabled"),
+        ),  # accelerate leaves 'no'; the JSON decides
+        ({"fp16": {"enabled": "true"}}, "no", ("fp16", "fp16.enabled")),
+        ({"bf16": {"enabled": False}, "fp16": {"enabled": False}}, "bf16", ("no", "bf16.enabled")),
+        ({"bf16": {"enabled": "auto"}}, "bf16", ("bf16", None)),  # "auto": the launch's value fills it
+        ({}, "fp16", ("fp16", None)),
+    ],
+)
+def test_a_deepspeed_json_that_pins_the_precision_is_the_launchs_precision(
+    tmp_path, json_precision, launched, expected
+):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, **json_precision}))
+    env = {reconcile.MP_ENV: launched, reconcile.DS_ENV: "true", reconcile.DS_CONFIG_ENV: str(path)}
+    precision, where = reconcile.launch_precision(env)
+    assert (precision, where and where.rsplit(": ", 1)[1]) == expected
+    assert where is None or where.startswith(str(path))
+    # without DeepSpeed, or not started by accelerate, the JSON is not read
+    assert reconcile.launch_precision({**env, reconcile.DS_ENV: "false"}) == (launched, None)
+    assert reconcile.launch_precision({}) == (None, None)
+
+
+def test_a_flag_against_a_json_pinned_precision_names_the_json_key():
+    with pytest.raises(UserError) as err:
+        reconcile.reconcile_precision({"bf16": False}, "bf16", pinned_at="ds.json: bf16.enabled")
+    message = str(err.value)
+    assert (
+        "given --bf16 false but the launch resolved mixed_precision 'bf16' (ds.json: bf16.enabled)" in message
+    )
+    assert "fix: drop --bf16 false" in message and "set bf16.enabled there" in message
 
 
 def test_without_accelerate_launch_the_flags_are_not_checked():

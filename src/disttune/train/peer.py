@@ -9,7 +9,8 @@
 It reads the same command line as ``07_distributed_training.py`` through TRL's own parser (``SFTConfig`` and
 ``ModelConfig``), starting from the same defaults (``disttune.train.args.SCRIPT_DEFAULTS``), and applies the
 two settings our script derives from the launch: the precision of the accelerate config (``bf16``/``fp16``
-as ``ACCELERATE_MIXED_PRECISION`` says, what a TRL user sets to match the config) and fused AdamW on CUDA.
+as ``ACCELERATE_MIXED_PRECISION`` or a DeepSpeed JSON that pins it says, what a TRL user sets to match the
+config) and fused AdamW on CUDA.
 The built-in data set, the model loaded with ``from_pretrained`` in float32. Nothing of ours runs during
 training (no callbacks, no checks) but ``StepClock``, which writes the wall time and token count at each
 log to ``<output_dir>/clock.jsonl`` (no device work), so that both sides' steady-state throughput is
@@ -19,7 +20,6 @@ computed the same way. Prints transformers' own final metrics (``train_runtime``
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from disttune.train.args import SCRIPT_DEFAULTS
 from disttune.train.data import builtin_examples
+from disttune.train.reconcile import launch_precision
 from disttune.train.teardown import release_trainer, shutdown_distributed
 from disttune.train.tiny import TINY_NAME, tiny_checkpoint
 
@@ -64,7 +65,7 @@ def main() -> None:
     peer_args, config, model_args = parser.parse_args_and_config()
     if config.include_num_input_tokens_seen in (True, "all"):
         config.include_num_input_tokens_seen = "non_padding"  # what our script turns it into
-    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    precision = launch_precision()[0] or "no"  # the config's, or the DeepSpeed JSON's where it pins one
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "bf16"  # as our script does on a CPU (no fp16 autocast kernels there)
     config.bf16, config.fp16 = precision == "bf16", precision == "fp16"

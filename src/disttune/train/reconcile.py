@@ -19,6 +19,28 @@ from disttune.errors import UserError
 GA_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 CLIP_ENV = "ACCELERATE_GRADIENT_CLIPPING"
 MP_ENV = "ACCELERATE_MIXED_PRECISION"
+DS_ENV, DS_CONFIG_ENV = "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE"
+
+
+def launch_precision(environ=os.environ) -> tuple[str | None, str | None]:
+    """The precision the launch resolved, and where it was pinned (None: the config's ``mixed_precision``
+    or ``--mixed_precision``, as ``ACCELERATE_MIXED_PRECISION``; None, None: not started by accelerate).
+
+    Under DeepSpeed with a ``deepspeed_config_file`` whose ``bf16.enabled`` / ``fp16.enabled`` is pinned (not
+    "auto"), the JSON decides: accelerate refuses ``mixed_precision`` next to such a file, leaves the
+    variable at ``no`` and reads the JSON (``AcceleratorState.mixed_precision``), and the Trainer stops on
+    ``ds bf16.enabled=True vs hf bf16=False`` unless its flags follow the JSON. The JSON is read with the
+    same rule as ``disttune check`` (``config.deepspeed_rules.json_precision``).
+    """
+    launched = environ.get(MP_ENV)
+    path = environ.get(DS_CONFIG_ENV)
+    if launched is None or environ.get(DS_ENV, "").lower() != "true" or path in (None, "", "none"):
+        return launched, None
+    from disttune.config.deepspeed_rules import json_precision
+    from disttune.config.load import load_mapping
+
+    pinned, key = json_precision(load_mapping(path, "DeepSpeed config", syntax="json"))
+    return (pinned, f"{path}: {key}") if pinned is not None else (launched, None)
 
 
 def launcher_config_file() -> str:
@@ -55,22 +77,31 @@ def split_precision_flags(argv: list[str], recipe: dict | None = None) -> tuple[
         raise UserError(str(exc)) from None
 
 
-def reconcile_precision(user: dict[str, bool], launched: str | None, config_name: str | None = None) -> None:
+def reconcile_precision(
+    user: dict[str, bool], launched: str | None, config_name: str | None = None, pinned_at: str | None = None
+) -> None:
     """Refuse ``--bf16``/``--fp16`` values that contradict the precision accelerate resolved (``launched``).
 
-    ``user`` holds the values the user gave; ``launched`` is ``ACCELERATE_MIXED_PRECISION`` as the
-    launcher set it (``no``, ``fp16``, ``bf16``), or None when the script was not started by accelerate.
+    ``user`` holds the values the user gave; ``launched`` is the launch's precision (``no``, ``fp16``,
+    ``bf16``: ``launch_precision``), or None when the script was not started by accelerate; ``pinned_at``
+    names the DeepSpeed JSON key that pinned it, when one did.
     """
     if launched is None:
         return
     for flag, value in precision.disagreeing(user, launched):
-        where = config_name or launcher_config_file()
         shown = precision.shown(flag, value)
+        if pinned_at:
+            where, fix = (
+                pinned_at,
+                f'or set {pinned_at.rsplit(": ", 1)[-1]} there as you want it (or to "auto")',
+            )
+        else:
+            where = f"{config_name or launcher_config_file()} or --mixed_precision on the launch line"
+            fix = f"or launch with --mixed_precision {flag if value else 'no'} (or set mixed_precision in the config)"
         raise UserError(
-            f"the script is given {shown} but the launch resolved mixed_precision '{launched}' ({where} or "
-            f"--mixed_precision on the launch line); DeepSpeed and the Trainer would disagree on the precision.\n"
-            f"  fix: drop {shown} (the script takes the precision from the launch), or launch with "
-            f"--mixed_precision {flag if value else 'no'} (or set mixed_precision in the config)."
+            f"the script is given {shown} but the launch resolved mixed_precision '{launched}' ({where}); "
+            f"DeepSpeed and the Trainer would disagree on the precision.\n"
+            f"  fix: drop {shown} (the script takes the precision from the launch), {fix}."
         )
 
 

@@ -29,6 +29,7 @@ from disttune.train.distributed import (
 )
 from disttune.train.evaluate import evaluation_settings
 from disttune.train.guards import apply_collective_timeout
+from disttune.train.kernels import check_attention
 from disttune.train.prepare import prepare_run
 from disttune.train.restarts import init_restarted_process_group
 
@@ -74,18 +75,26 @@ def _launch_defaults(cuda: bool, explicit: set[str]) -> tuple[dict, list[str]]:
     return defaults, notes
 
 
-def _parse_with_launch_precision(argv: list[str], recipe: dict, defaults: dict, launched: str | None):
-    """Parse ``argv`` with the launch's precision (``launched``: as the launcher resolved it, before any CPU
-    fallback) as the one source (``reconcile.py``)."""
+def _parse_with_launch_precision(argv: list[str], recipe: dict, defaults: dict, cuda: bool):
+    """Parse ``argv`` with the launch's precision (``reconcile.launch_precision``: the config's
+    ``mixed_precision``, ``--mixed_precision``, or a DeepSpeed JSON that pins it) as the one source; the
+    user's ``--bf16``/``--fp16`` may only agree. Returns the parsed arguments and the CPU fallback's warning."""
+    launched, pinned_at = reconcile.launch_precision()  # before any CPU fallback: what the user launched
     argv_rest, user_precision = reconcile.split_precision_flags(argv, recipe)
-    reconcile.reconcile_precision(user_precision, launched)
+    reconcile.reconcile_precision(user_precision, launched, pinned_at=pinned_at)
+    if pinned_at and launched == "fp16" and not cuda:
+        raise UserError(
+            f"{pinned_at} is true: fp16 needs a GPU, and no GPU is visible.\n"
+            '  fix: on this machine set bf16.enabled to true (or both to "auto") in that file.'
+        )
+    warning = None if pinned_at else reconcile.cpu_mixed_precision_fallback(cuda)
     if launched is not None:
         # Built without the user's flags (they agree, see above): transformers' bf16 check is for GPUs only.
         argv = [*argv_rest, "--bf16", "false", "--fp16", "false"]
     script_args, training_args, model_args = parse_args(argv, defaults)
     if launched is not None:
-        reconcile.apply_precision(training_args, os.environ[reconcile.MP_ENV])
-    return script_args, training_args, model_args
+        reconcile.apply_precision(training_args, launched if pinned_at else os.environ[reconcile.MP_ENV])
+    return (script_args, training_args, model_args), warning
 
 
 def _scaled(plan: BatchPlan, script_args) -> tuple[BatchPlan, str | None]:
@@ -115,13 +124,10 @@ def resolve(argv: list[str]) -> Settings:
     defaults, notes = _launch_defaults(cuda, explicit)
     if allocator:
         notes.append(f"CUDA allocator: {allocator}")
-    launched = os.environ.get(
-        reconcile.MP_ENV
-    )  # what the user launched with: the flags may only agree with it
-    warning = reconcile.cpu_mixed_precision_fallback(cuda)
+    parsed, warning = _parse_with_launch_precision(argv, recipe, defaults, cuda)
+    script_args, training_args, model_args = parsed
     if warning:
         notes.append(warning)
-    script_args, training_args, model_args = _parse_with_launch_precision(argv, recipe, defaults, launched)
     promote_fsdp_on_cpu(cuda)
     evaluation_settings(script_args, training_args, explicit)
     if deepspeed_auto_sizes(training_args):
@@ -133,6 +139,7 @@ def resolve(argv: list[str]) -> Settings:
     notes += reconcile.reconcile_batch_settings(training_args, explicit)
     apply_collective_timeout(training_args.ddp_timeout)  # transformers leaves gloo at 30 min on CPU
     check_dataset_name(script_args.dataset_name)  # before the model loads: a wrong path fails in a second
+    check_attention(model_args.attn_implementation, cuda)
     notes += prepare_run(script_args, training_args, explicit)  # the run folder: last of the checks
     plan, scaled = _scaled(batch_plan(training_args, world_size_from_env()), script_args)
     if scaled:
