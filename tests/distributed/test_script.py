@@ -183,15 +183,17 @@ def test_a_precision_flag_contradicting_the_launch_stops_naming_both_places(tmp_
     assert not (out / "metrics.jsonl").exists()
 
 
-def test_a_deepspeed_json_that_pins_bf16_trains_in_bf16(tmp_path, cache):
-    """The DeepSpeed JSON decides the precision when it pins bf16.enabled (accelerate refuses mixed_precision
-    beside a deepspeed_config_file and reads the JSON): the Trainer's flags follow it. Before, the script took
-    accelerate's 'no' and the Trainer stopped with "ds bf16.enabled=True vs hf bf16=False"."""
+def test_a_deepspeed_json_that_pins_precision_and_batch_values_is_followed(tmp_path, cache):
+    """A DeepSpeed JSON decides what it pins (accelerate refuses mixed_precision beside a deepspeed_config_file
+    and exports none of the JSON's values): bf16.enabled, the micro batch, accumulation and clipping are
+    adopted by the script. Before, it kept its own ('no', 16, 1, 1.0) and the Trainer stopped with
+    "ds bf16.enabled=True vs hf bf16=False" and three more mismatches, though `disttune check` passed."""
     (tmp_path / "ds.json").write_text(
         json.dumps(
             {
-                "train_micro_batch_size_per_gpu": "auto",
-                "gradient_accumulation_steps": "auto",
+                "train_micro_batch_size_per_gpu": 4,
+                "gradient_accumulation_steps": 2,
+                "gradient_clipping": 0.5,
                 "bf16": {"enabled": True},
                 "zero_optimization": {"stage": 2},
             }
@@ -200,14 +202,17 @@ def test_a_deepspeed_json_that_pins_bf16_trains_in_bf16(tmp_path, cache):
     config = tmp_path / "zero2_json.yaml"
     config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_processes: 2\nmachine_rank: 0\n"
-        f"num_machines: 1\nmain_process_ip: 127.0.0.1\nuse_cpu: false\n"
+        "num_machines: 1\nmain_process_ip: 127.0.0.1\nuse_cpu: false\n"
         f"deepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
     )
     out = tmp_path / "out"
-    result = launch(str(config), out, *SHORT_RUN, mixed_precision=None, cache_dir=cache)
+    args = ("--max_steps", "3", "--logging_steps", "1", "--max_length", "64")  # no batch flags: the JSON's
+    result = launch(str(config), out, *args, mixed_precision=None, cache_dir=cache)
     assert result.returncode == 0, explain(result)
     summary = read_summary(out)
     assert (summary["mixed_precision"], summary["zero_stage"]) == ("bf16", 2), summary
+    assert (summary["per_device_train_batch_size"], summary["gradient_accumulation_steps"]) == (4, 2)
+    assert (summary["max_grad_norm"], summary["global_batch_size"]) == (0.5, 4 * 2 * 2)
 
 
 def test_sqrt_lr_scaling_and_fp16_fallback_on_cpu(tmp_path, cache):

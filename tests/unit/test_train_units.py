@@ -60,6 +60,45 @@ def test_clipping_conflict_and_auto_values():
     assert args.gradient_accumulation_steps == 1
 
 
+def test_a_deepspeed_jsons_batch_values_apply_and_conflicts_name_the_json(tmp_path):
+    """With a deepspeed_config_file, the JSON's accumulation, clipping and micro batch are adopted (accelerate
+    exports none of them; the Trainer stops on any that differs from its arguments); "auto" leaves ours."""
+    path = tmp_path / "ds.json"
+    path.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": 4,
+                "gradient_accumulation_steps": 2,
+                "gradient_clipping": "auto",
+                "zero_optimization": {"stage": 2},
+            }
+        )
+    )
+    env = {reconcile.DS_ENV: "true", reconcile.DS_CONFIG_ENV: str(path)}
+    args = _args(per_device_train_batch_size=16)
+    notes = reconcile.reconcile_batch_settings(args, set(), env)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.max_grad_norm) == (
+        4,
+        2,
+        1.0,
+    )
+    assert notes == [
+        f"gradient_accumulation_steps = 2 (from gradient_accumulation_steps in {path})",
+        f"per_device_train_batch_size = 4 (from train_micro_batch_size_per_gpu in {path})",
+    ]
+    args = _args(per_device_train_batch_size=8)
+    with pytest.raises(UserError) as err:
+        reconcile.reconcile_batch_settings(args, {"per_device_train_batch_size"}, env)
+    message = str(err.value)
+    assert (
+        f"per_device_train_batch_size is 8 on the command line but train_micro_batch_size_per_gpu is 4 in {path}"
+        in message
+    )
+    assert "fix: set it in one place only: remove --per_device_train_batch_size" in message
+    # without DeepSpeed the file is not read
+    assert reconcile.reconcile_batch_settings(_args(), set(), {**env, reconcile.DS_ENV: "false"}) == []
+
+
 def test_fp16_falls_back_to_bf16_only_without_gpu():
     env = {reconcile.MP_ENV: "fp16"}
     assert reconcile.cpu_mixed_precision_fallback(True, env) is None and env[reconcile.MP_ENV] == "fp16"

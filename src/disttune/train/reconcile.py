@@ -4,8 +4,10 @@
 ``gradient_clipping`` as environment variables, and the precision it resolved (``mixed_precision`` in the
 config, or ``--mixed_precision`` on the launch line) as ``ACCELERATE_MIXED_PRECISION``; HF's Trainer then
 refuses to start when the script's own values differ ("DeepSpeed config values that mismatch
-TrainingArguments", e.g. ``ds bf16.enabled=True vs hf bf16=False``). Here the launcher's value applies
-when the user passed none, and an explicit conflicting value stops with a short message.
+TrainingArguments", e.g. ``ds bf16.enabled=True vs hf bf16=False``). A ``deepspeed_config_file`` is read
+here too: accelerate exports none of its values, and what it pins (not "auto") the Trainer compares as well.
+Here the config's value applies when the user passed none, and an explicit conflicting value stops with a
+short message naming both places.
 """
 
 from __future__ import annotations
@@ -115,38 +117,64 @@ def apply_precision(args, launched: str) -> None:
     args.bf16, args.fp16 = launched == "bf16", launched == "fp16"
 
 
+# (argument, DeepSpeed JSON key, the variable accelerate exports for the YAML's deepspeed_config key, type)
+BATCH_SETTINGS = (
+    ("gradient_accumulation_steps", "gradient_accumulation_steps", GA_ENV, int),
+    ("max_grad_norm", "gradient_clipping", CLIP_ENV, float),
+    ("per_device_train_batch_size", "train_micro_batch_size_per_gpu", None, int),
+)
+
+
+def _pinned(raw) -> bool:
+    return raw is not None and str(raw).lower() not in ("none", "auto", "")
+
+
+def config_batch_values(
+    environ=os.environ, config_name: str | None = None
+) -> list[tuple[str, object, str, str]]:
+    """``(argument, value, key, file)`` for each batch setting the launch's config pins: the accelerate YAML's
+    ``deepspeed_config.gradient_accumulation_steps`` / ``gradient_clipping`` (exported by ``accelerate launch``)
+    and, with a ``deepspeed_config_file``, the JSON's ``gradient_accumulation_steps``, ``gradient_clipping`` and
+    ``train_micro_batch_size_per_gpu`` (not "auto"): the Trainer stops on any of them that differs from its
+    arguments ("DeepSpeed config values that mismatch TrainingArguments")."""
+    found = []
+    for arg_name, json_key, env_name, cast in BATCH_SETTINGS:
+        raw = environ.get(env_name) if env_name else None
+        if _pinned(raw):
+            value = cast(float(raw)) if cast is int else cast(raw)
+            found.append(
+                (arg_name, value, f"deepspeed_config.{json_key}", config_name or launcher_config_file())
+            )
+    path = environ.get(DS_CONFIG_ENV)
+    if environ.get(DS_ENV, "").lower() == "true" and path not in (None, "", "none"):
+        from disttune.config.load import load_mapping
+
+        data = load_mapping(path, "DeepSpeed config", syntax="json")
+        for arg_name, json_key, _, cast in BATCH_SETTINGS:
+            if _pinned(data.get(json_key)) and all(arg_name != f[0] for f in found):
+                found.append((arg_name, cast(data[json_key]), json_key, path))
+    return found
+
+
 def reconcile_batch_settings(
     args, explicit: set[str], environ=os.environ, config_name: str | None = None
 ) -> list[str]:
-    """Adopt the accelerate config's accumulation/clipping unless the user set their own; refuse conflicts.
-
-    ``args`` is the ``SFTConfig``; ``explicit`` the argument names the user gave (command line or recipe).
-    Returns notes describing what was adopted.
-    """
+    """Adopt the config's accumulation, clipping and (DeepSpeed JSON) micro batch unless the user set their
+    own; refuse conflicts. ``args`` is the ``SFTConfig``; ``explicit`` the argument names the user gave
+    (command line or recipe). Returns notes describing what was adopted."""
     notes = []
-    pairs = (
-        ("gradient_accumulation_steps", GA_ENV, "gradient_accumulation_steps", int),
-        ("max_grad_norm", CLIP_ENV, "gradient_clipping", float),
-    )
-    for arg_name, env_name, config_key, cast in pairs:
-        raw = environ.get(env_name)
-        if raw is None or raw.lower() in ("none", "auto", ""):
-            continue
-        config_value = cast(float(raw)) if cast is int else cast(raw)
+    for arg_name, config_value, key, file in config_batch_values(environ, config_name):
         ours = getattr(args, arg_name)
         if ours == config_value:
             continue
         if arg_name in explicit:
-            where = config_name or launcher_config_file()
             raise UserError(
-                f"{arg_name} is {ours} on the command line but deepspeed_config.{config_key} is {config_value} "
-                f"in {where}.\n  fix: set it in one place only: remove --{arg_name} from the script arguments, "
-                f"or remove deepspeed_config.{config_key} from the config (or make both {ours})."
+                f"{arg_name} is {ours} on the command line but {key} is {config_value} in {file}.\n"
+                f"  fix: set it in one place only: remove --{arg_name} from the script arguments, or remove "
+                f"{key} from {file} (or make both {ours})."
             )
         setattr(args, arg_name, config_value)
-        notes.append(
-            f"{arg_name} = {config_value} (from deepspeed_config.{config_key} in the accelerate config)"
-        )
+        notes.append(f"{arg_name} = {config_value} (from {key} in {file})")
     return notes
 
 
