@@ -328,6 +328,23 @@ def test_a_deepspeed_json_that_pins_the_precision_is_the_launchs_precision(
     assert reconcile.launch_precision({}) == (None, None)
 
 
+def test_a_json_that_pins_fp16_is_refused_on_a_cpu_with_the_fix(tmp_path, monkeypatch):
+    from disttune.train.settings import _parse_with_launch_precision
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"fp16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    for name, value in (
+        (reconcile.MP_ENV, "no"),
+        (reconcile.DS_ENV, "true"),
+        (reconcile.DS_CONFIG_ENV, str(path)),
+    ):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as err:
+        _parse_with_launch_precision(["--output_dir", str(tmp_path / "out")], {}, {}, cuda=False)
+    assert f"{path}: fp16.enabled is true, and no GPU is visible" in str(err.value)
+    assert "fix: on this machine set bf16.enabled to true and fp16.enabled to false" in str(err.value)
+
+
 def test_a_flag_against_a_json_pinned_precision_names_the_json_key():
     with pytest.raises(UserError) as err:
         reconcile.reconcile_precision({"bf16": False}, "bf16", pinned_at="ds.json: bf16.enabled")

@@ -76,11 +76,11 @@ def choose_liger(
     )
 
 
-def check_attention(asked: str | None, cuda: bool, training: bool = True) -> None:
+def check_attention(asked: str | None, cuda: bool) -> None:
     """Refuse, before the model loads, an attention implementation that cannot train on this machine:
     torch's flex_attention has no backward on a CPU ("FlexAttention does not support backward on CPU"; under
     a launch it fails at the first step as an inductor compile error, after the model and data loaded)."""
-    if asked == "flex_attention" and training and not cuda:
+    if asked == "flex_attention" and not cuda:
         raise UserError(
             "--attn_implementation flex_attention: torch's flex_attention trains on GPUs only (its backward "
             "has no CPU kernel); no CUDA GPU is visible.\n"

@@ -83,9 +83,10 @@ def _parse_with_launch_precision(argv: list[str], recipe: dict, defaults: dict, 
     argv_rest, user_precision = reconcile.split_precision_flags(argv, recipe)
     reconcile.reconcile_precision(user_precision, launched, pinned_at=pinned_at)
     if pinned_at and launched == "fp16" and not cuda:
-        raise UserError(
-            f"{pinned_at} is true: fp16 needs a GPU, and no GPU is visible.\n"
-            '  fix: on this machine set bf16.enabled to true (or both to "auto") in that file.'
+        raise UserError(  # the launch's fp16 falls back to bf16 on a CPU; a JSON's pinned value cannot
+            f"{pinned_at} is true, and no GPU is visible: on a CPU the script trains in bf16 (fp16 autocast "
+            "has no CPU kernels worth using), which a DeepSpeed JSON that pins fp16 does not allow.\n"
+            '  fix: on this machine set bf16.enabled to true and fp16.enabled to false (or both to "auto") there.'
         )
     warning = None if pinned_at else reconcile.cpu_mixed_precision_fallback(cuda)
     if launched is not None:
