@@ -155,8 +155,8 @@ def test_json_values_are_compared(tmp_path):
                 "0.3",
                 "--per_device_train_batch_size",
                 "2",
+                "--fp16",
             ]
-            + ["--fp16"]
         ),
     )
     assert {f.key for f in found} == {
