@@ -24,6 +24,17 @@ MP_ENV = "ACCELERATE_MIXED_PRECISION"
 DS_ENV, DS_CONFIG_ENV = "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE"
 
 
+def deepspeed_json(environ=os.environ) -> tuple[str, dict] | None:
+    """``(path, mapping)`` of the ``deepspeed_config_file`` this DeepSpeed launch uses (bounded reader), or
+    None without one. accelerate exports none of its values; what it pins, the Trainer compares."""
+    path = environ.get(DS_CONFIG_ENV)
+    if environ.get(DS_ENV, "").lower() != "true" or path in (None, "", "none"):
+        return None
+    from disttune.config.load import load_mapping
+
+    return path, load_mapping(path, "DeepSpeed config", syntax="json")
+
+
 def launch_precision(environ=os.environ) -> tuple[str | None, str | None]:
     """The precision the launch resolved, and where it was pinned (None: the config's ``mixed_precision``
     or ``--mixed_precision``, as ``ACCELERATE_MIXED_PRECISION``; None, None: not started by accelerate).
@@ -35,13 +46,13 @@ def launch_precision(environ=os.environ) -> tuple[str | None, str | None]:
     same rule as ``disttune check`` (``config.deepspeed_rules.json_precision``).
     """
     launched = environ.get(MP_ENV)
-    path = environ.get(DS_CONFIG_ENV)
-    if launched is None or environ.get(DS_ENV, "").lower() != "true" or path in (None, "", "none"):
+    found = deepspeed_json(environ) if launched is not None else None
+    if found is None:
         return launched, None
     from disttune.config.deepspeed_rules import json_precision
-    from disttune.config.load import load_mapping
 
-    pinned, key = json_precision(load_mapping(path, "DeepSpeed config", syntax="json"))
+    path, data = found
+    pinned, key = json_precision(data)
     return (pinned, f"{path}: {key}") if pinned is not None else (launched, None)
 
 
@@ -145,11 +156,9 @@ def config_batch_values(
             found.append(
                 (arg_name, value, f"deepspeed_config.{json_key}", config_name or launcher_config_file())
             )
-    path = environ.get(DS_CONFIG_ENV)
-    if environ.get(DS_ENV, "").lower() == "true" and path not in (None, "", "none"):
-        from disttune.config.load import load_mapping
-
-        data = load_mapping(path, "DeepSpeed config", syntax="json")
+    found_json = deepspeed_json(environ)
+    if found_json is not None:
+        path, data = found_json
         for arg_name, json_key, _, cast in BATCH_SETTINGS:
             if _pinned(data.get(json_key)) and all(arg_name != f[0] for f in found):
                 found.append((arg_name, cast(data[json_key]), json_key, path))
